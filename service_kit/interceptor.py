@@ -1,0 +1,154 @@
+"""One wrapper around every method handler: request id, authorization, error mapping.
+
+Python gRPC has no engine for A43 policies, so authorization happens here, before the
+servicer sees the request: no identity is UNAUTHENTICATED, a denied identity is
+PERMISSION_DENIED, and both come before any existence check in the servicer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_status import rpc_status
+
+from service_kit.authz import Policy
+from service_kit.call_context import CallInfo, current_call, request_id_from
+from service_kit.errors import (
+    Internal,
+    PermissionDenied,
+    ServiceError,
+    Unauthenticated,
+    Unavailable,
+    to_rpc_status,
+)
+from service_kit.tls import peer_identity
+
+log = logging.getLogger(__name__)
+
+DeniedHook = Callable[[CallInfo, Any], Awaitable[None]]
+Observer = Callable[[str, grpc.StatusCode, float], None]
+
+# Transient database trouble is something the caller can retry, not an internal error.
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+def _as_service_error(exc: BaseException, method: str) -> ServiceError:
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, _UNAVAILABLE_ERRORS):
+        log.warning("dependency unavailable", extra={"method": method, "error": type(exc).__name__})
+        return Unavailable(
+            "a dependency is unavailable; retry later", reason="DATABASE_UNAVAILABLE"
+        )
+    log.exception("unhandled error", extra={"method": method})
+    return Internal("internal error")
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        domain: str,
+        on_denied: DeniedHook | None = None,
+    ) -> None:
+        self._policy = policy
+        self._domain = domain
+        self._on_denied = on_denied
+
+    async def _abort(self, context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+        status = rpc_status.to_status(to_rpc_status(error, self._domain))
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    async def _admit(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext
+    ) -> CallInfo:
+        caller = peer_identity(context)
+        metadata: Any = context.invocation_metadata()
+        info = CallInfo(method, caller, request_id_from(metadata))
+        current_call.set(info)
+        decision = self._policy.evaluate(caller, method)
+        if decision.allowed:
+            return info
+        if self._on_denied is not None:
+            await self._on_denied(info, request)
+        log.info("call denied", extra={"method": method, "caller": caller})
+        if caller is None:
+            raise Unauthenticated("a client certificate with a SPIFFE ID is required")
+        raise PermissionDenied(f"{caller} may not call {method}")
+
+    async def _fail(self, context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+        await self._abort(context, _as_service_error(exc, method))
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        serializers = (handler.request_deserializer, handler.response_serializer)
+
+        if handler.unary_unary is not None:
+            inner_unary: Any = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    await self._admit(method, request, context)
+                    return await inner_unary(request, context)
+                except _PASS_THROUGH:
+                    raise
+                except Exception as exc:  # mapped to a status, never leaked as a traceback
+                    await self._fail(context, method, exc)
+
+            return grpc.unary_unary_rpc_method_handler(unary, *serializers)
+
+        if handler.unary_stream is not None:
+            inner_stream: Any = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    await self._admit(method, request, context)
+                    async for response in inner_stream(request, context):
+                        yield response
+                except _PASS_THROUGH:
+                    raise
+                except Exception as exc:
+                    await self._fail(context, method, exc)
+
+            return grpc.unary_stream_rpc_method_handler(stream, *serializers)
+
+        if handler.stream_stream is not None:  # server reflection
+            inner_bidi: Any = handler.stream_stream
+
+            async def bidi(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    await self._admit(method, None, context)
+                    async for response in inner_bidi(requests, context):
+                        yield response
+                except _PASS_THROUGH:
+                    raise
+                except Exception as exc:
+                    await self._fail(context, method, exc)
+
+            return grpc.stream_stream_rpc_method_handler(bidi, *serializers)
+
+        raise RuntimeError(f"{method}: client-streaming methods are not wrapped")
+
+
+_PASS_THROUGH = (grpc.aio.AbortError, asyncio.CancelledError)

@@ -1,0 +1,34 @@
+"""Structured JSON logs with the current call's request id and caller on every record."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+
+from service_kit.call_context import current_call
+
+
+class _CallFields(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        info = current_call.get()
+        if info is not None:
+            record.request_id = info.request_id
+            record.caller = info.caller
+        return True
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            static_fields={"service": service},
+        )
+    )
+    handler.addFilter(_CallFields())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,113 @@
+"""The gRPC server every service runs: mTLS port, health, reflection, database health
+watch, graceful drain on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterable
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from service_kit import db
+from service_kit.tls import TlsFiles, server_credentials
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GrpcServer:
+    """A started-on-demand grpc.aio server with the standard side services."""
+
+    def __init__(
+        self,
+        *,
+        service_names: Iterable[str],
+        register: Callable[[grpc.aio.Server], None],
+        interceptors: Iterable[grpc.aio.ServerInterceptor],
+        tls: TlsFiles,
+        address: str,
+    ) -> None:
+        self.service_names = tuple(service_names)
+        self.server = grpc.aio.server(
+            interceptors=list(interceptors),
+            options=[("grpc.so_reuseport", 0), ("grpc.keepalive_permit_without_calls", 1)],
+        )
+        register(self.server)
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_secure_port(address, server_credentials(tls))
+        if self.port == 0:
+            raise OSError(f"could not bind {address}")
+        self._watch: asyncio.Task[None] | None = None
+
+    async def set_serving(self, serving: bool) -> None:
+        status = SERVING if serving else NOT_SERVING
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def start(self, pool: asyncpg.Pool | None = None, *, check_interval: float = 2.0) -> None:
+        await self.server.start()
+        serving = await db.ping(pool) if pool is not None else True
+        await self.set_serving(serving)
+        if pool is not None:
+            self._watch = asyncio.create_task(self._watch_database(pool, check_interval))
+
+    async def _watch_database(self, pool: asyncpg.Pool, interval: float) -> None:
+        """NOT_SERVING while the database is unreachable, SERVING again once it answers."""
+        serving: bool | None = None
+        while True:
+            now_serving = await db.ping(pool, timeout=min(interval, 2.0))
+            if now_serving != serving:
+                await self.set_serving(now_serving)
+                if serving is not None:
+                    log.warning("database %s", "reachable" if now_serving else "unreachable")
+                serving = now_serving
+            await asyncio.sleep(interval)
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls, let in-flight ones (streams included) finish within `grace`."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def wait_for_shutdown_signal() -> str:
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[str] = loop.create_future()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(sig.name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await received
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run an async main on uvloop when available."""
+    try:
+        import uvloop
+
+        uvloop.run(main())  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(main())  # type: ignore[arg-type]
