@@ -10,6 +10,12 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# A connection, or a connection borrowed from a pool (what `pool.acquire()` yields).
+Connection = asyncpg.Connection | PoolConnectionProxy
+# Anything that runs a statement: a connection or the pool itself.
+Executor = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,7 @@ def load_migrations(package: str) -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection, package: str) -> list[str]:
+async def migrate(conn: Connection, package: str) -> list[str]:
     """Apply pending migrations. Replicas starting together serialize on an advisory lock
     keyed by the package name, so each migration runs exactly once."""
     lock_key = zlib.crc32(f"migrations:{package}".encode())

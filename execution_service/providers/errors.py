@@ -1,0 +1,215 @@
+"""Provider failures as one exception type, and the one place that translates httpx errors.
+
+Every failure of a provider call, whatever its origin (an HTTP error status, an error event
+inside a stream, a broken connection), surfaces as `ProviderError` with an UPPER_SNAKE
+`reason` that the service maps to a gRPC status. Messages are the provider's own words or a
+fixed text of ours; they never contain an API key (the caller scrubs the key it holds, see
+`call.py`, and `translate_transport_error` never quotes request headers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+import httpx
+
+from execution_service import retry
+
+__all__ = [
+    "DeadlineExceeded",
+    "ErrorReason",
+    "ProviderError",
+    "http_error",
+    "reason_for_status",
+    "translate_transport_error",
+]
+
+# Provider messages are shown to callers and stored with the execution; a misbehaving
+# endpoint could send megabytes, so keep the useful head only.
+MAX_MESSAGE_CHARS = 1000
+
+
+class ErrorReason(StrEnum):
+    """The `reason` of a ProviderError; also used as the ErrorInfo reason on the wire."""
+
+    PROVIDER_AUTH_FAILED = "PROVIDER_AUTH_FAILED"
+    PROVIDER_PERMISSION_DENIED = "PROVIDER_PERMISSION_DENIED"
+    PROVIDER_BAD_REQUEST = "PROVIDER_BAD_REQUEST"
+    PROVIDER_RATE_LIMITED = "PROVIDER_RATE_LIMITED"
+    PROVIDER_QUOTA_EXCEEDED = "PROVIDER_QUOTA_EXCEEDED"
+    PROVIDER_OVERLOADED = "PROVIDER_OVERLOADED"
+    PROVIDER_SERVER_ERROR = "PROVIDER_SERVER_ERROR"
+    PROVIDER_UNREACHABLE = "PROVIDER_UNREACHABLE"
+    PROVIDER_TIMEOUT = "PROVIDER_TIMEOUT"
+    PROVIDER_STREAM_ERROR = "PROVIDER_STREAM_ERROR"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+
+
+class ProviderError(Exception):
+    """A failed provider call.
+
+    Attributes:
+        reason: what went wrong, as an `ErrorReason`.
+        message: the provider's message (or ours), safe to show: never contains the key.
+        status: the HTTP status of the failing response; 0 when there was none (connection
+            failure, or an error event inside a 200 stream).
+        retryable: whether the failure is transient by the retry policy. Whether a retry is
+            still *allowed* (output already sent, attempts left, deadline) is the caller's
+            decision.
+        retry_after: seconds the provider asked us to wait, if it said and it is in range.
+        provider_code: the provider's machine-readable error code or type, if any
+            (``insufficient_quota``, ``overloaded_error``, ...).
+    """
+
+    def __init__(
+        self,
+        reason: ErrorReason,
+        message: str,
+        *,
+        status: int = 0,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        provider_code: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.message = message[:MAX_MESSAGE_CHARS]
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.provider_code = provider_code
+        super().__init__(self.message)
+
+    def replace(self, **changes: object) -> ProviderError:
+        """A copy with some fields changed (the caller chains it to this one with ``from``)."""
+        fields: dict[str, object] = {
+            "reason": self.reason,
+            "message": self.message,
+            "status": self.status,
+            "retryable": self.retryable,
+            "retry_after": self.retry_after,
+            "provider_code": self.provider_code,
+        }
+        fields.update(changes)
+        return ProviderError(**fields)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        status = f" (HTTP {self.status})" if self.status else ""
+        return f"{self.reason.value}{status}: {self.message}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(reason={self.reason.value!r}, status={self.status}, "
+            f"retryable={self.retryable}, retry_after={self.retry_after!r}, "
+            f"provider_code={self.provider_code!r}, message={self.message!r})"
+        )
+
+
+class DeadlineExceeded(ProviderError):
+    """Giving up because the next retry would start after the caller's deadline.
+
+    ``last_error`` is the failure that would have been retried (also the ``__cause__``).
+    """
+
+    def __init__(self, message: str, *, last_error: ProviderError) -> None:
+        super().__init__(
+            ErrorReason.DEADLINE_EXCEEDED,
+            message,
+            status=last_error.status,
+            retryable=False,
+            provider_code=last_error.provider_code,
+        )
+        self.last_error = last_error
+
+
+def reason_for_status(status: int, error_type: str | None, error_code: str | None) -> ErrorReason:
+    """Map an HTTP error status plus the body's type/code to a reason (both providers)."""
+    if error_code == "insufficient_quota" or error_type == "insufficient_quota":
+        return ErrorReason.PROVIDER_QUOTA_EXCEEDED
+    if error_type == "overloaded_error" or status == 529:
+        return ErrorReason.PROVIDER_OVERLOADED
+    if status == 401:
+        return ErrorReason.PROVIDER_AUTH_FAILED
+    if status == 403:
+        return ErrorReason.PROVIDER_PERMISSION_DENIED
+    if status == 408:
+        return ErrorReason.PROVIDER_TIMEOUT
+    if status == 429:
+        return ErrorReason.PROVIDER_RATE_LIMITED
+    if status >= 500:
+        return ErrorReason.PROVIDER_SERVER_ERROR
+    # 400, 404, 409, 413, 422 and any other 4xx (or an unexpected 1xx/3xx): the request
+    # as sent was not accepted.
+    return ErrorReason.PROVIDER_BAD_REQUEST
+
+
+def http_error(
+    status: int,
+    headers: Mapping[str, str],
+    *,
+    error_type: str | None,
+    error_code: str | None,
+    message: str,
+    now: float,
+    max_retry_after: float = 60.0,
+) -> ProviderError:
+    """Build the ProviderError for an HTTP error answer, classifying it by the retry policy.
+
+    ``now`` is the wall clock (seconds since the epoch) for an HTTP-date ``retry-after``.
+    """
+    code = error_code or error_type
+    return ProviderError(
+        reason_for_status(status, error_type, error_code),
+        message or f"HTTP {status} from provider",
+        status=status,
+        retryable=retry.classify(status, headers, code),
+        retry_after=retry.parse_retry_after(headers, now, max_seconds=max_retry_after),
+        provider_code=code,
+    )
+
+
+def translate_transport_error(exc: httpx.HTTPError, *, response_started: bool) -> ProviderError:
+    """The one place where httpx exceptions become ProviderErrors (raise the result ``from exc``).
+
+    ``response_started`` tells whether the response's status line had arrived: a reset
+    before it means the provider was not reached; a reset after it cuts the stream.
+    Messages name the exception class and, for network errors, the OS's words; they never
+    quote a request header (h11's protocol errors can echo header values, so those get a
+    fixed text).
+    """
+    name = type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        phase = "reading the response" if response_started else "connecting"
+        return ProviderError(
+            ErrorReason.PROVIDER_TIMEOUT,
+            f"timed out {phase} ({name})",
+            retryable=True,
+        )
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return ProviderError(
+            ErrorReason.PROVIDER_BAD_REQUEST,
+            "the provider base URL must start with http:// or https://",
+        )
+    if isinstance(exc, httpx.LocalProtocolError):
+        return ProviderError(
+            ErrorReason.PROVIDER_BAD_REQUEST,
+            f"the request could not be sent ({name})",
+        )
+    if isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)):
+        if response_started:
+            return ProviderError(
+                ErrorReason.PROVIDER_STREAM_ERROR,
+                f"connection to the provider broke during the response ({name}: {exc})",
+                retryable=True,
+            )
+        return ProviderError(
+            ErrorReason.PROVIDER_UNREACHABLE,
+            f"could not reach the provider ({name}: {exc})",
+            retryable=True,
+        )
+    # DecodingError (a body that is not what its headers say), TooManyRedirects and the
+    # rest: a deterministic fault in the answer, not worth repeating.
+    return ProviderError(
+        ErrorReason.PROVIDER_STREAM_ERROR,
+        f"the provider's response could not be read ({name})",
+    )

@@ -1,0 +1,3 @@
+from keyvault_service.app import entry_point
+
+entry_point()

@@ -1,0 +1,106 @@
+"""Assemble and run the key vault: database, keyring check, gRPC server."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+
+import asyncpg
+
+from keyvault_service import repository as repo
+from keyvault_service.errors import DOMAIN
+from keyvault_service.keyring import Keyring, KeyringError
+from keyvault_service.servicer import SERVICE_NAME, KeyVaultServicer, audit_denied_call, register
+from keyvault_service.settings import KeyVaultSettings
+from keyvault_service.vault import KeyVault
+from service_kit import db
+from service_kit.authz import Policy, PolicyError
+from service_kit.interceptor import ServiceInterceptor
+from service_kit.logs import configure_logging
+from service_kit.runtime import fail_start, resolve_database_url, run
+from service_kit.server import GrpcServer, wait_for_shutdown_signal
+from service_kit.settings import SettingsError
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The vault must not serve in this state; the message says how to fix it."""
+
+
+async def check_master_key_versions(pool: asyncpg.Pool, keyring: Keyring) -> None:
+    in_use = await repo.key_versions_in_use(pool)
+    missing = {v: n for v, n in sorted(in_use.items()) if v not in keyring.keys}
+    if missing:
+        detail = ", ".join(f"version {v} ({n} keys)" for v, n in missing.items())
+        raise StartupError(
+            f"stored keys use master key versions that are not configured: {detail}. "
+            "Add them to KEYVAULT_MASTER_KEYS (or restore the ENCRYPTION_KEY they were "
+            "written with)."
+        )
+
+
+@dataclass
+class RunningKeyVault:
+    server: GrpcServer
+    pool: asyncpg.Pool
+    vault: KeyVault
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.server.stop(grace)
+        await self.pool.close()
+
+
+async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> RunningKeyVault:
+    policy = Policy.from_file(settings.server.policy_file)
+    pool = await db.create_pool(
+        database_url, min_size=settings.server.db_pool_min, max_size=settings.server.db_pool_max
+    )
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn, "keyvault_service")
+        await check_master_key_versions(pool, settings.keyring)
+        vault = KeyVault(pool, settings.keyring)
+        interceptor = ServiceInterceptor(
+            policy=policy, domain=DOMAIN, on_denied=functools.partial(audit_denied_call, vault)
+        )
+        server = GrpcServer(
+            service_names=[SERVICE_NAME],
+            register=register(KeyVaultServicer(vault)),
+            interceptors=[interceptor],
+            tls=settings.server.tls,
+            address=settings.server.listen_address,
+        )
+        await server.start(pool)
+    except BaseException:
+        await pool.close()
+        raise
+    return RunningKeyVault(server, pool, vault)
+
+
+async def main() -> None:
+    configure_logging("keyvault", os.environ.get("LOG_LEVEL", "INFO"))
+    try:
+        settings = KeyVaultSettings.from_env(os.environ)
+        url = await resolve_database_url(settings.database_url, "keyvault")
+        running = await start_keyvault(settings, url)
+    except (SettingsError, KeyringError, PolicyError, StartupError, OSError) as exc:
+        fail_start(str(exc))
+        return
+    log.info("keyvault serving", extra={"address": settings.server.listen_address})
+    signal_name = await wait_for_shutdown_signal()
+    log.info(
+        "draining", extra={"signal": signal_name, "grace_seconds": settings.server.grace_seconds}
+    )
+    await running.stop(settings.server.grace_seconds)
+    log.info("stopped")
+
+
+def entry_point() -> None:
+    run(main)

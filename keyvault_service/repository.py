@@ -1,0 +1,224 @@
+"""SQL for the vault's own database. Every query is here; nothing else writes SQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import asyncpg
+
+from keyvault_service.names import KeyRef
+from service_kit.db import Connection, Executor
+
+_KEY_COLUMNS = (
+    "workspace, provider, key_hint, fingerprint, base_url, key_version, create_time, update_time"
+)
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """A stored key's metadata. The ciphertext travels separately, only where needed."""
+
+    ref: KeyRef
+    key_hint: str
+    fingerprint: str
+    base_url: str
+    key_version: int
+    create_time: dt.datetime
+    update_time: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> StoredKey:
+        return cls(
+            ref=KeyRef(row["workspace"], row["provider"]),
+            key_hint=row["key_hint"],
+            fingerprint=row["fingerprint"],
+            base_url=row["base_url"],
+            key_version=row["key_version"],
+            create_time=row["create_time"],
+            update_time=row["update_time"],
+        )
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    action: str  # SET, DELETE, REVEAL, REWRAP
+    outcome: str  # ALLOWED, DENIED, FAILED
+    caller: str
+    workspace: str
+    provider: str
+    request_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    record: AuditRecord
+    create_time: dt.datetime
+
+
+_INSERT_AUDIT = """
+    INSERT INTO audit_events (action, outcome, caller, workspace, provider, request_id, reason)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)"""
+
+
+def _audit_args(a: AuditRecord) -> tuple[str, ...]:
+    return (a.action, a.outcome, a.caller, a.workspace, a.provider, a.request_id, a.reason)
+
+
+async def insert_audit(conn: Executor, audit: AuditRecord) -> None:
+    await conn.execute(_INSERT_AUDIT, *_audit_args(audit))
+
+
+async def upsert_key(
+    conn: Connection,
+    ref: KeyRef,
+    *,
+    ciphertext: bytes,
+    key_version: int,
+    key_hint: str,
+    fingerprint: str,
+    base_url: str,
+) -> tuple[StoredKey, bool]:
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO api_keys AS k (workspace, provider, ciphertext, key_version, key_hint,
+                                   fingerprint, base_url)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (workspace, provider) DO UPDATE
+            SET ciphertext = EXCLUDED.ciphertext, key_version = EXCLUDED.key_version,
+                key_hint = EXCLUDED.key_hint, fingerprint = EXCLUDED.fingerprint,
+                base_url = EXCLUDED.base_url, update_time = now()
+        RETURNING {_KEY_COLUMNS}, (xmax = 0) AS created""",
+        ref.workspace,
+        ref.provider,
+        ciphertext,
+        key_version,
+        key_hint,
+        fingerprint,
+        base_url,
+    )
+    assert row is not None
+    return StoredKey.from_row(row), row["created"]
+
+
+async def get_key(conn: Executor, ref: KeyRef) -> StoredKey | None:
+    row = await conn.fetchrow(
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE workspace = $1 AND provider = $2",
+        ref.workspace,
+        ref.provider,
+    )
+    return StoredKey.from_row(row) if row else None
+
+
+async def list_keys(
+    pool: asyncpg.Pool, workspace: str, *, after_provider: str | None, limit: int
+) -> list[StoredKey]:
+    rows = await pool.fetch(
+        f"""SELECT {_KEY_COLUMNS} FROM api_keys
+            WHERE workspace = $1 AND ($2::text IS NULL OR provider > $2)
+            ORDER BY provider LIMIT $3""",
+        workspace,
+        after_provider,
+        limit,
+    )
+    return [StoredKey.from_row(r) for r in rows]
+
+
+async def delete_key(conn: Connection, ref: KeyRef) -> bool:
+    status = await conn.execute(
+        "DELETE FROM api_keys WHERE workspace = $1 AND provider = $2", ref.workspace, ref.provider
+    )
+    return status == "DELETE 1"
+
+
+async def reveal_with_audit(
+    pool: asyncpg.Pool, ref: KeyRef, audit: AuditRecord
+) -> tuple[StoredKey, bytes] | None:
+    """Read the key and write its audit record in one atomic statement (one round trip):
+    if the audit insert fails, nothing is returned, so a reveal can never go unrecorded."""
+    row = await pool.fetchrow(
+        f"""
+        WITH k AS (
+            SELECT {_KEY_COLUMNS}, ciphertext FROM api_keys WHERE workspace = $4 AND provider = $5
+        ), a AS (
+            INSERT INTO audit_events
+                (action, outcome, caller, workspace, provider, request_id, reason)
+            SELECT $1, CASE WHEN EXISTS (SELECT 1 FROM k) THEN $2 ELSE 'FAILED' END, $3, $4, $5, $6,
+                   CASE WHEN EXISTS (SELECT 1 FROM k) THEN $7 ELSE 'API_KEY_NOT_FOUND' END
+            RETURNING id
+        )
+        SELECT k.*, (SELECT id FROM a) AS audit_id FROM (SELECT 1) AS one LEFT JOIN k ON true""",
+        *_audit_args(audit),
+    )
+    if row is None or row["audit_id"] is None:
+        raise RuntimeError("audit record was not written")
+    if row["workspace"] is None:
+        return None
+    return StoredKey.from_row(row), bytes(row["ciphertext"])
+
+
+async def key_versions_in_use(pool: asyncpg.Pool) -> dict[int, int]:
+    rows = await pool.fetch("SELECT key_version, count(*) AS n FROM api_keys GROUP BY key_version")
+    return {r["key_version"]: r["n"] for r in rows}
+
+
+async def lock_rewrap_batch(
+    conn: Connection, *, primary: int, after: KeyRef | None, limit: int
+) -> list[asyncpg.Record]:
+    """The next keys not under `primary`, in key order after `after`, locked for update.
+    Rows a concurrent SetApiKey holds are skipped: it writes them under the primary anyway."""
+    return await conn.fetch(
+        """SELECT workspace, provider, ciphertext FROM api_keys
+           WHERE key_version <> $1
+             AND ($2::text IS NULL OR (workspace, provider) > ($2, $3))
+           ORDER BY workspace, provider LIMIT $4
+           FOR UPDATE SKIP LOCKED""",
+        primary,
+        after.workspace if after else None,
+        after.provider if after else None,
+        limit,
+    )
+
+
+async def store_rewrapped(conn: Connection, rows: list[tuple[str, str, bytes, int]]) -> None:
+    await conn.executemany(
+        """UPDATE api_keys SET ciphertext = $3, key_version = $4, update_time = now()
+           WHERE workspace = $1 AND provider = $2""",
+        rows,
+    )
+
+
+async def count_not_under(pool: asyncpg.Pool, primary: int) -> int:
+    return await pool.fetchval("SELECT count(*) FROM api_keys WHERE key_version <> $1", primary)
+
+
+async def list_audit(
+    pool: asyncpg.Pool, workspace: str | None, *, before_id: int | None, limit: int
+) -> list[AuditRow]:
+    rows = await pool.fetch(
+        """SELECT id, action, outcome, caller, workspace, provider, request_id, reason, create_time
+           FROM audit_events
+           WHERE ($1::text IS NULL OR workspace = $1) AND ($2::bigint IS NULL OR id < $2)
+           ORDER BY id DESC LIMIT $3""",
+        workspace,
+        before_id,
+        limit,
+    )
+    return [
+        AuditRow(
+            id=r["id"],
+            record=AuditRecord(
+                r["action"],
+                r["outcome"],
+                r["caller"],
+                r["workspace"],
+                r["provider"],
+                r["request_id"],
+                r["reason"],
+            ),
+            create_time=r["create_time"],
+        )
+        for r in rows
+    ]
