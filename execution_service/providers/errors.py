@@ -80,18 +80,15 @@ class ProviderError(Exception):
         self.provider_code = provider_code
         super().__init__(self.message)
 
-    def replace(self, **changes: object) -> ProviderError:
-        """A copy with some fields changed (the caller chains it to this one with ``from``)."""
-        fields: dict[str, object] = {
-            "reason": self.reason,
-            "message": self.message,
-            "status": self.status,
-            "retryable": self.retryable,
-            "retry_after": self.retry_after,
-            "provider_code": self.provider_code,
-        }
-        fields.update(changes)
-        return ProviderError(**fields)  # type: ignore[arg-type]
+    def redact(self, secret: str) -> None:
+        """Remove every occurrence of ``secret`` from the message.
+
+        Providers echo at most a masked key, but a compatible endpoint might quote the whole
+        header back; the code that holds the key calls this before letting the error out.
+        """
+        if secret and secret in self.message:
+            self.message = self.message.replace(secret, "[REDACTED]")
+            self.args = (self.message,)
 
     def __str__(self) -> str:
         status = f" (HTTP {self.status})" if self.status else ""
