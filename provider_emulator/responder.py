@@ -1,0 +1,141 @@
+"""Writing answers to the client: whole bodies, SSE streams and scripted endings.
+
+Every writer catches a vanished client (ConnectionError from a write) and records it, so
+aiohttp never logs a traceback for it; a client that leaves while the handler sleeps is
+noticed through handler cancellation (see app.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .state import Outcome, RecordedRequest
+from .wire import ErrorReply, StreamEvents
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a stream ends: after `stop` content chunks, `data` then a clean end, or an
+    abort of the connection when `abort` is set."""
+
+    stop: int
+    data: bytes
+    outcome: Outcome
+    abort: bool = False
+
+
+def abort_connection(request: web.BaseRequest) -> None:
+    """Close the TCP connection at once, without finishing the HTTP message."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+async def sleep_ms(delay_ms: float) -> None:
+    if delay_ms > 0:
+        await asyncio.sleep(delay_ms / 1000)
+
+
+async def send_body(
+    request: web.BaseRequest,
+    record: RecordedRequest,
+    status: int,
+    body: bytes,
+    content_type: str,
+    headers: Mapping[str, str],
+    outcome: Outcome,
+) -> web.StreamResponse:
+    """A complete answer, written now so that a vanished client is recorded."""
+    response = web.Response(
+        status=status, body=body, headers={**headers, "Content-Type": content_type}
+    )
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        record.mark_disconnected()
+    record.finish(status, outcome)
+    return response
+
+
+async def send_error(
+    request: web.BaseRequest,
+    record: RecordedRequest,
+    reply: ErrorReply,
+    headers: Mapping[str, str],
+) -> web.StreamResponse:
+    merged = {**reply.headers, **headers}
+    return await send_body(
+        request, record, reply.status, reply.body, reply.content_type, merged, "error"
+    )
+
+
+async def send_cut_body(
+    request: web.BaseRequest,
+    record: RecordedRequest,
+    body: bytes,
+    content_type: str,
+    headers: Mapping[str, str],
+) -> web.StreamResponse:
+    """Announce the whole body, send half of it, then abort the connection."""
+    response = web.StreamResponse(status=200, headers={**headers, "Content-Type": content_type})
+    response.content_length = len(body)
+    try:
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+    except ConnectionError:
+        record.mark_disconnected()
+    record.finish(200, "cut")
+    abort_connection(request)
+    return response
+
+
+async def send_stream(
+    request: web.BaseRequest,
+    record: RecordedRequest,
+    events: StreamEvents,
+    ending: Ending,
+    content_type: str,
+    headers: Mapping[str, str],
+    first_delay_ms: float,
+    chunk_delay_ms: float,
+) -> web.StreamResponse:
+    """An SSE stream: headers at once, then (after `first_delay_ms`) the events.
+
+    Without a chunk delay the whole stream goes out in one write, which keeps the
+    benchmarks' hot path to a couple of syscalls per request."""
+    response = web.StreamResponse(
+        status=200,
+        headers={**headers, "Content-Type": content_type, "Cache-Control": "no-cache"},
+    )
+    content = events.content
+    try:
+        await response.prepare(request)
+        record.status = 200
+        await sleep_ms(first_delay_ms)
+        if chunk_delay_ms <= 0:
+            payload = b"".join((events.head, *content[: ending.stop], ending.data))
+            record.chunks_sent = ending.stop
+            if ending.abort:
+                await response.write(payload)
+            else:
+                await response.write_eof(payload)
+        else:
+            await response.write(events.head + (content[0] if ending.stop else b""))
+            record.chunks_sent = min(ending.stop, 1)
+            for chunk in content[1 : ending.stop]:
+                await sleep_ms(chunk_delay_ms)
+                await response.write(chunk)
+                record.chunks_sent += 1
+            if not ending.abort:
+                await response.write_eof(ending.data)
+    except ConnectionError:
+        record.mark_disconnected()
+        return response
+    record.finish(200, ending.outcome)
+    if ending.abort:
+        abort_connection(request)
+    return response
