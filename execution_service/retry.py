@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "DEFAULT_POLICY",
+    "DEFAULT_RETRY_POLICY",
     "RetryPolicy",
     "classify",
     "next_delay",
@@ -66,6 +67,8 @@ class RetryPolicy:
 
 
 DEFAULT_POLICY = RetryPolicy()
+# The same, under a name that cannot clash with other "policies" (authorization) at import.
+DEFAULT_RETRY_POLICY = DEFAULT_POLICY
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

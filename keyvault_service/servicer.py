@@ -13,18 +13,18 @@ from clients.gen.keyvault.v1 import resources_pb2 as res
 from keyvault_service.names import (
     KeyRef,
     api_key_violations,
-    base_url_violations,
     key_name_violation,
     parse_key_name,
-    parse_workspace_name,
     try_parse_key_name,
 )
 from keyvault_service.repository import AuditRow, StoredKey
 from keyvault_service.vault import DEFAULT_REWRAP_BATCH, KeyVault
 from service_kit.call_context import CallInfo, call_info
 from service_kit.errors import FieldViolation, InvalidArgument
+from service_kit.names import parse_workspace_name, workspace_of
 from service_kit.pagination import MAX_PAGE_SIZE, page_request, page_token
 from service_kit.secret import Secret
+from service_kit.urls import base_url_violations
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["KeyVaultService"].full_name
 _METHOD_ACTIONS = {
@@ -102,8 +102,7 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
     async def ListApiKeys(
         self, request: pb.ListApiKeysRequest, context: Any
     ) -> pb.ListApiKeysResponse:
-        workspace = parse_workspace_name(request.parent)
-        assert workspace is not None
+        workspace = workspace_of(request.parent)
         page = page_request(request.page_size, request.page_token, query=request.parent)
         keys, last = await self._vault.list_keys(workspace, page)
         return pb.ListApiKeysResponse(

@@ -64,7 +64,8 @@ def _compact(value: Any) -> bytes:
 
 
 class AnthropicWire:
-    """`POST /v1/messages`, headers `x-api-key` and `anthropic-version`."""
+    """`POST /v1/messages`, headers `x-api-key` (or a bearer token) and
+    `anthropic-version`."""
 
     name = "anthropic"
     request_id_header = "request-id"
@@ -88,7 +89,13 @@ class AnthropicWire:
     )
 
     def api_key(self, headers: Mapping[str, str]) -> str | None:
-        return headers.get("x-api-key")
+        """`x-api-key`, or else a bearer token: anthropic SDK 2.x sends its API key as
+        `Authorization: Bearer <key>`."""
+        key = headers.get("x-api-key")
+        if key is not None:
+            return key
+        scheme, _, token = headers.get("Authorization", "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
 
     def _reply(
         self,
@@ -204,7 +211,7 @@ class AnthropicWire:
         )
 
     def stream_events(self, answer: Answer) -> StreamEvents:
-        message = {
+        message: dict[str, Any] = {
             "model": answer.model,
             "id": answer.message_id,
             "type": "message",

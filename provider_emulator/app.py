@@ -26,7 +26,7 @@ from .responder import (
     send_stream,
     sleep_ms,
 )
-from .state import NO_STEP, EmulatorState, RecordedRequest, Step
+from .state import NO_STEP, EmulatorState, Outcome, RecordedRequest, Step
 from .textgen import pieces
 from .wire import Answer, ErrorReply, GenRequest, WireFormat, new_id
 
@@ -55,7 +55,8 @@ class ProviderEndpoints:
         return await self._generate(request, ANTHROPIC)
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        wire: WireFormat = ANTHROPIC if "x-api-key" in request.headers else OPENAI
+        anthropic = "x-api-key" in request.headers or "anthropic-version" in request.headers
+        wire: WireFormat = ANTHROPIC if anthropic else OPENAI
         key = wire.api_key(request.headers)
         record = self._record(request, wire, key, None)
         try:
@@ -184,6 +185,7 @@ class ProviderEndpoints:
         step: Step,
         record: RecordedRequest,
     ) -> Answer:
+        text: str | None
         if step.text is not None:
             text, chunks = step.text, step.chunks
         elif step.chunks is not None:
@@ -263,7 +265,7 @@ class ProviderEndpoints:
             reply = wire.error(status, record.request_id, step.error_type, None,
                                step.error_message)
             return await send_error(request, record, reply, headers)
-        outcome = "completed"
+        outcome: Outcome = "completed"
         if step.malformed_after_chunks is not None:
             body, outcome = body[: len(body) // 2], "malformed"
         record.chunks_sent = answer.count

@@ -92,8 +92,10 @@ class Policy:
 
 
 def _strings(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise PolicyError(f"{where} must be a list of non-empty strings")
+    # An empty list means "any" in gRFC A43 but would match nothing here: in a deny rule that
+    # silently denies nobody. Reject it; omit the field to match everything.
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise PolicyError(f"{where} must be a non-empty list of non-empty strings")
     return tuple(value)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from aiohttp import web
 
 from execution_service.providers import ProviderError, StreamEvent, TextDelta
@@ -165,3 +166,42 @@ def sse_chunks(body: bytes) -> list[bytes]:
     if parts[-1]:
         chunks.append(parts[-1])
     return chunks
+
+
+class ClosingProbe(httpx.AsyncHTTPTransport):
+    """A real HTTP transport that counts response bodies not yet closed.
+
+    Lets a test check that closing a stream closed the HTTP response synchronously, not
+    later when the garbage collector finalizes an abandoned generator.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open_bodies = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        self.open_bodies += 1
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_CountedBody(self, response),
+            extensions=response.extensions,
+        )
+
+
+class _CountedBody(httpx.AsyncByteStream):
+    def __init__(self, probe: ClosingProbe, response: httpx.Response) -> None:
+        self._probe = probe
+        self._response = response
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._response.aiter_raw():
+            yield chunk
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._probe.open_bodies -= 1
+        await self._response.aclose()

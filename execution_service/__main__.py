@@ -1,0 +1,3 @@
+from execution_service.app import entry_point
+
+entry_point()

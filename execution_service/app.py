@@ -1,0 +1,132 @@
+"""Assemble and run the execution service: database, vault channel, HTTP client, server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+
+import asyncpg
+import grpc
+import httpx
+
+from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
+from execution_service.engine import ExecutionEngine
+from execution_service.errors import DOMAIN
+from execution_service.history import History
+from execution_service.key_check import KeyChecker
+from execution_service.keys import KeySource
+from execution_service.pricing import PricingError, load_prices
+from execution_service.servicer import SERVICE_NAME, ExecutionServicer, register
+from execution_service.settings import EngineSettings, ExecutionSettings
+from service_kit import db
+from service_kit.authz import Policy, PolicyError
+from service_kit.interceptor import ServiceInterceptor
+from service_kit.logs import configure_logging
+from service_kit.runtime import fail_start, resolve_database_url, run
+from service_kit.server import GrpcServer, wait_for_shutdown_signal
+from service_kit.settings import SettingsError
+from service_kit.tls import channel_credentials
+
+log = logging.getLogger(__name__)
+
+
+def http_client(settings: EngineSettings) -> httpx.AsyncClient:
+    """One client for every provider call: pooled keep-alive connections."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.connect_timeout, read=settings.read_timeout),
+        limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
+        follow_redirects=False,
+    )
+
+
+@dataclass
+class RunningExecution:
+    server: GrpcServer
+    pool: asyncpg.Pool
+    engine: ExecutionEngine
+    keys: KeySource
+    http: httpx.AsyncClient
+    vault_channel: grpc.aio.Channel
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Drain streams within `grace`, then stop background work and close I/O."""
+        await self.server.stop(grace)
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.http.aclose()
+        await self.vault_channel.close(grace=None)
+        await self.pool.close()
+
+
+async def start_execution(
+    settings: ExecutionSettings, database_url: str, *, background: bool = True
+) -> RunningExecution:
+    policy = Policy.from_file(settings.server.policy_file)
+    prices = load_prices(settings.engine.pricing_file)
+    pool = await db.create_pool(
+        database_url, min_size=settings.server.db_pool_min, max_size=settings.server.db_pool_max
+    )
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn, "execution_service")
+        vault_channel = grpc.aio.secure_channel(
+            settings.keyvault_address, channel_credentials(settings.keyvault_tls)
+        )
+        keys = KeySource(
+            kv_grpc.KeyVaultServiceStub(vault_channel), ttl=settings.engine.key_cache_ttl
+        )
+        http = http_client(settings.engine)
+        engine = ExecutionEngine(
+            pool=pool, keys=keys, http=http, prices=prices, settings=settings.engine
+        )
+        servicer = ExecutionServicer(engine, History(pool), KeyChecker(keys, http, settings.engine))
+        server = GrpcServer(
+            service_names=[SERVICE_NAME],
+            register=register(servicer),
+            interceptors=[ServiceInterceptor(policy=policy, domain=DOMAIN)],
+            tls=settings.server.tls,
+            address=settings.server.listen_address,
+        )
+        await server.start(pool)
+    except BaseException:
+        await pool.close()
+        raise
+    running = RunningExecution(server, pool, engine, keys, http, vault_channel)
+    if background:
+        running.tasks += [
+            asyncio.create_task(engine.keep_leases()),
+            asyncio.create_task(engine.sweep_forever()),
+        ]
+    return running
+
+
+async def main() -> None:
+    configure_logging("execution", os.environ.get("LOG_LEVEL", "INFO"))
+    try:
+        settings = ExecutionSettings.from_env(os.environ)
+        url = await resolve_database_url(settings.database_url, "execution")
+        running = await start_execution(settings, url)
+    except (SettingsError, PolicyError, PricingError, OSError) as exc:
+        fail_start(str(exc))
+        return
+    log.info("execution serving", extra={"address": settings.server.listen_address})
+    signal_name = await wait_for_shutdown_signal()
+    log.info(
+        "draining", extra={"signal": signal_name, "grace_seconds": settings.server.grace_seconds}
+    )
+    await running.stop(settings.server.grace_seconds)
+    log.info("stopped")
+
+
+def entry_point() -> None:
+    run(main)

@@ -1,0 +1,68 @@
+"""The execution service's domain errors. service_kit.interceptor maps them to gRPC status;
+each carries the execution's name (ErrorInfo metadata `execution`) when a row exists."""
+
+from __future__ import annotations
+
+import grpc
+
+from service_kit.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
+
+DOMAIN = "execution.agents.internal"
+
+
+class ExecutionNotFound(NotFound):
+    default_reason = "EXECUTION_NOT_FOUND"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} does not exist", metadata={"execution": name})
+
+
+class ExecutionInProgress(AlreadyExists):
+    default_reason = "EXECUTION_IN_PROGRESS"
+
+    def __init__(self, name: str, request_id: str) -> None:
+        super().__init__(
+            f"request id {request_id!r} is already running as {name}",
+            metadata={"execution": name},
+        )
+
+
+class KeyVaultUnavailable(Unavailable):
+    default_reason = "KEYVAULT_UNAVAILABLE"
+
+
+class ApiKeyNotConfigured(FailedPrecondition):
+    default_reason = "API_KEY_NOT_CONFIGURED"
+
+
+class ProviderRejectedRequest(ServiceError):
+    """The provider refused the request itself (400/404/422: unknown model, bad settings)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "PROVIDER_BAD_REQUEST"
+
+
+# How a provider failure (reason from providers.errors.ErrorReason) reaches the caller.
+_PROVIDER_STATUS: dict[str, type[ServiceError]] = {
+    "PROVIDER_AUTH_FAILED": FailedPrecondition,
+    "PROVIDER_PERMISSION_DENIED": FailedPrecondition,
+    "PROVIDER_BAD_REQUEST": ProviderRejectedRequest,
+    "PROVIDER_RATE_LIMITED": ResourceExhausted,
+    "PROVIDER_QUOTA_EXCEEDED": ResourceExhausted,
+    "DEADLINE_EXCEEDED": DeadlineExceeded,
+}
+
+
+def execution_failed(reason: str, message: str, execution_name: str) -> ServiceError:
+    """The error an Execute stream ends with once its FAILED row is recorded."""
+    cls = _PROVIDER_STATUS.get(reason, Unavailable)
+    metadata = {"execution": execution_name}
+    return cls(message, reason=reason, metadata=metadata)

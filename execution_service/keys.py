@@ -1,0 +1,103 @@
+"""Provider keys from the key vault over mTLS, cached in memory for a short TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
+from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
+from execution_service.errors import ApiKeyNotConfigured, KeyVaultUnavailable
+from service_kit.call_context import REQUEST_ID_HEADER
+from service_kit.secret import Secret
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProviderKey:
+    secret: Secret
+    base_url: str | None
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class _Cached:
+    key: ProviderKey
+    expires_at: float
+
+
+class KeySource:
+    """RevealApiKey with a TTL cache. Concurrent misses for one key share a single call."""
+
+    def __init__(
+        self,
+        vault: kv_grpc.KeyVaultServiceStub,
+        *,
+        ttl: float,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._vault = vault
+        self._ttl = ttl
+        self._timeout = timeout
+        self._clock = clock
+        self._cache: dict[tuple[str, str], _Cached] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[ProviderKey]] = {}
+
+    async def get(self, workspace: str, provider: str, request_id: str) -> tuple[ProviderKey, bool]:
+        """The key and whether it came from the cache."""
+        slot = (workspace, provider)
+        cached = self._cache.get(slot)
+        if cached is not None and cached.expires_at > self._clock():
+            return cached.key, True
+        pending = self._inflight.get(slot)
+        if pending is not None:
+            return await asyncio.shield(pending), False
+        future: asyncio.Future[ProviderKey] = asyncio.get_running_loop().create_future()
+        self._inflight[slot] = future
+        try:
+            key = await self._reveal(workspace, provider, request_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # consumed: waiters re-raise it, nobody else needs to
+            raise
+        else:
+            future.set_result(key)
+            if self._ttl > 0:
+                self._cache[slot] = _Cached(key, self._clock() + self._ttl)
+            return key, False
+        finally:
+            del self._inflight[slot]
+
+    def invalidate(self, workspace: str, provider: str) -> None:
+        self._cache.pop((workspace, provider), None)
+
+    async def _reveal(self, workspace: str, provider: str, request_id: str) -> ProviderKey:
+        name = f"workspaces/{workspace}/apiKeys/{provider}"
+        try:
+            response = await self._vault.RevealApiKey(  # type: ignore[misc]
+                kv.RevealApiKeyRequest(name=name),
+                timeout=self._timeout,
+                metadata=((REQUEST_ID_HEADER, request_id),),
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                raise ApiKeyNotConfigured(
+                    f"workspace {workspace} has no {provider} API key; store one with SetApiKey",
+                    metadata={"workspace": workspace, "provider": provider},
+                ) from None
+            log.warning("key vault call failed", extra={"code": err.code().name, "key": name})
+            raise KeyVaultUnavailable(
+                f"the key vault could not provide the {provider} key ({err.code().name})"
+            ) from None
+        return ProviderKey(
+            secret=Secret(response.plaintext_key),
+            base_url=response.api_key.base_url or None,
+            fingerprint=response.api_key.fingerprint,
+        )

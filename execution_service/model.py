@@ -1,0 +1,95 @@
+"""The execution record as the domain sees it, independent of SQL and protobuf."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+
+RUNNING, SUCCEEDED, FAILED, CANCELLED = "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
+TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    estimated: bool = False
+
+
+@dataclass(frozen=True)
+class ExecutionError:
+    reason: str
+    message: str
+    provider_status: int = 0
+
+
+@dataclass(frozen=True)
+class Execution:
+    id: uuid.UUID
+    workspace: str
+    agent_id: str
+    provider: str
+    model: str
+    state: str
+    create_time: dt.datetime
+    request_id: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    usage: Usage = Usage()
+    cost_nanos: int | None = None
+    attempts: int = 0
+    error: ExecutionError | None = None
+    finish_reason: str = ""
+    output_text: str | None = None
+    first_token_time: dt.datetime | None = None
+    end_time: dt.datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return f"workspaces/{self.workspace}/executions/{self.id}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished execution records."""
+
+    state: str
+    usage: Usage
+    cost_nanos: int | None
+    attempts: int
+    error: ExecutionError | None
+    finish_reason: str
+    output_text: str | None
+    first_token_time: dt.datetime | None
+    end_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class AgentStats:
+    agent_id: str
+    total: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_nanos: int
+    unknown_cost_count: int
+    latency_p50: float | None  # seconds
+    latency_p95: float | None
+    ttft_p50: float | None
+    ttft_p95: float | None
+
+    @property
+    def success_rate(self) -> float:
+        finished = self.succeeded + self.failed + self.cancelled
+        return self.succeeded / finished if finished else 0.0

@@ -1,0 +1,252 @@
+"""SQL for the execution service's own database. Every query is here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+
+import asyncpg
+
+from execution_service.model import (
+    RUNNING,
+    AgentStats,
+    Execution,
+    ExecutionError,
+    Outcome,
+    Usage,
+)
+from service_kit.db import Executor
+
+_COLUMNS = """id, workspace, agent_id, provider, model, state, request_id, labels, input_tokens,
+    output_tokens, cache_read_tokens, cache_write_tokens, usage_estimated, cost_nanos, attempts,
+    error_reason, error_message, provider_status, finish_reason, output_text, create_time,
+    first_token_time, end_time"""
+
+
+def _from_row(row: asyncpg.Record) -> Execution:
+    error = (
+        ExecutionError(row["error_reason"], row["error_message"], row["provider_status"])
+        if row["error_reason"]
+        else None
+    )
+    labels = row["labels"]
+    return Execution(
+        id=row["id"],
+        workspace=row["workspace"],
+        agent_id=row["agent_id"],
+        provider=row["provider"],
+        model=row["model"],
+        state=row["state"],
+        request_id=row["request_id"],
+        labels=json.loads(labels) if isinstance(labels, str) else dict(labels),
+        usage=Usage(
+            row["input_tokens"],
+            row["output_tokens"],
+            row["cache_read_tokens"],
+            row["cache_write_tokens"],
+            row["usage_estimated"],
+        ),
+        cost_nanos=row["cost_nanos"],
+        attempts=row["attempts"],
+        error=error,
+        finish_reason=row["finish_reason"],
+        output_text=row["output_text"],
+        create_time=row["create_time"],
+        first_token_time=row["first_token_time"],
+        end_time=row["end_time"],
+    )
+
+
+async def insert_running(
+    db: Executor, execution: Execution, *, lease_owner: str, lease_seconds: float
+) -> Execution | None:
+    """Record a new RUNNING execution. Returns None when its request id is already taken."""
+    row = await db.fetchrow(
+        f"""
+        INSERT INTO executions (id, workspace, agent_id, provider, model, state, request_id, labels,
+                                create_time, lease_owner, lease_expires_at)
+        VALUES ($1, $2, $3, $4, $5, 'RUNNING', $6, $7::jsonb, $8, $9,
+                $8 + make_interval(secs => $10))
+        ON CONFLICT (workspace, request_id) WHERE request_id IS NOT NULL DO NOTHING
+        RETURNING {_COLUMNS}""",
+        execution.id,
+        execution.workspace,
+        execution.agent_id,
+        execution.provider,
+        execution.model,
+        execution.request_id,
+        json.dumps(execution.labels),
+        execution.create_time,
+        lease_owner,
+        lease_seconds,
+    )
+    return _from_row(row) if row else None
+
+
+async def finish(db: Executor, execution_id: uuid.UUID, outcome: Outcome) -> Execution:
+    """Move a RUNNING execution to its terminal state. A row the sweeper already failed
+    keeps the sweeper's verdict (returned unchanged)."""
+    u = outcome.usage
+    error = outcome.error or ExecutionError("", "", 0)
+    row = await db.fetchrow(
+        f"""
+        UPDATE executions SET state = $2, input_tokens = $3, output_tokens = $4,
+            cache_read_tokens = $5, cache_write_tokens = $6, usage_estimated = $7,
+            cost_nanos = $8, attempts = $9, error_reason = $10, error_message = $11,
+            provider_status = $12, finish_reason = $13, output_text = $14,
+            first_token_time = $15, end_time = $16, lease_owner = NULL, lease_expires_at = NULL
+        WHERE id = $1 AND state = 'RUNNING'
+        RETURNING {_COLUMNS}""",
+        execution_id,
+        outcome.state,
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+        u.estimated,
+        outcome.cost_nanos,
+        outcome.attempts,
+        error.reason,
+        error.message,
+        error.provider_status,
+        outcome.finish_reason,
+        outcome.output_text,
+        outcome.first_token_time,
+        outcome.end_time,
+    )
+    if row is None:
+        row = await db.fetchrow(f"SELECT {_COLUMNS} FROM executions WHERE id = $1", execution_id)
+        assert row is not None
+    return _from_row(row)
+
+
+async def get(db: Executor, workspace: str, execution_id: uuid.UUID) -> Execution | None:
+    row = await db.fetchrow(
+        f"SELECT {_COLUMNS} FROM executions WHERE id = $1 AND workspace = $2",
+        execution_id,
+        workspace,
+    )
+    return _from_row(row) if row else None
+
+
+async def get_by_request_id(db: Executor, workspace: str, request_id: str) -> Execution | None:
+    row = await db.fetchrow(
+        f"SELECT {_COLUMNS} FROM executions WHERE workspace = $1 AND request_id = $2",
+        workspace,
+        request_id,
+    )
+    return _from_row(row) if row else None
+
+
+async def list_page(
+    db: Executor,
+    workspace: str,
+    *,
+    agent_id: str | None,
+    state: str | None,
+    start_time: dt.datetime | None,
+    end_time: dt.datetime | None,
+    after: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Execution]:
+    """Newest first; keyset on (create_time, id) so pages never shift or skip."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_COLUMNS} FROM executions
+        WHERE workspace = $1
+          AND ($2::text IS NULL OR agent_id = $2)
+          AND ($3::text IS NULL OR state = $3)
+          AND ($4::timestamptz IS NULL OR create_time >= $4)
+          AND ($5::timestamptz IS NULL OR create_time < $5)
+          AND ($6::timestamptz IS NULL OR (create_time, id) < ($6, $7::uuid))
+        ORDER BY create_time DESC, id DESC
+        LIMIT $8""",
+        workspace,
+        agent_id,
+        state,
+        start_time,
+        end_time,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+    )
+    return [_from_row(r) for r in rows]
+
+
+async def agent_stats(
+    db: Executor, workspace: str, agent_id: str, start: dt.datetime, end: dt.datetime
+) -> AgentStats:
+    row = await db.fetchrow(
+        """
+        SELECT count(*) AS total,
+               count(*) FILTER (WHERE state = 'RUNNING') AS running,
+               count(*) FILTER (WHERE state = 'SUCCEEDED') AS succeeded,
+               count(*) FILTER (WHERE state = 'FAILED') AS failed,
+               count(*) FILTER (WHERE state = 'CANCELLED') AS cancelled,
+               coalesce(sum(input_tokens), 0) AS input_tokens,
+               coalesce(sum(output_tokens), 0) AS output_tokens,
+               coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
+               coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
+               coalesce(sum(cost_nanos), 0) AS cost_nanos,
+               count(*) FILTER (WHERE cost_nanos IS NULL AND state <> 'RUNNING') AS unknown_cost,
+               percentile_cont(0.5) WITHIN GROUP
+                   (ORDER BY extract(epoch FROM end_time - create_time))
+                   FILTER (WHERE end_time IS NOT NULL) AS latency_p50,
+               percentile_cont(0.95) WITHIN GROUP
+                   (ORDER BY extract(epoch FROM end_time - create_time))
+                   FILTER (WHERE end_time IS NOT NULL) AS latency_p95,
+               percentile_cont(0.5) WITHIN GROUP
+                   (ORDER BY extract(epoch FROM first_token_time - create_time))
+                   FILTER (WHERE first_token_time IS NOT NULL) AS ttft_p50,
+               percentile_cont(0.95) WITHIN GROUP
+                   (ORDER BY extract(epoch FROM first_token_time - create_time))
+                   FILTER (WHERE first_token_time IS NOT NULL) AS ttft_p95
+        FROM executions
+        WHERE workspace = $1 AND agent_id = $2 AND create_time >= $3 AND create_time < $4""",
+        workspace,
+        agent_id,
+        start,
+        end,
+    )
+    assert row is not None
+    return AgentStats(
+        agent_id=agent_id,
+        total=row["total"],
+        running=row["running"],
+        succeeded=row["succeeded"],
+        failed=row["failed"],
+        cancelled=row["cancelled"],
+        input_tokens=int(row["input_tokens"]),
+        output_tokens=int(row["output_tokens"]),
+        cache_read_tokens=int(row["cache_read_tokens"]),
+        cache_write_tokens=int(row["cache_write_tokens"]),
+        cost_nanos=int(row["cost_nanos"]),
+        unknown_cost_count=row["unknown_cost"],
+        latency_p50=row["latency_p50"],
+        latency_p95=row["latency_p95"],
+        ttft_p50=row["ttft_p50"],
+        ttft_p95=row["ttft_p95"],
+    )
+
+
+async def renew_leases(db: Executor, owner: str, lease_seconds: float) -> int:
+    """One statement renews every running execution this process owns."""
+    status = await db.execute(
+        f"""UPDATE executions SET lease_expires_at = now() + make_interval(secs => $2)
+            WHERE lease_owner = $1 AND state = '{RUNNING}'""",
+        owner,
+        lease_seconds,
+    )
+    return int(status.split()[-1])
+
+
+async def fail_expired_leases(db: Executor, message: str) -> int:
+    """The sweeper: executions whose owner stopped renewing (it crashed) become FAILED."""
+    status = await db.execute(
+        f"""UPDATE executions SET state = 'FAILED', error_reason = 'INTERRUPTED',
+                error_message = $1, end_time = now(), lease_owner = NULL, lease_expires_at = NULL
+            WHERE state = '{RUNNING}' AND lease_expires_at < now()""",
+        message,
+    )
+    return int(status.split()[-1])

@@ -1,0 +1,220 @@
+"""execution.v1.ExecutionService: decode the request, call the domain, encode the answer."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from clients.gen.execution.v1 import execution_service_pb2 as pb
+from clients.gen.execution.v1 import execution_service_pb2_grpc as pb_grpc
+from clients.gen.execution.v1 import resources_pb2 as res
+from execution_service.engine import Completed, Delta, ExecutionEngine, Started
+from execution_service.history import History
+from execution_service.key_check import KeyChecker
+from execution_service.model import AgentStats, Execution
+from execution_service.validation import (
+    PROVIDERS,
+    STATES,
+    agent_id_of,
+    execute_command,
+    parse_execution_name,
+    time_window,
+)
+from service_kit.call_context import call_info
+from service_kit.errors import FieldViolation, InvalidArgument
+from service_kit.names import workspace_of
+from service_kit.pagination import page_request, page_token
+from service_kit.secret import Secret
+from service_kit.urls import base_url_violations
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExecutionService"].full_name
+_PROVIDER_ENUM = {name: value for value, name in PROVIDERS.items()}
+_STATE_ENUM = {name: value for value, name in STATES.items()}
+
+
+def _timestamp(value: dt.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _duration(seconds: float | None) -> Duration | None:
+    if seconds is None:
+        return None
+    d = Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def _between(start: dt.datetime, end: dt.datetime | None) -> Duration | None:
+    return _duration((end - start).total_seconds()) if end else None
+
+
+def execution_message(e: Execution) -> res.Execution:
+    message = res.Execution(
+        name=e.name,
+        agent_id=e.agent_id,
+        provider=_PROVIDER_ENUM[e.provider],  # type: ignore[arg-type]
+        model=e.model,
+        state=_STATE_ENUM[e.state],  # type: ignore[arg-type]
+        usage=res.Usage(
+            input_tokens=e.usage.input_tokens,
+            output_tokens=e.usage.output_tokens,
+            cache_read_tokens=e.usage.cache_read_tokens,
+            cache_write_tokens=e.usage.cache_write_tokens,
+            estimated=e.usage.estimated,
+        ),
+        cost_nanos=e.cost_nanos,
+        attempts=e.attempts,
+        error=res.ExecutionError(**vars(e.error)) if e.error else None,
+        create_time=_timestamp(e.create_time),
+        first_token_time=_timestamp(e.first_token_time),
+        end_time=_timestamp(e.end_time),
+        latency=_between(e.create_time, e.end_time),
+        time_to_first_token=_between(e.create_time, e.first_token_time),
+        request_id=e.request_id or "",
+        labels=e.labels,
+        output_text=e.output_text or "",
+        finish_reason=e.finish_reason,
+    )
+    return message
+
+
+def _stats_message(s: AgentStats) -> res.AgentStats:
+    return res.AgentStats(
+        agent_id=s.agent_id,
+        total_count=s.total,
+        running_count=s.running,
+        succeeded_count=s.succeeded,
+        failed_count=s.failed,
+        cancelled_count=s.cancelled,
+        success_rate=s.success_rate,
+        input_tokens=s.input_tokens,
+        output_tokens=s.output_tokens,
+        cache_read_tokens=s.cache_read_tokens,
+        cache_write_tokens=s.cache_write_tokens,
+        cost_nanos=s.cost_nanos,
+        unknown_cost_count=s.unknown_cost_count,
+        latency_p50=_duration(s.latency_p50),
+        latency_p95=_duration(s.latency_p95),
+        time_to_first_token_p50=_duration(s.ttft_p50),
+        time_to_first_token_p95=_duration(s.ttft_p95),
+    )
+
+
+def _optional_time(message: Any, field: str) -> dt.datetime | None:
+    if not message.HasField(field):
+        return None
+    return getattr(message, field).ToDatetime(tzinfo=dt.UTC)
+
+
+def _deadline(context: Any) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
+    def __init__(self, engine: ExecutionEngine, history: History, checker: KeyChecker) -> None:
+        self._engine = engine
+        self._history = history
+        self._checker = checker
+
+    async def Execute(  # type: ignore[override]
+        self, request: pb.ExecuteRequest, context: Any
+    ) -> AsyncIterator[pb.ExecuteResponse]:
+        command = execute_command(request)
+        events = self._engine.execute(
+            command, deadline=_deadline(context), request_id=call_info().request_id
+        )
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, Delta):
+                    yield pb.ExecuteResponse(delta=pb.TextDelta(text=event.text))
+                elif isinstance(event, Started):
+                    yield pb.ExecuteResponse(started=execution_message(event.execution))
+                elif isinstance(event, Completed):
+                    yield pb.ExecuteResponse(completed=execution_message(event.execution))
+
+    async def GetExecution(
+        self, request: pb.GetExecutionRequest, context: Any
+    ) -> pb.GetExecutionResponse:
+        workspace, execution_id = parse_execution_name(request.name)
+        found = await self._history.get(workspace, execution_id)
+        return pb.GetExecutionResponse(execution=execution_message(found))
+
+    async def ListExecutions(
+        self, request: pb.ListExecutionsRequest, context: Any
+    ) -> pb.ListExecutionsResponse:
+        workspace = workspace_of(request.parent)
+        agent_id = agent_id_of(request.agent_id, required=False)
+        start, end = _optional_time(request, "start_time"), _optional_time(request, "end_time")
+        time_window(start, end)
+        if request.state and request.state not in STATES:
+            raise InvalidArgument([FieldViolation("state", "is not a known execution state")])
+        state = STATES.get(request.state)
+        query = "|".join(
+            [request.parent, request.agent_id, str(request.state), str(start), str(end)]
+        )
+        page = page_request(request.page_size, request.page_token, query=query)
+        rows, cursor = await self._history.page(
+            workspace, page, agent_id=agent_id, state=state, start_time=start, end_time=end
+        )
+        return pb.ListExecutionsResponse(
+            executions=[execution_message(e) for e in rows],
+            next_page_token=page_token(cursor, query=query) if cursor else "",
+        )
+
+    async def GetAgentStats(
+        self, request: pb.GetAgentStatsRequest, context: Any
+    ) -> pb.GetAgentStatsResponse:
+        workspace = workspace_of(request.parent)
+        agent_id = agent_id_of(request.agent_id, required=True)
+        assert agent_id is not None
+        start, end = _optional_time(request, "start_time"), _optional_time(request, "end_time")
+        time_window(start, end)
+        stats = await self._history.agent_stats(workspace, agent_id, start, end)
+        return pb.GetAgentStatsResponse(stats=_stats_message(stats))
+
+    async def TestApiKey(
+        self, request: pb.TestApiKeyRequest, context: Any
+    ) -> pb.TestApiKeyResponse:
+        workspace = workspace_of(request.parent)
+        violations = []
+        if request.provider not in PROVIDERS:
+            violations.append(
+                FieldViolation("provider", "must be PROVIDER_OPENAI or PROVIDER_ANTHROPIC")
+            )
+        if len(request.candidate_api_key.encode()) > 4096:
+            violations.append(FieldViolation("candidate_api_key", "must be at most 4096 bytes"))
+        violations += base_url_violations(request.base_url)
+        if violations:
+            raise InvalidArgument(violations)
+        provider = PROVIDERS[request.provider]
+        if request.candidate_api_key:
+            verdict = await self._checker.check_candidate(
+                provider, Secret(request.candidate_api_key), request.base_url
+            )
+        else:
+            verdict = await self._checker.check_stored(workspace, provider, call_info().request_id)
+        return pb.TestApiKeyResponse(
+            valid=verdict.valid,
+            reason=verdict.reason,
+            message=verdict.message,
+            latency=_duration(verdict.seconds),
+        )
+
+
+def register(servicer: ExecutionServicer) -> Any:
+    def add(server: grpc.aio.Server) -> None:
+        pb_grpc.add_ExecutionServiceServicer_to_server(servicer, server)
+
+    return add

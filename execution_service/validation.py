@@ -1,0 +1,187 @@
+"""Everything a caller sends to the execution service is checked here, before any row."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from dataclasses import dataclass
+
+from clients.gen.execution.v1 import execution_service_pb2 as pb
+from clients.gen.execution.v1 import resources_pb2 as res
+from clients.gen.keyvault.v1 import resources_pb2 as kv_res
+from execution_service.providers.base import ChatMessage, ChatRequest
+from service_kit.errors import FieldViolation, InvalidArgument
+from service_kit.names import WORKSPACE_PATTERN, workspace_of
+
+_AGENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_MODEL = re.compile(r"^[A-Za-z0-9._:/@-]{1,256}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_EXECUTION_NAME = re.compile(
+    rf"^workspaces/({WORKSPACE_PATTERN})/executions/"
+    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
+)
+
+MAX_PROMPT_CHARS = 1_000_000
+MAX_MESSAGES = 1000
+MAX_OUTPUT_TOKENS = 200_000
+MAX_STOP_SEQUENCES = 4
+MAX_LABELS = 16
+
+PROVIDERS = {kv_res.PROVIDER_OPENAI: "openai", kv_res.PROVIDER_ANTHROPIC: "anthropic"}
+_ROLES = {
+    res.MESSAGE_ROLE_SYSTEM: "system",
+    res.MESSAGE_ROLE_USER: "user",
+    res.MESSAGE_ROLE_ASSISTANT: "assistant",
+}
+STATES = {
+    res.EXECUTION_STATE_RUNNING: "RUNNING",
+    res.EXECUTION_STATE_SUCCEEDED: "SUCCEEDED",
+    res.EXECUTION_STATE_FAILED: "FAILED",
+    res.EXECUTION_STATE_CANCELLED: "CANCELLED",
+}
+
+
+@dataclass(frozen=True)
+class ExecuteCommand:
+    workspace: str
+    agent_id: str
+    provider: str
+    chat: ChatRequest
+    request_id: str | None
+    labels: dict[str, str]
+
+
+def _agent_violation(agent_id: str) -> list[FieldViolation]:
+    if _AGENT_ID.match(agent_id):
+        return []
+    return [
+        FieldViolation("agent_id", "must be 1-128 characters of letters, digits, '.', '_', '-'")
+    ]
+
+
+def _message_violations(messages: list[res.Message]) -> list[FieldViolation]:
+    if not messages:
+        return [FieldViolation("messages", "at least one message is required")]
+    if len(messages) > MAX_MESSAGES:
+        return [FieldViolation("messages", f"at most {MAX_MESSAGES} messages")]
+    violations = []
+    for i, message in enumerate(messages):
+        if message.role not in _ROLES:
+            violations.append(
+                FieldViolation(f"messages[{i}].role", "must be SYSTEM, USER or ASSISTANT")
+            )
+        if not message.content:
+            violations.append(FieldViolation(f"messages[{i}].content", "must not be empty"))
+    if all(m.role == res.MESSAGE_ROLE_SYSTEM for m in messages):
+        violations.append(
+            FieldViolation("messages", "needs at least one user or assistant message")
+        )
+    if sum(len(m.content) for m in messages) > MAX_PROMPT_CHARS:
+        violations.append(
+            FieldViolation("messages", f"total content over {MAX_PROMPT_CHARS} characters")
+        )
+    return violations
+
+
+def _config_violations(config: res.GenerationConfig) -> list[FieldViolation]:
+    violations = []
+    if config.HasField("max_tokens") and not 1 <= config.max_tokens <= MAX_OUTPUT_TOKENS:
+        violations.append(
+            FieldViolation("generation_config.max_tokens", f"must be 1 to {MAX_OUTPUT_TOKENS}")
+        )
+    if config.HasField("temperature") and not (
+        math.isfinite(config.temperature) and 0 <= config.temperature <= 2
+    ):
+        violations.append(FieldViolation("generation_config.temperature", "must be 0 to 2"))
+    if config.HasField("top_p") and not (math.isfinite(config.top_p) and 0 <= config.top_p <= 1):
+        violations.append(FieldViolation("generation_config.top_p", "must be 0 to 1"))
+    stops = list(config.stop_sequences)
+    if len(stops) > MAX_STOP_SEQUENCES or any(not s or len(s) > 256 for s in stops):
+        violations.append(
+            FieldViolation(
+                "generation_config.stop_sequences",
+                f"at most {MAX_STOP_SEQUENCES} non-empty sequences of up to 256 characters",
+            )
+        )
+    return violations
+
+
+def _label_violations(labels: dict[str, str]) -> list[FieldViolation]:
+    if len(labels) > MAX_LABELS:
+        return [FieldViolation("labels", f"at most {MAX_LABELS} labels")]
+    bad = [k for k, v in labels.items() if not _LABEL_KEY.match(k) or len(v) > 256]
+    if bad:
+        return [
+            FieldViolation(
+                "labels",
+                "keys are 1-63 of [a-z0-9_-] starting with a letter; values up to 256 characters",
+            )
+        ]
+    return []
+
+
+def execute_command(request: pb.ExecuteRequest) -> ExecuteCommand:
+    violations: list[FieldViolation] = []
+    workspace = ""
+    try:
+        workspace = workspace_of(request.parent)
+    except InvalidArgument as exc:
+        violations += exc.violations
+    violations += _agent_violation(request.agent_id)
+    if request.provider not in PROVIDERS:
+        violations.append(
+            FieldViolation("provider", "must be PROVIDER_OPENAI or PROVIDER_ANTHROPIC")
+        )
+    if not _MODEL.match(request.model):
+        violations.append(FieldViolation("model", "must be 1-256 characters of [A-Za-z0-9._:/@-]"))
+    violations += _message_violations(list(request.messages))
+    violations += _config_violations(request.generation_config)
+    if request.request_id and not _REQUEST_ID.match(request.request_id):
+        violations.append(
+            FieldViolation("request_id", "must be 1-128 characters of [A-Za-z0-9._:-]")
+        )
+    labels = dict(request.labels)
+    violations += _label_violations(labels)
+    if violations:
+        raise InvalidArgument(violations)
+    config = request.generation_config
+    return ExecuteCommand(
+        workspace=workspace,
+        agent_id=request.agent_id,
+        provider=PROVIDERS[request.provider],
+        chat=ChatRequest(
+            model=request.model,
+            messages=tuple(ChatMessage(_ROLES[m.role], m.content) for m in request.messages),  # type: ignore[arg-type]
+            max_tokens=config.max_tokens if config.HasField("max_tokens") else None,
+            temperature=config.temperature if config.HasField("temperature") else None,
+            top_p=config.top_p if config.HasField("top_p") else None,
+            stop=tuple(config.stop_sequences),
+        ),
+        request_id=request.request_id or None,
+        labels=labels,
+    )
+
+
+def parse_execution_name(name: str) -> tuple[str, str]:
+    match = _EXECUTION_NAME.match(name)
+    if not match:
+        raise InvalidArgument(
+            [FieldViolation("name", "must be workspaces/{workspace}/executions/{uuid}")]
+        )
+    return match.group(1), match.group(2)
+
+
+def agent_id_of(agent_id: str, *, required: bool) -> str | None:
+    if not agent_id and not required:
+        return None
+    violations = _agent_violation(agent_id)
+    if violations:
+        raise InvalidArgument(violations)
+    return agent_id
+
+
+def time_window(start: dt.datetime | None, end: dt.datetime | None) -> None:
+    if start is not None and end is not None and start >= end:
+        raise InvalidArgument([FieldViolation("start_time", "must be before end_time")])
