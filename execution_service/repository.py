@@ -66,8 +66,8 @@ async def insert_running(
         f"""
         INSERT INTO executions (id, workspace, agent_id, provider, model, state, request_id, labels,
                                 create_time, lease_owner, lease_expires_at)
-        VALUES ($1, $2, $3, $4, $5, 'RUNNING', $6, $7::jsonb, $8, $9,
-                $8 + make_interval(secs => $10))
+        VALUES ($1, $2, $3, $4, $5, 'RUNNING', $6, $7::jsonb, $8::timestamptz, $9,
+                $8::timestamptz + make_interval(secs => $10::float8))
         ON CONFLICT (workspace, request_id) WHERE request_id IS NOT NULL DO NOTHING
         RETURNING {_COLUMNS}""",
         execution.id,
@@ -233,7 +233,7 @@ async def agent_stats(
 async def renew_leases(db: Executor, owner: str, lease_seconds: float) -> int:
     """One statement renews every running execution this process owns."""
     status = await db.execute(
-        f"""UPDATE executions SET lease_expires_at = now() + make_interval(secs => $2)
+        f"""UPDATE executions SET lease_expires_at = now() + make_interval(secs => $2::float8)
             WHERE lease_owner = $1 AND state = '{RUNNING}'""",
         owner,
         lease_seconds,

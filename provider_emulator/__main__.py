@@ -19,13 +19,21 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089, help="0 picks a free port")
-    parser.add_argument("--chunks", type=int, default=None,
-                        help=f"content chunks per answer (default {DEFAULT_CHUNKS})")
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        default=None,
+        help=f"content chunks per answer (default {DEFAULT_CHUNKS})",
+    )
     parser.add_argument("--text", default=None, help="fixed answer text")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
     parser.add_argument("--first-token-delay-ms", type=float, default=0.0)
-    parser.add_argument("--accepted-key", action="append", dest="accepted_keys",
-                        help="accept only these keys (repeatable; default: any non-empty key)")
+    parser.add_argument(
+        "--accepted-key",
+        action="append",
+        dest="accepted_keys",
+        help="accept only these keys (repeatable; default: any non-empty key)",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--no-uvloop", action="store_true", help="use the stock event loop")
     return parser.parse_args(argv)

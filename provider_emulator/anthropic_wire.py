@@ -134,8 +134,9 @@ class AnthropicWire:
         if not isinstance(model, str) or not model:
             return self._invalid("model: Input should be a valid string", request_id)
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            return self._invalid("max_tokens: Input should be greater than or equal to 1",
-                                 request_id)
+            return self._invalid(
+                "max_tokens: Input should be greater than or equal to 1", request_id
+            )
         if not isinstance(messages, list):
             return self._invalid("messages: Input should be a valid list", request_id)
         if not messages:
@@ -170,8 +171,10 @@ class AnthropicWire:
         code: str | None = None,
         message: str | None = None,
     ) -> ErrorReply:
-        type_ = error_type or TYPE_OF_STATUS.get(status) or (
-            "api_error" if status >= 500 else "invalid_request_error"
+        type_ = (
+            error_type
+            or TYPE_OF_STATUS.get(status)
+            or ("api_error" if status >= 500 else "invalid_request_error")
         )
         return self._reply(status, type_, message or _MESSAGES.get(type_, "Error."), request_id)
 

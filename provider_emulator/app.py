@@ -69,7 +69,12 @@ class ProviderEndpoints:
             if early is not None:
                 return early
             return await send_body(
-                request, record, 200, wire.models_body, wire.json_content_type, headers,
+                request,
+                record,
+                200,
+                wire.models_body,
+                wire.json_content_type,
+                headers,
                 "completed",
             )
         except asyncio.CancelledError:
@@ -84,7 +89,12 @@ class ProviderEndpoints:
         if body is _INVALID_JSON:
             body = None
         return self.state.record(
-            wire.name, request.method, request.path, request.headers, key, body,
+            wire.name,
+            request.method,
+            request.path,
+            request.headers,
+            key,
+            body,
             new_id(wire.request_id_prefix),
         )
 
@@ -240,8 +250,9 @@ class ProviderEndpoints:
         if step.cut_after_chunks is not None:
             return Ending(min(step.cut_after_chunks, count), b"", "cut", abort=True)
         if step.malformed_after_chunks is not None:
-            return Ending(min(step.malformed_after_chunks, count), wire.malformed_event,
-                          "malformed")
+            return Ending(
+                min(step.malformed_after_chunks, count), wire.malformed_event, "malformed"
+            )
         if step.error_after_chunks is not None:
             event = wire.stream_error_event(step.error_type, step.error_message)
             return Ending(min(step.error_after_chunks, count), event, "stream_error")
@@ -262,16 +273,13 @@ class ProviderEndpoints:
             return await send_cut_body(request, record, body, wire.json_content_type, headers)
         if step.error_after_chunks is not None:
             status = wire.midstream_error_status(step.error_type)
-            reply = wire.error(status, record.request_id, step.error_type, None,
-                               step.error_message)
+            reply = wire.error(status, record.request_id, step.error_type, None, step.error_message)
             return await send_error(request, record, reply, headers)
         outcome: Outcome = "completed"
         if step.malformed_after_chunks is not None:
             body, outcome = body[: len(body) // 2], "malformed"
         record.chunks_sent = answer.count
-        return await send_body(
-            request, record, 200, body, wire.json_content_type, headers, outcome
-        )
+        return await send_body(request, record, 200, body, wire.json_content_type, headers, outcome)
 
 
 def create_app(config: EmulatorConfig | None = None) -> web.Application:

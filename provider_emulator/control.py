@@ -28,9 +28,7 @@ def _ok(data: Any = None) -> web.Response:
 
 
 def _bad(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(
-        text=json.dumps({"error": message}), content_type="application/json"
-    )
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

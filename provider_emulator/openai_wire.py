@@ -16,13 +16,19 @@ _FINGERPRINT = b"fp_emulator"
 _DEFAULTS: dict[int, tuple[str, str | None, str]] = {
     400: ("invalid_request_error", None, "Invalid request."),
     401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
-    403: ("invalid_request_error", "unsupported_country_region_territory",
-          "Country, region, or territory not supported"),
+    403: (
+        "invalid_request_error",
+        "unsupported_country_region_territory",
+        "Country, region, or territory not supported",
+    ),
     404: ("invalid_request_error", "model_not_found", "The model does not exist."),
     408: ("timeout", None, "Request timed out."),
     409: ("invalid_request_error", None, "Conflict."),
-    429: ("requests", "rate_limit_exceeded",
-          "Rate limit reached for requests. Please try again in 1s."),
+    429: (
+        "requests",
+        "rate_limit_exceeded",
+        "Rate limit reached for requests. Please try again in 1s.",
+    ),
     500: ("server_error", None, "The server had an error processing your request."),
     503: ("server_error", None, "The engine is currently overloaded, please try again later."),
 }
@@ -115,7 +121,10 @@ class OpenAIWire:
         messages = body.get("messages")
         if messages is None:
             return self._reply(
-                400, "Missing required parameter: 'messages'.", bad, "messages",
+                400,
+                "Missing required parameter: 'messages'.",
+                bad,
+                "messages",
                 "missing_required_parameter",
             )
         if not isinstance(messages, list) or not messages:
@@ -142,9 +151,13 @@ class OpenAIWire:
             )
             return self._reply(400, message, bad, limit[0], "integer_below_min_value")
         options = body.get("stream_options")
+        stream = body.get("stream") is True
+        if options is not None and not stream:
+            message = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+            return self._reply(400, message, bad, "stream_options", None)
         return GenRequest(
             model=model,
-            stream=body.get("stream") is True,
+            stream=stream,
             max_tokens=None if limit is None else limit[1],
             input_tokens=count_input_tokens(messages),
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
@@ -219,13 +232,16 @@ class OpenAIWire:
 
     def stream_events(self, answer: Answer) -> StreamEvents:
         usage_null = b',"usage":null' if answer.include_usage else b""
-        prefix = b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,' \
-            b'"system_fingerprint":"%s","choices":[' % (
+        prefix = (
+            b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,'
+            b'"system_fingerprint":"%s","choices":['
+            % (
                 answer.message_id.encode(),
                 answer.created,
                 json.dumps(answer.model).encode(),
                 _FINGERPRINT,
             )
+        )
         end = b"]" + usage_null + b"}\n\n"
         head = (
             prefix

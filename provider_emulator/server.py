@@ -18,6 +18,7 @@ class RunningEmulator:
 
     def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
         self._runner = runner
+        self._stopped = False
         self.host = host
         self.port = port
         self.app = runner.app
@@ -32,8 +33,10 @@ class RunningEmulator:
 
     async def stop(self) -> None:
         """Stop listening and close connections (in-flight answers get
-        `config.shutdown_timeout_s` to finish)."""
-        await self._runner.cleanup()
+        `config.shutdown_timeout_s` to finish). Safe to call more than once."""
+        if not self._stopped:
+            self._stopped = True
+            await self._runner.cleanup()
 
     async def __aenter__(self) -> RunningEmulator:
         return self

@@ -86,11 +86,19 @@ class Step:
         return step
 
     def validate(self) -> None:
-        for name in ("status", "cut_after_chunks", "malformed_after_chunks",
-                     "error_after_chunks", "chunks", "cache_read_tokens", "cache_write_tokens"):
+        for name in (
+            "status",
+            "cut_after_chunks",
+            "malformed_after_chunks",
+            "error_after_chunks",
+            "chunks",
+            "cache_read_tokens",
+            "cache_write_tokens",
+        ):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value < 0):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0
+            ):
                 raise StepError(f"{name} must be a non-negative integer")
         for name in ("delay_before_first_ms", "chunk_delay_ms"):
             value = getattr(self, name)
@@ -284,7 +292,8 @@ class EmulatorState:
     ) -> list[RecordedRequest]:
         fingerprint = key_fingerprint(key) if key else None
         return [
-            r for r in self.requests
+            r
+            for r in self.requests
             if (fingerprint is None or r.key_sha256 == fingerprint)
             and (path is None or r.path == path)
         ]

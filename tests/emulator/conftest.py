@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-
 from emulator_helpers import CHUNKS
 
 from provider_emulator import RunningEmulator, start_emulator
+
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[RunningEmulator]:

@@ -12,7 +12,6 @@ ANTHROPIC_VERSION = "2023-06-01"
 CHUNKS = 6
 
 
-
 def openai_headers(key: str = OPENAI_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -86,7 +85,5 @@ def openai_texts(events: list[SseEvent]) -> list[str]:
 
 def anthropic_texts(events: list[SseEvent]) -> list[str]:
     return [
-        json.loads(data)["delta"]["text"]
-        for name, data in events
-        if name == "content_block_delta"
+        json.loads(data)["delta"]["text"] for name, data in events if name == "content_block_delta"
     ]

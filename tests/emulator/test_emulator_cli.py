@@ -18,8 +18,16 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 async def test_module_serves_until_sigterm() -> None:
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "provider_emulator", "--port", "0", "--chunks", "3",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        sys.executable,
+        "-m",
+        "provider_emulator",
+        "--port",
+        "0",
+        "--chunks",
+        "3",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
         cwd=PROJECT_ROOT,
     )
     try:
@@ -28,8 +36,11 @@ async def test_module_serves_until_sigterm() -> None:
         match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
         assert match, line
         async with httpx.AsyncClient() as http:
-            response = await http.post(match.group(1) + "/v1/chat/completions",
-                                       json=openai_body(), headers=openai_headers())
+            response = await http.post(
+                match.group(1) + "/v1/chat/completions",
+                json=openai_body(),
+                headers=openai_headers(),
+            )
         assert response.json()["choices"][0]["message"]["content"] == "word0 word1 word2"
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=20)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from emulator_helpers import (
@@ -17,23 +19,38 @@ from emulator_helpers import (
 from provider_emulator import RunningEmulator, key_fingerprint, start_emulator
 
 
-async def chat(http: httpx.AsyncClient, emulator: RunningEmulator, key: str = OPENAI_KEY,
-               **body: object) -> httpx.Response:
-    return await http.post(emulator.base_url + "/v1/chat/completions",
-                           json={**openai_body(), **body}, headers=openai_headers(key))
+async def chat(
+    http: httpx.AsyncClient, emulator: RunningEmulator, key: str = OPENAI_KEY, **body: object
+) -> httpx.Response:
+    return await http.post(
+        emulator.base_url + "/v1/chat/completions",
+        json={**openai_body(), **body},
+        headers=openai_headers(key),
+    )
 
 
-async def messages(http: httpx.AsyncClient, emulator: RunningEmulator, key: str = ANTHROPIC_KEY,
-                   **body: object) -> httpx.Response:
-    return await http.post(emulator.base_url + "/v1/messages",
-                           json={**anthropic_body(), **body}, headers=anthropic_headers(key))
+async def messages(
+    http: httpx.AsyncClient, emulator: RunningEmulator, key: str = ANTHROPIC_KEY, **body: object
+) -> httpx.Response:
+    return await http.post(
+        emulator.base_url + "/v1/messages",
+        json={**anthropic_body(), **body},
+        headers=anthropic_headers(key),
+    )
 
 
 async def test_script_over_http(emulator: RunningEmulator, http: httpx.AsyncClient) -> None:
     control = emulator.base_url + "/_emulator/script"
-    queued = await http.post(control, json={"key": OPENAI_KEY, "steps": [
-        {"status": 429, "headers": {"retry-after": "1"}}, {"status": 500},
-    ]})
+    queued = await http.post(
+        control,
+        json={
+            "key": OPENAI_KEY,
+            "steps": [
+                {"status": 429, "headers": {"retry-after": "1"}},
+                {"status": 500},
+            ],
+        },
+    )
     assert queued.json() == {"queued": 2, "pending": 2}
     pending = await http.get(control, params={"key": OPENAI_KEY})
     assert pending.json() == {"pending": 2}
@@ -97,10 +114,12 @@ async def test_missing_or_empty_keys_are_rejected(
 ) -> None:
     url = emulator.base_url
     no_auth = await http.post(url + "/v1/chat/completions", json=openai_body())
-    empty = await http.post(url + "/v1/chat/completions", json=openai_body(),
-                            headers={"Authorization": "Bearer"})
-    no_key = await http.post(url + "/v1/messages", json=anthropic_body(),
-                             headers={"anthropic-version": "2023-06-01"})
+    empty = await http.post(
+        url + "/v1/chat/completions", json=openai_body(), headers={"Authorization": "Bearer"}
+    )
+    no_key = await http.post(
+        url + "/v1/messages", json=anthropic_body(), headers={"anthropic-version": "2023-06-01"}
+    )
     assert (no_auth.status_code, empty.status_code, no_key.status_code) == (401, 401, 401)
     assert no_key.json()["error"]["message"] == "x-api-key header is required"
 
@@ -146,8 +165,9 @@ async def test_anthropic_validation(
     emulator: RunningEmulator, http: httpx.AsyncClient, body: dict[str, object], fragment: str
 ) -> None:
     payload = {k: v for k, v in {**anthropic_body(), **body}.items() if v is not None}
-    response = await http.post(emulator.base_url + "/v1/messages", json=payload,
-                               headers=anthropic_headers())
+    response = await http.post(
+        emulator.base_url + "/v1/messages", json=payload, headers=anthropic_headers()
+    )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert fragment in response.json()["error"]["message"]
@@ -156,8 +176,11 @@ async def test_anthropic_validation(
 async def test_anthropic_version_header_required(
     emulator: RunningEmulator, http: httpx.AsyncClient
 ) -> None:
-    response = await http.post(emulator.base_url + "/v1/messages", json=anthropic_body(),
-                               headers={"x-api-key": ANTHROPIC_KEY})
+    response = await http.post(
+        emulator.base_url + "/v1/messages",
+        json=anthropic_body(),
+        headers={"x-api-key": ANTHROPIC_KEY},
+    )
     assert response.status_code == 400
     assert "anthropic-version" in response.json()["error"]["message"]
 
@@ -169,21 +192,26 @@ async def test_anthropic_version_header_required(
         ({"messages": None}, "missing_required_parameter"),
         ({"max_tokens": 0}, "integer_below_min_value"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "invalid_value"),
+        ({"stream": False, "stream_options": {"include_usage": True}}, None),
     ],
 )
 async def test_openai_validation(
-    emulator: RunningEmulator, http: httpx.AsyncClient, body: dict[str, object], code: str
+    emulator: RunningEmulator, http: httpx.AsyncClient, body: dict[str, object], code: str | None
 ) -> None:
     payload = {k: v for k, v in {**openai_body(), **body}.items() if v is not None}
-    response = await http.post(emulator.base_url + "/v1/chat/completions", json=payload,
-                               headers=openai_headers())
+    response = await http.post(
+        emulator.base_url + "/v1/chat/completions", json=payload, headers=openai_headers()
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == code
 
 
 async def test_invalid_json_is_a_400(emulator: RunningEmulator, http: httpx.AsyncClient) -> None:
-    response = await http.post(emulator.base_url + "/v1/chat/completions", content=b"{nope",
-                               headers={**openai_headers(), "content-type": "application/json"})
+    response = await http.post(
+        emulator.base_url + "/v1/chat/completions",
+        content=b"{nope",
+        headers={**openai_headers(), "content-type": "application/json"},
+    )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
 
@@ -207,9 +235,7 @@ async def test_requests_listing_filter_and_clear(
     assert (await http.get(url)).json() == []
 
 
-async def test_reset_forgets_everything(
-    emulator: RunningEmulator, http: httpx.AsyncClient
-) -> None:
+async def test_reset_forgets_everything(emulator: RunningEmulator, http: httpx.AsyncClient) -> None:
     emulator.state.revoke(OPENAI_KEY)
     emulator.state.script({"status": 500})
     emulator.state.set_cache_tokens(read=10)
@@ -221,15 +247,17 @@ async def test_reset_forgets_everything(
     assert response.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
 
 
-async def test_cache_figures_over_http(
-    emulator: RunningEmulator, http: httpx.AsyncClient
-) -> None:
-    await http.post(emulator.base_url + "/_emulator/cache",
-                    json={"key": ANTHROPIC_KEY, "cache_read_tokens": 30,
-                          "cache_write_tokens": 12})
+async def test_cache_figures_over_http(emulator: RunningEmulator, http: httpx.AsyncClient) -> None:
+    await http.post(
+        emulator.base_url + "/_emulator/cache",
+        json={"key": ANTHROPIC_KEY, "cache_read_tokens": 30, "cache_write_tokens": 12},
+    )
     usage = (await messages(http, emulator)).json()["usage"]
-    assert (usage["input_tokens"], usage["cache_read_input_tokens"],
-            usage["cache_creation_input_tokens"]) == (EXPECTED_INPUT_TOKENS, 30, 12)
+    assert (
+        usage["input_tokens"],
+        usage["cache_read_input_tokens"],
+        usage["cache_creation_input_tokens"],
+    ) == (EXPECTED_INPUT_TOKENS, 30, 12)
     other = (await messages(http, emulator, key="sk-other")).json()["usage"]
     assert other["cache_read_input_tokens"] == 0
     emulator.state.script({"cache_read_tokens": 1, "cache_write_tokens": 2}, key=ANTHROPIC_KEY)
@@ -240,3 +268,21 @@ async def test_cache_figures_over_http(
 async def test_health(emulator: RunningEmulator, http: httpx.AsyncClient) -> None:
     response = await http.get(emulator.base_url + "/_emulator/health")
     assert response.json() == {"status": "ok"}
+
+
+async def test_stop_with_a_stream_in_flight(http: httpx.AsyncClient) -> None:
+    emulator = await start_emulator(shutdown_timeout_s=0.2)
+    emulator.state.script({"delay_before_first_ms": 60_000})
+    request = asyncio.create_task(
+        http.post(
+            emulator.base_url + "/v1/messages",
+            json=anthropic_body(stream=True),
+            headers=anthropic_headers(),
+        )
+    )
+    await emulator.state.wait_for(lambda s: len(s.requests) == 1)
+    await asyncio.wait_for(emulator.stop(), timeout=30)
+    await emulator.stop()  # idempotent
+    with pytest.raises(httpx.HTTPError):
+        await request
+    assert emulator.state.requests[0].outcome == "disconnected"

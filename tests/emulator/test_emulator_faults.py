@@ -59,7 +59,9 @@ async def test_cut_with_chunk_delay_on_anthropic_stream(
     events: list[SseEvent] = []
     with pytest.raises(httpx.RemoteProtocolError):
         async with http.stream(
-            "POST", messages_url(emulator), json=anthropic_body(stream=True),
+            "POST",
+            messages_url(emulator),
+            json=anthropic_body(stream=True),
             headers=anthropic_headers(),
         ) as response:
             await collect_sse(response, events)
@@ -98,7 +100,9 @@ async def test_malformed_anthropic_event(
     emulator.state.script({"malformed_after_chunks": 0})
     events: list[SseEvent] = []
     async with http.stream(
-        "POST", messages_url(emulator), json=anthropic_body(stream=True),
+        "POST",
+        messages_url(emulator),
+        json=anthropic_body(stream=True),
         headers=anthropic_headers(),
     ) as response:
         await collect_sse(response, events)
@@ -112,8 +116,9 @@ async def test_malformed_non_streaming_body(
     emulator: RunningEmulator, http: httpx.AsyncClient
 ) -> None:
     emulator.state.script({"malformed_after_chunks": 0})
-    response = await http.post(messages_url(emulator), json=anthropic_body(),
-                               headers=anthropic_headers())
+    response = await http.post(
+        messages_url(emulator), json=anthropic_body(), headers=anthropic_headers()
+    )
     assert response.status_code == 200
     with pytest.raises(json.JSONDecodeError):
         response.json()
@@ -125,7 +130,9 @@ async def test_anthropic_error_event_shape(
     emulator.state.script({"anthropic_error_after_chunks": 1, "error_type": "overloaded_error"})
     events: list[SseEvent] = []
     async with http.stream(
-        "POST", messages_url(emulator), json=anthropic_body(stream=True),
+        "POST",
+        messages_url(emulator),
+        json=anthropic_body(stream=True),
         headers=anthropic_headers(),
     ) as response:
         await collect_sse(response, events)
@@ -159,7 +166,9 @@ async def test_chunk_delay_spaces_the_chunks(
     events: list[SseEvent] = []
     started = time.monotonic()
     async with http.stream(
-        "POST", messages_url(emulator), json=anthropic_body(stream=True),
+        "POST",
+        messages_url(emulator),
+        json=anthropic_body(stream=True),
         headers=anthropic_headers(),
     ) as response:
         await collect_sse(response, events)
@@ -170,8 +179,7 @@ async def test_chunk_delay_spaces_the_chunks(
 async def test_configured_first_token_delay(http: httpx.AsyncClient) -> None:
     async with start_emulator(first_token_delay_ms=150, chunks=2) as emulator:
         started = time.monotonic()
-        response = await http.post(chat_url(emulator), json=openai_body(),
-                                   headers=openai_headers())
+        response = await http.post(chat_url(emulator), json=openai_body(), headers=openai_headers())
         assert time.monotonic() - started >= 0.15
     assert response.json()["choices"][0]["message"]["content"] == "word0 word1"
 
@@ -187,8 +195,7 @@ async def test_scripted_error_status_headers_and_body(
         }
     )
     if provider == "openai":
-        response = await http.post(chat_url(emulator), json=openai_body(),
-                                   headers=openai_headers())
+        response = await http.post(chat_url(emulator), json=openai_body(), headers=openai_headers())
         assert response.json() == {
             "error": {
                 "message": "Rate limit reached for requests. Please try again in 1s.",
@@ -200,8 +207,9 @@ async def test_scripted_error_status_headers_and_body(
         assert response.headers["content-type"] == "application/json; charset=utf-8"
         assert response.headers["x-request-id"].startswith("req_")
     else:
-        response = await http.post(messages_url(emulator), json=anthropic_body(),
-                                   headers=anthropic_headers())
+        response = await http.post(
+            messages_url(emulator), json=anthropic_body(), headers=anthropic_headers()
+        )
         body = response.json()
         assert body["type"] == "error"
         assert body["error"]["type"] == "rate_limit_error"
@@ -222,7 +230,9 @@ async def test_scripted_insufficient_quota(
     response = await http.post(chat_url(emulator), json=openai_body(), headers=openai_headers())
     error = response.json()["error"]
     assert (response.status_code, error["type"], error["code"]) == (
-        429, "insufficient_quota", "insufficient_quota",
+        429,
+        "insufficient_quota",
+        "insufficient_quota",
     )
 
 
@@ -243,7 +253,9 @@ async def test_client_disconnect_mid_stream_is_recorded(
     caplog.set_level(logging.DEBUG)
     emulator.state.script({"chunk_delay_ms": 100})
     async with http.stream(
-        "POST", messages_url(emulator), json=anthropic_body(stream=True),
+        "POST",
+        messages_url(emulator),
+        json=anthropic_body(stream=True),
         headers=anthropic_headers(),
     ) as response:
         async for line in response.aiter_lines():
@@ -296,8 +308,9 @@ async def test_per_key_steps_only_hit_that_key(
     emulator: RunningEmulator, http: httpx.AsyncClient
 ) -> None:
     emulator.state.script({"status": 500}, key=OPENAI_KEY)
-    other = await http.post(chat_url(emulator), json=openai_body(),
-                            headers=openai_headers("sk-someone-else"))
+    other = await http.post(
+        chat_url(emulator), json=openai_body(), headers=openai_headers("sk-someone-else")
+    )
     mine = await http.post(chat_url(emulator), json=openai_body(), headers=openai_headers())
     again = await http.post(chat_url(emulator), json=openai_body(), headers=openai_headers())
     assert (other.status_code, mine.status_code, again.status_code) == (200, 500, 200)
@@ -309,10 +322,12 @@ async def test_steps_are_fifo_and_skip_the_models_endpoint(
 ) -> None:
     emulator.state.script([{"status": 503}, {"status": 529}], key=ANTHROPIC_KEY)
     models = await http.get(emulator.base_url + "/v1/models", headers=anthropic_headers())
-    first = await http.post(messages_url(emulator), json=anthropic_body(),
-                            headers=anthropic_headers())
-    second = await http.post(messages_url(emulator), json=anthropic_body(),
-                             headers=anthropic_headers())
+    first = await http.post(
+        messages_url(emulator), json=anthropic_body(), headers=anthropic_headers()
+    )
+    second = await http.post(
+        messages_url(emulator), json=anthropic_body(), headers=anthropic_headers()
+    )
     assert (models.status_code, first.status_code, second.status_code) == (200, 503, 529)
     assert second.json()["error"]["type"] == "overloaded_error"
     emulator.state.script({"status": 401, "path": "/v1/models"})
@@ -320,9 +335,7 @@ async def test_steps_are_fifo_and_skip_the_models_endpoint(
     assert models.status_code == 401
 
 
-async def test_text_and_chunks_override(
-    emulator: RunningEmulator, http: httpx.AsyncClient
-) -> None:
+async def test_text_and_chunks_override(emulator: RunningEmulator, http: httpx.AsyncClient) -> None:
     emulator.state.script({"text": "Hello there, world!"}, {"text": "abcdef", "chunks": 3})
     events: list[SseEvent] = []
     async with http.stream(
@@ -332,7 +345,9 @@ async def test_text_and_chunks_override(
     assert openai_texts(events) == ["Hello", " there,", " world!"]
     events.clear()
     async with http.stream(
-        "POST", messages_url(emulator), json=anthropic_body(stream=True),
+        "POST",
+        messages_url(emulator),
+        json=anthropic_body(stream=True),
         headers=anthropic_headers(),
     ) as response:
         await collect_sse(response, events)

@@ -52,15 +52,17 @@ def shape(value: Any) -> Any:
 def covers(ours: Any, real: Any) -> bool:
     """Every key of the real shape is in ours, recursively."""
     if isinstance(real, dict):
-        return isinstance(ours, dict) and all(k in ours and covers(ours[k], v)
-                                               for k, v in real.items())
+        return isinstance(ours, dict) and all(
+            k in ours and covers(ours[k], v) for k, v in real.items()
+        )
     if isinstance(real, list) and real:
         return isinstance(ours, list) and bool(ours) and covers(ours[0], real[0])
     return True
 
 
-async def stream(http: httpx.AsyncClient, url: str, body: dict[str, Any],
-                 headers: dict[str, str]) -> tuple[httpx.Headers, list[SseEvent]]:
+async def stream(
+    http: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[httpx.Headers, list[SseEvent]]:
     events: list[SseEvent] = []
     async with http.stream("POST", url, json=body, headers=headers) as response:
         await collect_sse(response, events)
@@ -72,14 +74,20 @@ async def test_openai_stream_matches_recorded_chunks(
 ) -> None:
     real = [json.loads(d) for _, d in fixture_events("openai_stream_with_usage.sse")[:-1]]
     headers, events = await stream(
-        http, emulator.base_url + "/v1/chat/completions",
-        openai_body(stream=True, stream_options={"include_usage": True}), openai_headers(),
+        http,
+        emulator.base_url + "/v1/chat/completions",
+        openai_body(stream=True, stream_options={"include_usage": True}),
+        openai_headers(),
     )
     assert headers["content-type"].startswith("text/event-stream")
     assert events[-1] == (None, "[DONE]")
     ours = [json.loads(d) for _, d in events[:-1]]
-    for real_chunk, our_chunk in [(real[0], ours[0]), (real[1], ours[1]),
-                                  (real[-2], ours[-2]), (real[-1], ours[-1])]:
+    for real_chunk, our_chunk in [
+        (real[0], ours[0]),
+        (real[1], ours[1]),
+        (real[-2], ours[-2]),
+        (real[-1], ours[-1]),
+    ]:
         assert covers(shape(our_chunk), shape(real_chunk))
     assert ours[-1]["choices"] == [] == real[-1]["choices"]
     assert all(chunk["usage"] is None for chunk in ours[:-1])
@@ -89,8 +97,9 @@ async def test_anthropic_stream_matches_recorded_events(
     emulator: RunningEmulator, http: httpx.AsyncClient
 ) -> None:
     real = fixture_events("anthropic_stream_live_capture.sse")
-    headers, ours = await stream(http, emulator.base_url + "/v1/messages",
-                                 anthropic_body(stream=True), anthropic_headers())
+    headers, ours = await stream(
+        http, emulator.base_url + "/v1/messages", anthropic_body(stream=True), anthropic_headers()
+    )
     assert headers["content-type"].startswith("text/event-stream")
 
     def collapse(events: list[SseEvent]) -> list[str | None]:
@@ -113,10 +122,12 @@ async def test_anthropic_stream_matches_recorded_events(
 async def test_non_streaming_bodies_match_recorded_ones(
     emulator: RunningEmulator, http: httpx.AsyncClient
 ) -> None:
-    oai = await http.post(emulator.base_url + "/v1/chat/completions", json=openai_body(),
-                          headers=openai_headers())
-    ant = await http.post(emulator.base_url + "/v1/messages", json=anthropic_body(),
-                          headers=anthropic_headers())
+    oai = await http.post(
+        emulator.base_url + "/v1/chat/completions", json=openai_body(), headers=openai_headers()
+    )
+    ant = await http.post(
+        emulator.base_url + "/v1/messages", json=anthropic_body(), headers=anthropic_headers()
+    )
     real_oai = json.loads((FIXTURES / "openai_nonstream.json").read_text())
     real_ant = json.loads((FIXTURES / "anthropic_nonstream.json").read_text())
     real_ant["usage"].pop("inference_geo")
@@ -144,12 +155,14 @@ async def test_error_bodies_match_recorded_ones(
     real_meta = json.loads((FIXTURES / "errors" / f"{fixture}.meta.json").read_text())
     emulator.state.script({"status": status})
     if provider == "openai":
-        response = await http.post(emulator.base_url + "/v1/chat/completions",
-                                   json=openai_body(), headers=openai_headers())
+        response = await http.post(
+            emulator.base_url + "/v1/chat/completions", json=openai_body(), headers=openai_headers()
+        )
         id_header = "x-request-id"
     else:
-        response = await http.post(emulator.base_url + "/v1/messages",
-                                   json=anthropic_body(), headers=anthropic_headers())
+        response = await http.post(
+            emulator.base_url + "/v1/messages", json=anthropic_body(), headers=anthropic_headers()
+        )
         id_header = "request-id"
     assert response.status_code == real_meta["status"]
     assert shape(response.json()) == shape(real_body)
