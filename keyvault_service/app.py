@@ -40,6 +40,17 @@ async def check_master_key_versions(pool: asyncpg.Pool, keyring: Keyring) -> Non
             "Add them to KEYVAULT_MASTER_KEYS (or restore the ENCRYPTION_KEY they were "
             "written with)."
         )
+    known = await repo.master_key_checks(pool)
+    for version in keyring.versions:
+        check = keyring.check_value(version)
+        if version not in known:
+            await repo.record_master_key_check(pool, version, check)
+        elif known[version] != check:
+            raise StartupError(
+                f"master key version {version} is not the key this database's keys were "
+                f"written with (key check value mismatch); configure the original key for "
+                f"version {version}, or give the new key a new version number"
+            )
 
 
 @dataclass

@@ -6,6 +6,8 @@ rewrap every stored blob (`needs_rewrap` / `rewrap`), then drop the old version.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import string
@@ -80,6 +82,12 @@ class Keyring:
         same plaintext, so compare only fingerprints made under one primary.
         """
         return crypto.derive_fingerprint_key(self.keys[self.primary_version])
+
+    def check_value(self, version: int) -> str:
+        """A key check value: tells whether a configured version is the same key that
+        encrypted stored data, without revealing the key (HMAC of a fixed label)."""
+        digest = hmac.new(self.keys[version], b"keyvault.v1.key-check", hashlib.sha256)
+        return digest.hexdigest()[:32]
 
     def encrypt(
         self,

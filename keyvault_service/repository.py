@@ -164,6 +164,20 @@ async def key_versions_in_use(pool: asyncpg.Pool) -> dict[int, int]:
     return {r["key_version"]: r["n"] for r in rows}
 
 
+async def master_key_checks(pool: asyncpg.Pool) -> dict[int, str]:
+    rows = await pool.fetch("SELECT version, check_value FROM master_key_checks")
+    return {r["version"]: r["check_value"] for r in rows}
+
+
+async def record_master_key_check(pool: asyncpg.Pool, version: int, check_value: str) -> None:
+    await pool.execute(
+        """INSERT INTO master_key_checks (version, check_value) VALUES ($1, $2)
+           ON CONFLICT (version) DO NOTHING""",
+        version,
+        check_value,
+    )
+
+
 async def lock_rewrap_batch(
     conn: Connection, *, primary: int, after: KeyRef | None, limit: int
 ) -> list[asyncpg.Record]:

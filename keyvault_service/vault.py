@@ -13,6 +13,7 @@ from keyvault_service.errors import AuditUnavailable, KeyNotFound, KeyUndecrypta
 from keyvault_service.keyring import Keyring
 from keyvault_service.names import KeyRef
 from keyvault_service.repository import AuditRecord, AuditRow, StoredKey
+from service_kit import db
 from service_kit.call_context import CallInfo
 from service_kit.pagination import PageRequest
 from service_kit.secret import Secret
@@ -99,8 +100,8 @@ class KeyVault:
                 self._pool, ref, _audit(call, "REVEAL", "ALLOWED", ref)
             )
         except (asyncpg.PostgresError, RuntimeError) as exc:
-            if isinstance(exc, asyncpg.PostgresConnectionError):
-                raise
+            if isinstance(exc, db.UNAVAILABLE_ERRORS):
+                raise  # the database is unreachable: DATABASE_UNAVAILABLE, nothing revealed
             # Fail closed: without its audit record, a key does not leave the vault.
             log.error(
                 "reveal refused: audit record not written", extra={"error": type(exc).__name__}

@@ -19,6 +19,20 @@ Executor = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
 
 log = logging.getLogger(__name__)
 
+# The database cannot be reached right now: the caller may retry, it is not an internal error.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,  # our backend was terminated (pg_terminate_backend, shutdown)
+    asyncpg.CrashShutdownError,
+    asyncpg.ObjectNotInPrerequisiteStateError,  # "database ... is not accepting connections"
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 
 

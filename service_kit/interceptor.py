@@ -12,10 +12,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import grpc
 from grpc_status import rpc_status
 
+from service_kit import db
 from service_kit.authz import Policy
 from service_kit.call_context import CallInfo, current_call, request_id_from
 from service_kit.errors import (
@@ -34,15 +34,7 @@ DeniedHook = Callable[[CallInfo, Any], Awaitable[None]]
 Observer = Callable[[str, grpc.StatusCode, float], None]
 
 # Transient database trouble is something the caller can retry, not an internal error.
-_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    asyncpg.TooManyConnectionsError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
+_UNAVAILABLE_ERRORS = db.UNAVAILABLE_ERRORS
 
 
 def _as_service_error(exc: BaseException, method: str) -> ServiceError:
