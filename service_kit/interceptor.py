@@ -76,7 +76,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if decision.allowed:
             return info
         if self._on_denied is not None:
-            await self._on_denied(info, request)
+            try:
+                await self._on_denied(info, request)
+            except Exception as exc:  # the denial stands even when it cannot be recorded
+                log.error(
+                    "denied call not recorded",
+                    extra={"method": method, "error": type(exc).__name__},
+                )
         log.info("call denied", extra={"method": method, "caller": caller})
         if caller is None:
             raise Unauthenticated("a client certificate with a SPIFFE ID is required")

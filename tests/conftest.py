@@ -30,15 +30,18 @@ def pg_server_uri() -> str:
     return str(server.get_uri())
 
 
+_created_databases: list[str] = []
+
+
 @pytest.fixture(scope="session")
 def make_database(pg_server_uri: str) -> Callable[[str], Awaitable[str]]:
     """Creates a fresh database named `{prefix}_test_{random}` and returns its URL; the
-    session drops them all at its end."""
+    session drops the ones it made at its end."""
 
     async def make(prefix: str) -> str:
-        return await embedded_pg.ensure_database(
-            pg_server_uri, f"{prefix}_test_{uuid.uuid4().hex[:10]}"
-        )
+        name = f"{prefix}_test_{uuid.uuid4().hex[:10]}"
+        _created_databases.append(name)
+        return await embedded_pg.ensure_database(pg_server_uri, name)
 
     return make
 
@@ -46,17 +49,9 @@ def make_database(pg_server_uri: str) -> Callable[[str], Awaitable[str]]:
 @pytest.fixture(scope="session", autouse=True)
 async def _drop_test_databases(pg_server_uri: str) -> AsyncIterator[None]:
     yield
-    import asyncpg
-
-    conn = await asyncpg.connect(pg_server_uri)
-    try:
-        names = await conn.fetch(
-            "SELECT datname FROM pg_database WHERE datname ~ '^(kv|ex)_test_[0-9a-f]{10}$'"
-        )
-    finally:
-        await conn.close()
-    for row in names:
-        await embedded_pg.drop_database(pg_server_uri, row["datname"])
+    # Only this session's databases: another test session may be using the same server.
+    for name in _created_databases:
+        await embedded_pg.drop_database(pg_server_uri, name)
 
 
 @pytest.fixture(scope="session")

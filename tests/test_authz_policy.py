@@ -173,7 +173,9 @@ def test_a_principal_list_matches_any_of_its_entries() -> None:
         ({"allow_rules": [{"name": "r", "request": "all"}]}, "request supports only"),
     ],
 )
-def test_unsupported_or_malformed_rules_are_rejected(doc: dict[str, Any], message_part: str) -> None:
+def test_unsupported_or_malformed_rules_are_rejected(
+    doc: dict[str, Any], message_part: str
+) -> None:
     with pytest.raises(PolicyError) as caught:
         Policy.from_json(json.dumps({"name": "p", **doc}))
     assert message_part in str(caught.value)
@@ -191,7 +193,7 @@ def test_malformed_documents_are_rejected(text: str) -> None:
 def test_from_file_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "policy.json"
     path.write_text('{"name": "p", "allow_rules": [ }')
-    with pytest.raises(PolicyError, match="policy.json: policy is not valid JSON"):
+    with pytest.raises(PolicyError, match=r"policy\.json: policy is not valid JSON"):
         Policy.from_file(path)
 
 

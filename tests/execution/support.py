@@ -127,6 +127,14 @@ async def expect_error(call: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError
     return caught.value
 
 
+async def read_rest(call: Any) -> list[pb.ExecuteResponse]:
+    """The remaining events of a call already being read with `read()`."""
+    events = []
+    while (event := await call.read()) is not grpc.aio.EOF:
+        events.append(event)
+    return events
+
+
 async def get_execution(stub: ex_grpc.ExecutionServiceStub, name: str) -> res.Execution:
     return (await stub.GetExecution(pb.GetExecutionRequest(name=name))).execution
 

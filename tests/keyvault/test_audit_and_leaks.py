@@ -93,9 +93,11 @@ async def test_every_reveal_is_audited_once_with_its_request_id(vault_stub: Stub
         else:
             await expect_error(call, grpc.StatusCode.NOT_FOUND)
     # No request id, or one not fit for logs and audit: the server generates one.
-    unusable = ["has spaces in it", "x" * 129, "quote\"and;semicolon"]
+    unusable = ["has spaces in it", "x" * 129, 'quote"and;semicolon']
     for metadata in [(), (), *(with_request_id(bad) for bad in unusable)]:
-        reply = await execution.RevealApiKey(pb.RevealApiKeyRequest(name=present), metadata=metadata)
+        reply = await execution.RevealApiKey(
+            pb.RevealApiKeyRequest(name=present), metadata=metadata
+        )
         assert reply.plaintext_key == API_KEY
 
     reveals = [
@@ -141,7 +143,9 @@ async def test_set_and_delete_are_audited(vault_stub: Stub) -> None:
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    await app.DeleteApiKey(pb.DeleteApiKeyRequest(name=name), metadata=with_request_id(ids["delete"]))
+    await app.DeleteApiKey(
+        pb.DeleteApiKeyRequest(name=name), metadata=with_request_id(ids["delete"])
+    )
     await expect_error(
         app.DeleteApiKey(
             pb.DeleteApiKeyRequest(name=name), metadata=with_request_id(ids["delete-again"])
@@ -203,6 +207,12 @@ async def test_reveal_fails_closed_when_audit_cannot_be_written(
             )
             assert reason_of(err) == "AUDIT_UNAVAILABLE"
             assert API_KEY not in f"{err.details()} {err.trailing_metadata()}"
+        # A denial stays a denial when it cannot be recorded.
+        err = await expect_error(
+            stubs.app.RevealApiKey(pb.RevealApiKeyRequest(name=name)),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+        assert reason_of(err) == "PERMISSION_DENIED"
         # A write cannot happen unrecorded either: the key is left as it was.
         with pytest.raises(grpc.aio.AioRpcError):
             await stubs.app.SetApiKey(pb.SetApiKeyRequest(name=name, api_key=API_KEY + "new"))
@@ -230,7 +240,6 @@ class _Capture:
         self.handler.setLevel(logging.DEBUG)
         self.handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         self.handler.addFilter(_CallFields())
-        self.records: list[logging.LogRecord] = []
 
     def __enter__(self) -> _Capture:
         root = logging.getLogger()
@@ -386,6 +395,7 @@ async def test_canary_key_never_leaks(
     assert denied_rid in log_text
     assert "stored key failed to decrypt" in log_text
     assert "reveal refused: audit record not written" in log_text
+    assert '"error": "CheckViolationError"' in log_text  # `extra` fields are in the output
 
     secret = Secret(CANARY)
     traceback_text = _traceback_with_locals(secret)
@@ -479,6 +489,11 @@ async def test_database_outage_is_unavailable_and_reported_by_health(
             err = await expect_error(call, grpc.StatusCode.UNAVAILABLE)
             assert reason_of(err) == "DATABASE_UNAVAILABLE", err.details()
             assert API_KEY not in _error_text(err)
+        # Permission is still checked first: a denied caller is told so, outage or not.
+        await expect_error(
+            s.app.RevealApiKey(pb.RevealApiKeyRequest(name=name), timeout=15),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
         await _wait_for_health(s.health, health_pb2.HealthCheckResponse.NOT_SERVING)
     finally:
         await _admin_execute(pg_server_uri, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')

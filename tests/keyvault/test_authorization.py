@@ -287,9 +287,7 @@ async def test_trusted_certificate_without_one_spiffe_id_is_unauthenticated(
         assert reason_of(err) == "UNAUTHENTICATED"
         stub = kv_grpc.KeyVaultServiceStub(ch)
         for method in METHODS:
-            err = await expect_error(
-                invoke(stub, method, ws, rid), grpc.StatusCode.UNAUTHENTICATED
-            )
+            err = await expect_error(invoke(stub, method, ws, rid), grpc.StatusCode.UNAUTHENTICATED)
             assert reason_of(err) == "UNAUTHENTICATED"
 
     # The audited methods still leave a DENIED record, with an empty caller.

@@ -28,9 +28,7 @@ MakeDatabase = Callable[[str], Awaitable[str]]
 
 def ring(*versions: int, primary: int | None = None) -> Keyring:
     """A keyring whose versions keep the same key material across restarts."""
-    return Keyring(
-        keys={v: MASTER[v] for v in versions}, primary_version=primary or max(versions)
-    )
+    return Keyring(keys={v: MASTER[v] for v in versions}, primary_version=primary or max(versions))
 
 
 def secret_for(ws: str, generation: int = 0) -> str:
@@ -139,9 +137,7 @@ async def test_rotation_through_restarts_and_batched_rewrap(
             before[n].create_time,
         )
     assert ciphertexts_after[f"{new_ws}/openai"] == ciphertexts_before[f"{new_ws}/openai"]
-    rewraps = [
-        e for e in await audit_events(mid.admin) if e.action == res.AUDIT_ACTION_REWRAP
-    ]
+    rewraps = [e for e in await audit_events(mid.admin) if e.action == res.AUDIT_ACTION_REWRAP]
     assert len(rewraps) == 2
     assert {(e.outcome, e.caller) for e in rewraps} == {
         (res.AUDIT_OUTCOME_ALLOWED, "spiffe://agents.internal/admin")
@@ -186,7 +182,9 @@ async def test_rewrap_beside_concurrent_writes_loses_nothing(
 ) -> None:
     url = await make_database("kv")
     workspaces = [workspace() for _ in range(100)]
-    names = {ws: key_name(ws, "anthropic" if i % 2 else "openai") for i, ws in enumerate(workspaces)}
+    names = {
+        ws: key_name(ws, "anthropic" if i % 2 else "openai") for i, ws in enumerate(workspaces)
+    }
 
     v1 = await start_vault(ring(1), url)
     first = connect(v1)
@@ -214,7 +212,9 @@ async def test_rewrap_beside_concurrent_writes_loses_nothing(
 
     expected = {ws: secret_for(ws, 1 if ws in writing else 0) for ws in workspaces}
     reveals = await asyncio.gather(*(clients.reveal(names[ws]) for ws in workspaces))
-    lost = [ws for ws, r in zip(workspaces, reveals, strict=True) if r.plaintext_key != expected[ws]]
+    lost = [
+        ws for ws, r in zip(workspaces, reveals, strict=True) if r.plaintext_key != expected[ws]
+    ]
     assert lost == []
     assert {r.api_key.master_key_version for r in reveals} == {2}
     stored = await stored_versions(url)

@@ -1,0 +1,1 @@
+"""`make bench`: throughput and latency figures for the pair. Measured, never asserted."""

@@ -1,0 +1,41 @@
+"""Run every benchmark and print a report (also written to bench-results/latest.txt)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+from pathlib import Path
+
+from bench import keyvault_bench
+
+
+def machine() -> str:
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.machine()}; load generator, services, emulator and PostgreSQL share the cores"
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    lines = [f"# make bench ({machine()})", ""]
+    if args.only in (None, "keyvault"):
+        lines += await keyvault_bench.run(args.seconds)
+        lines.append("")
+    if args.only in (None, "execution"):
+        from bench import execution_bench
+
+        lines += await execution_bench.run(args.seconds)
+    report = "\n".join(lines)
+    print(report)
+    out = Path("bench-results")  # noqa: ASYNC240 - once, at the end
+    out.mkdir(exist_ok=True)  # noqa: ASYNC240
+    (out / "latest.txt").write_text(report + "\n")  # noqa: ASYNC240
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per case")
+    parser.add_argument("--only", choices=["keyvault", "execution"])
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,56 @@
+"""RevealApiKey (database read, decryption, audit insert) next to a trivial method on the
+same server (grpc.health.v1 Check), over mTLS, at 1, 16 and 64 calls in flight."""
+
+from __future__ import annotations
+
+import functools
+
+from bench.load import LoadResult, run_load
+from bench.stack import running_stack, secure_channel
+from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
+from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
+
+KEY_NAME = "workspaces/bench/apiKeys/openai"
+
+
+async def health_call(port: int):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stub = health_pb2_grpc.HealthStub(secure_channel(port, "execution"))
+    request = health_pb2.HealthCheckRequest()
+
+    async def call() -> None:
+        await stub.Check(request)
+
+    return call
+
+
+async def reveal_call(port: int):
+    stub = kv_grpc.KeyVaultServiceStub(secure_channel(port, "execution"))
+    request = kv.RevealApiKeyRequest(name=KEY_NAME)
+
+    async def call() -> None:
+        await stub.RevealApiKey(request)
+
+    return call
+
+
+async def run(seconds: float) -> list[str]:
+    lines = ["## Key vault: RevealApiKey vs a trivial method (health Check), mTLS, 1 channel"]
+    async with running_stack(with_execution=False) as stack:
+        async with secure_channel(stack.vault_port, "app") as ch:
+            await kv_grpc.KeyVaultServiceStub(ch).SetApiKey(
+                kv.SetApiKeyRequest(name=KEY_NAME, api_key="sk-bench-0123456789abcdef")
+            )
+        for inflight in (1, 16, 64):
+            results: dict[str, LoadResult] = {}
+            for label, factory in (("health Check", health_call), ("RevealApiKey", reveal_call)):
+                results[label] = run_load(
+                    functools.partial(factory, stack.vault_port),
+                    concurrency=inflight,
+                    seconds=seconds,
+                )
+                lines.append(results[label].line(f"{label} @ {inflight} in flight"))
+            ratio = results["RevealApiKey"].rate / results["health Check"].rate
+            lines.append(f"{'  RevealApiKey / trivial':<44} {ratio:>9.0%}")
+    return lines

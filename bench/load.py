@@ -1,0 +1,121 @@
+"""Closed-loop load: `concurrency` callers each issue calls back to back for `seconds`,
+spread over `processes` worker processes (one process can be the bottleneck), and the
+latencies come back for percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import psutil
+
+CallFactory = Callable[[], Awaitable[Callable[[], Awaitable[object]]]]
+"""Builds (inside the worker) the async function that makes one call."""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    calls: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+    loadgen_cpu_percent: float  # summed over worker processes (100 = one full core)
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def line(self, label: str) -> str:
+        return (
+            f"{label:<44} {self.rate:>9.0f}/s  p50 {self.percentile(0.5) * 1e3:6.2f} ms  "
+            f"p99 {self.percentile(0.99) * 1e3:7.2f} ms  errors {self.errors}  "
+            f"loadgen CPU {self.loadgen_cpu_percent:.0f}%"
+        )
+
+
+async def _worker_async(factory: CallFactory, concurrency: int, seconds: float, warmup: float):
+    call = await factory()
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + seconds
+
+    async def caller() -> None:
+        nonlocal errors
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                return
+            try:
+                await call()
+            except Exception:
+                if t0 >= measure_from:
+                    errors += 1
+                continue
+            if t0 >= measure_from:
+                latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return latencies, errors
+
+
+def _worker(factory: CallFactory, concurrency: int, seconds: float, warmup: float, out) -> None:
+    import uvloop
+
+    cpu0 = time.process_time()
+    latencies, errors = uvloop.run(_worker_async(factory, concurrency, seconds, warmup))
+    out.put((latencies, errors, time.process_time() - cpu0))
+
+
+def run_load(
+    factory: CallFactory,
+    *,
+    concurrency: int,
+    seconds: float,
+    processes: int = 1,
+    warmup: float = 1.0,
+) -> LoadResult:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    workers = [
+        ctx.Process(target=_worker, args=(factory, share, seconds, warmup, queue))
+        for share in shares
+        if share
+    ]
+    for w in workers:
+        w.start()
+    results = [queue.get() for _ in workers]
+    for w in workers:
+        w.join()
+    latencies = [x for r in results for x in r[0]]
+    cpu = sum(r[2] for r in results)
+    return LoadResult(
+        calls=len(latencies),
+        errors=sum(r[1] for r in results),
+        seconds=seconds,
+        latencies=latencies,
+        loadgen_cpu_percent=100 * cpu / (seconds + warmup),
+    )
+
+
+def process_cpu_percent(pid: int, seconds: float) -> float:
+    process = psutil.Process(pid)
+    process.cpu_percent(None)
+    time.sleep(seconds)
+    return process.cpu_percent(None)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")

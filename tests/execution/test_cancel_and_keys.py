@@ -1,0 +1,194 @@
+"""Caller cancellation, the revealed-key cache, the refetch after a 401, and the vault being
+unreachable: all through the real vault, the real emulator and real PostgreSQL."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from clients.gen.execution.v1 import resources_pb2 as res
+from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
+from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
+from keyvault_service.app import RunningKeyVault
+from provider_emulator.server import RunningEmulator
+from service_kit.tls import TlsFiles
+from tests.conftest import secure_channel
+from tests.execution.conftest import StartExecution
+from tests.execution.support import (
+    CHUNKS,
+    OPENAI,
+    Stub,
+    Workspace,
+    error_info,
+    get_execution,
+    openai_key,
+    request,
+    reveal_count,
+    run,
+    wait_for_state,
+)
+
+
+@pytest.fixture
+def admin_vault(
+    pair_vault: RunningKeyVault, tls_for: Callable[[str], TlsFiles]
+) -> kv_grpc.KeyVaultServiceStub:
+    return kv_grpc.KeyVaultServiceStub(secure_channel(pair_vault.port, tls_for("admin")))
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_caller_cancel_closes_the_provider_request_and_records_cancelled(
+    workspace: Workspace, execution_stub: Stub, emulator: RunningEmulator
+) -> None:
+    key = openai_key()
+    ws = await workspace(openai=key)
+    emulator.state.script({"chunk_delay_ms": 200}, key=key)
+    stub = execution_stub()
+
+    call = stub.Execute(request(ws))
+    started = await call.read()
+    first = await call.read()
+    assert started.WhichOneof("event") == "started"
+    assert first.WhichOneof("event") == "delta" and first.delta.text == CHUNKS[0]
+    call.cancel()
+
+    # The provider request is closed at once, long before its 20 chunks x 200 ms are sent.
+    await emulator.state.wait_for(
+        lambda s: any(r.disconnected for r in s.find_requests(key=key)), timeout=3.0
+    )
+    sent = emulator.state.find_requests(key=key)
+    assert len(sent) == 1 and sent[0].outcome == "disconnected"
+    assert sent[0].chunks_sent < len(CHUNKS)
+
+    cancelled = await wait_for_state(stub, started.started.name)
+    assert cancelled.state == res.EXECUTION_STATE_CANCELLED
+    assert cancelled.error.reason == "CANCELLED"
+    assert cancelled.attempts == 1
+    # The partial output: what the caller saw, possibly a chunk more that was in flight.
+    assert cancelled.output_text.startswith(CHUNKS[0])
+    assert "".join(CHUNKS).startswith(cancelled.output_text)
+    assert cancelled.usage.output_tokens > 0
+    assert cancelled.HasField("end_time")
+
+
+async def test_shared_cache_reveals_a_key_once_for_two_executions(
+    workspace: Workspace,
+    execution_stub: Stub,
+    admin_vault: kv_grpc.KeyVaultServiceStub,
+) -> None:
+    ws = await workspace(openai=openai_key())
+    stub = execution_stub()
+    for _ in range(2):
+        assert (await run(stub, request(ws))).completed.state == res.EXECUTION_STATE_SUCCEEDED
+    assert await reveal_count(admin_vault, ws) == 1
+
+
+async def test_cache_disabled_reveals_the_key_for_every_execution(
+    workspace: Workspace,
+    execution_stub: Stub,
+    start_execution_service: StartExecution,
+    admin_vault: kv_grpc.KeyVaultServiceStub,
+) -> None:
+    service = await start_execution_service(key_cache_ttl=0)
+    ws = await workspace(openai=openai_key())
+    stub = execution_stub(port=service.port)
+    for _ in range(2):
+        assert (await run(stub, request(ws))).completed.state == res.EXECUTION_STATE_SUCCEEDED
+    assert await reveal_count(admin_vault, ws) == 2
+
+
+async def test_401_with_a_cached_key_refetches_the_rotated_key(
+    workspace: Workspace,
+    execution_stub: Stub,
+    emulator: RunningEmulator,
+    app_vault: kv_grpc.KeyVaultServiceStub,
+    admin_vault: kv_grpc.KeyVaultServiceStub,
+) -> None:
+    key_a, key_b = openai_key(), openai_key()
+    ws = await workspace(openai=key_a)
+    stub = execution_stub()
+    assert (await run(stub, request(ws))).completed.attempts == 1  # key A is now cached
+
+    await app_vault.SetApiKey(
+        kv.SetApiKeyRequest(name=f"workspaces/{ws}/apiKeys/openai", api_key=key_b)
+    )
+    emulator.state.revoke(key_a)
+    try:
+        completed = (await run(stub, request(ws))).completed
+    finally:
+        emulator.state.restore(key_a)
+
+    assert completed.state == res.EXECUTION_STATE_SUCCEEDED
+    assert completed.attempts == 2
+    assert completed.output_text == "".join(CHUNKS)
+    seen_a = emulator.state.find_requests(key=key_a)
+    seen_b = emulator.state.find_requests(key=key_b)
+    assert [r.status for r in seen_a] == [200, 401]
+    assert [r.status for r in seen_b] == [200]
+    assert seen_a[-1].seq < seen_b[0].seq  # A was refused, then B was used
+    assert await reveal_count(admin_vault, ws) == 2
+
+
+async def test_revoked_current_key_fails_after_exactly_one_refetch(
+    workspace: Workspace,
+    execution_stub: Stub,
+    emulator: RunningEmulator,
+    admin_vault: kv_grpc.KeyVaultServiceStub,
+) -> None:
+    key = openai_key()
+    ws = await workspace(openai=key)
+    stub = execution_stub()
+    assert (await run(stub, request(ws))).completed.attempts == 1  # cached
+
+    emulator.state.revoke(key)
+    try:
+        outcome = await run(stub, request(ws))
+    finally:
+        emulator.state.restore(key)
+
+    assert outcome.error is not None
+    assert outcome.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(outcome.error)
+    assert info.reason == "PROVIDER_AUTH_FAILED"
+    assert info.metadata["execution"] == outcome.started.name
+    failed = await get_execution(stub, outcome.started.name)
+    assert failed.state == res.EXECUTION_STATE_FAILED
+    assert failed.error.reason == "PROVIDER_AUTH_FAILED"
+    assert failed.attempts == 2
+    assert [r.status for r in emulator.state.find_requests(key=key)] == [200, 401, 401]
+    assert await reveal_count(admin_vault, ws) == 2  # the first fetch and one refetch
+
+
+async def test_unreachable_vault_fails_unavailable_and_tracked(
+    workspace: Workspace,
+    execution_stub: Stub,
+    start_execution_service: StartExecution,
+    emulator: RunningEmulator,
+) -> None:
+    service = await start_execution_service(vault_port=closed_port())
+    key = openai_key()
+    ws = await workspace(openai=key)
+    stub = execution_stub(port=service.port)
+
+    outcome = await run(stub, request(ws))
+
+    assert outcome.error is not None
+    assert outcome.error.code() == grpc.StatusCode.UNAVAILABLE, outcome.error.details()
+    info = error_info(outcome.error)
+    assert info.reason == "KEYVAULT_UNAVAILABLE"
+    assert info.metadata["execution"] == outcome.started.name
+    failed = await get_execution(stub, outcome.started.name)
+    assert failed.state == res.EXECUTION_STATE_FAILED
+    assert failed.error.reason == "KEYVAULT_UNAVAILABLE"
+    assert failed.attempts == 0
+    assert failed.HasField("end_time")
+    assert emulator.state.find_requests(key=key) == []  # the provider was never called
