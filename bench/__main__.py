@@ -29,9 +29,9 @@ async def main(args: argparse.Namespace) -> None:
         lines += await execution_bench.run(args.seconds)
     report = "\n".join(lines)
     print(report)
-    out = Path("bench-results")  # noqa: ASYNC240 - once, at the end
+    out = Path("bench-results")
     out.mkdir(exist_ok=True)  # noqa: ASYNC240
-    (out / "latest.txt").write_text(report + "\n")  # noqa: ASYNC240
+    (out / "latest.txt").write_text(report + "\n")
 
 
 if __name__ == "__main__":
