@@ -16,11 +16,12 @@ from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
 from execution_service.engine import ExecutionEngine
 from execution_service.errors import DOMAIN
 from execution_service.history import History
+from execution_service.http_transport import provider_http_client
 from execution_service.key_check import KeyChecker
 from execution_service.keys import KeySource
 from execution_service.pricing import PricingError, load_prices
 from execution_service.servicer import SERVICE_NAME, ExecutionServicer, register
-from execution_service.settings import EngineSettings, ExecutionSettings
+from execution_service.settings import ExecutionSettings
 from service_kit import db
 from service_kit.authz import Policy, PolicyError
 from service_kit.interceptor import ServiceInterceptor
@@ -31,15 +32,6 @@ from service_kit.settings import SettingsError
 from service_kit.tls import channel_credentials
 
 log = logging.getLogger(__name__)
-
-
-def http_client(settings: EngineSettings) -> httpx.AsyncClient:
-    """One client for every provider call: pooled keep-alive connections."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.connect_timeout, read=settings.read_timeout),
-        limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
-        follow_redirects=False,
-    )
 
 
 @dataclass
@@ -85,7 +77,10 @@ async def start_execution(
         keys = KeySource(
             kv_grpc.KeyVaultServiceStub(vault_channel), ttl=settings.engine.key_cache_ttl
         )
-        http = http_client(settings.engine)
+        http = provider_http_client(
+            connect_timeout=settings.engine.connect_timeout,
+            read_timeout=settings.engine.read_timeout,
+        )
         engine = ExecutionEngine(
             pool=pool, keys=keys, http=http, prices=prices, settings=settings.engine
         )

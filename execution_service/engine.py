@@ -74,6 +74,11 @@ class _Progress:
     first_token_time: dt.datetime | None = None
 
 
+# The caller's deadline timer started before its request reached this process, so the
+# cancellation it causes arrives up to a network delay before the deadline computed here.
+DEADLINE_SLACK = 0.25
+
+
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -147,7 +152,7 @@ class ExecutionEngine:
             async for text in self._stream(cmd, progress, deadline, request_id):
                 yield Delta(text)
         except (asyncio.CancelledError, GeneratorExit):
-            if deadline is not None and self._clock() >= deadline:
+            if deadline is not None and self._clock() >= deadline - DEADLINE_SLACK:
                 error = ExecutionError("DEADLINE_EXCEEDED", "the caller's deadline passed")
                 await asyncio.shield(self._finish(execution, cmd, progress, FAILED, error))
             else:

@@ -10,6 +10,7 @@ import asyncpg
 from execution_service import repository as repo
 from execution_service.errors import ExecutionNotFound
 from execution_service.model import AgentStats, Execution
+from service_kit.errors import FieldViolation, InvalidArgument
 from service_kit.pagination import PageRequest
 
 DEFAULT_STATS_WINDOW = dt.timedelta(hours=24)
@@ -38,7 +39,16 @@ class History:
         """One page, newest first, and the cursor of the next page when there may be one."""
         after = None
         if page.cursor:
-            after = (dt.datetime.fromisoformat(page.cursor["t"]), uuid.UUID(page.cursor["id"]))
+            # The token is only base64 JSON: a forged one must be the caller's error.
+            try:
+                after = (
+                    dt.datetime.fromisoformat(page.cursor["t"]),
+                    uuid.UUID(page.cursor["id"]),
+                )
+            except (KeyError, TypeError, ValueError):
+                raise InvalidArgument(
+                    [FieldViolation("page_token", "is not a token from this listing")]
+                ) from None
         rows = await repo.list_page(
             self._pool,
             workspace,
@@ -62,5 +72,7 @@ class History:
         end: dt.datetime | None,
     ) -> AgentStats:
         end = end or dt.datetime.now(dt.UTC)
-        start = start or end - DEFAULT_STATS_WINDOW
+        if start is None:
+            earliest = dt.datetime.min.replace(tzinfo=dt.UTC)
+            start = max(end, earliest + DEFAULT_STATS_WINDOW) - DEFAULT_STATS_WINDOW
         return await repo.agent_stats(self._pool, workspace, agent_id, start, end)

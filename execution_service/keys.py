@@ -58,11 +58,21 @@ class KeySource:
             return cached.key, True
         pending = self._inflight.get(slot)
         if pending is not None:
-            return await asyncio.shield(pending), False
+            try:
+                return await asyncio.shield(pending), False
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not pending.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this caller was cancelled, not the one fetching for it
+            # The caller that was fetching went away; that says nothing about this one.
+            return await self.get(workspace, provider, request_id)
         future: asyncio.Future[ProviderKey] = asyncio.get_running_loop().create_future()
         self._inflight[slot] = future
         try:
             key = await self._reveal(workspace, provider, request_id)
+        except asyncio.CancelledError:
+            future.cancel()  # waiters fetch for themselves rather than inherit the cancel
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # consumed: waiters re-raise it, nobody else needs to

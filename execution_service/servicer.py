@@ -114,7 +114,10 @@ def _stats_message(s: AgentStats) -> res.AgentStats:
 def _optional_time(message: Any, field: str) -> dt.datetime | None:
     if not message.HasField(field):
         return None
-    return getattr(message, field).ToDatetime(tzinfo=dt.UTC)
+    try:
+        return getattr(message, field).ToDatetime(tzinfo=dt.UTC)
+    except ValueError:  # seconds or nanos outside the Timestamp range
+        raise InvalidArgument([FieldViolation(field, "is not a valid timestamp")]) from None
 
 
 def _deadline(context: Any) -> float | None:

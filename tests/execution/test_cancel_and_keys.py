@@ -3,8 +3,10 @@ unreachable: all through the real vault, the real emulator and real PostgreSQL."
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -19,7 +21,6 @@ from tests.conftest import secure_channel
 from tests.execution.conftest import StartExecution
 from tests.execution.support import (
     CHUNKS,
-    OPENAI,
     Stub,
     Workspace,
     error_info,
@@ -37,6 +38,19 @@ def admin_vault(
     pair_vault: RunningKeyVault, tls_for: Callable[[str], TlsFiles]
 ) -> kv_grpc.KeyVaultServiceStub:
     return kv_grpc.KeyVaultServiceStub(secure_channel(pair_vault.port, tls_for("admin")))
+
+
+@pytest.fixture
+async def silent_port() -> AsyncIterator[int]:
+    """A port that accepts connections and never answers (a hung key vault)."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client closes its side
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    yield int(server.sockets[0].getsockname()[1])
+    server.close()
 
 
 def closed_port() -> int:
@@ -78,6 +92,29 @@ async def test_caller_cancel_closes_the_provider_request_and_records_cancelled(
     assert "".join(CHUNKS).startswith(cancelled.output_text)
     assert cancelled.usage.output_tokens > 0
     assert cancelled.HasField("end_time")
+
+
+async def test_deadline_mid_stream_is_failed_not_cancelled(
+    workspace: Workspace, execution_stub: Stub, emulator: RunningEmulator
+) -> None:
+    key = openai_key()
+    ws = await workspace(openai=key)
+    emulator.state.script({"chunk_delay_ms": 100}, key=key)
+    stub = execution_stub()
+
+    outcome = await run(stub, request(ws), timeout=0.5)
+
+    assert outcome.error is not None
+    assert outcome.error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert outcome.deltas and outcome.deltas == CHUNKS[: len(outcome.deltas)]
+    await emulator.state.wait_for(
+        lambda s: any(r.disconnected for r in s.find_requests(key=key)), timeout=3.0
+    )
+    failed = await wait_for_state(stub, outcome.started.name)
+    assert failed.state == res.EXECUTION_STATE_FAILED
+    assert failed.error.reason == "DEADLINE_EXCEEDED"
+    assert failed.output_text.startswith(outcome.text)
+    assert "".join(CHUNKS).startswith(failed.output_text)
 
 
 async def test_shared_cache_reveals_a_key_once_for_two_executions(
@@ -192,3 +229,30 @@ async def test_unreachable_vault_fails_unavailable_and_tracked(
     assert failed.attempts == 0
     assert failed.HasField("end_time")
     assert emulator.state.find_requests(key=key) == []  # the provider was never called
+
+
+async def test_a_cancelled_key_fetch_does_not_cancel_the_executions_sharing_it(
+    execution_stub: Stub, start_execution_service: StartExecution, silent_port: int
+) -> None:
+    """Two executions wait for one RevealApiKey; the caller that started it cancels. The
+    other execution is not cancelled with it: it fetches the key itself (here the vault
+    hangs, so it runs into its own deadline)."""
+    service = await start_execution_service(vault_port=silent_port)
+    stub = execution_stub(port=service.port)
+    ws = f"ws-{uuid.uuid4().hex[:12]}"
+
+    first = stub.Execute(request(ws))
+    first_name = (await first.read()).started.name
+    await asyncio.sleep(0.2)  # the first execution is now fetching the key
+    second = stub.Execute(request(ws), timeout=1.0)
+    second_name = (await second.read()).started.name
+    await asyncio.sleep(0.2)  # and the second one waits for that same fetch
+    first.cancel()
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await second.read()
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert (await wait_for_state(stub, first_name)).state == res.EXECUTION_STATE_CANCELLED
+    second_row = await wait_for_state(stub, second_name)
+    assert second_row.state == res.EXECUTION_STATE_FAILED
+    assert second_row.error.reason == "DEADLINE_EXCEEDED"

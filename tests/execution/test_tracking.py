@@ -263,7 +263,9 @@ async def test_history_pages_filters_and_agent_stats(
 
     # Statistics for A equal the sums over A's listed executions.
     stats = (
-        await stub.GetAgentStats(pb.GetAgentStatsRequest(parent=f"workspaces/{ws}", agent_id="agent-a"))
+        await stub.GetAgentStats(
+            pb.GetAgentStatsRequest(parent=f"workspaces/{ws}", agent_id="agent-a")
+        )
     ).stats
     assert stats.agent_id == "agent-a"
     assert stats.total_count == 5
@@ -300,7 +302,9 @@ async def test_history_pages_filters_and_agent_stats(
     assert windowed.succeeded_count == 2 and windowed.failed_count == 0
     assert windowed.output_tokens == sum(e.usage.output_tokens for e in inside) == 5 + 8
     b_stats = (
-        await stub.GetAgentStats(pb.GetAgentStatsRequest(parent=f"workspaces/{ws}", agent_id="agent-b"))
+        await stub.GetAgentStats(
+            pb.GetAgentStatsRequest(parent=f"workspaces/{ws}", agent_id="agent-b")
+        )
     ).stats
     assert b_stats.total_count == 2 and b_stats.success_rate == 1.0
 
@@ -363,7 +367,9 @@ async def test_unknown_model_cost_is_unknown_not_zero(
     assert not completed.HasField("cost_nanos")
     assert not (await get_execution(stub, completed.name)).HasField("cost_nanos")
     stats = (
-        await stub.GetAgentStats(pb.GetAgentStatsRequest(parent=f"workspaces/{ws}", agent_id="tuned"))
+        await stub.GetAgentStats(
+            pb.GetAgentStatsRequest(parent=f"workspaces/{ws}", agent_id="tuned")
+        )
     ).stats
     assert stats.unknown_cost_count == 1
     assert stats.cost_nanos == 0
