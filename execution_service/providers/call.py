@@ -23,7 +23,8 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 import httpx
-from httpx_sse import EventSource
+from httpx_sse import ServerSentEvent
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # the parts EventSource is made of
 
 from execution_service import retry
 from service_kit.secret import Secret
@@ -142,14 +143,44 @@ async def _attempt_events(
                     status=response.status_code,
                 )
             parser = provider.new_stream_parser()
-            async with aclosing(EventSource(response).aiter_sse()) as sse_events:
-                async for sse in sse_events:
-                    for event in parser.feed(sse.event, sse.data):
+            async with aclosing(_sse_batches(response)) as batches:
+                async for batch in batches:
+                    events = [event for sse in batch for event in parser.feed(sse.event, sse.data)]
+                    for event in _coalesce(events):
                         yield event
             for event in parser.end():
                 yield event
     except httpx.HTTPError as exc:
         raise translate_transport_error(exc, response_started=response_started) from exc
+
+
+async def _sse_batches(response: httpx.Response) -> AsyncGenerator[list[ServerSentEvent], None]:
+    """Server-sent events grouped by the network read that brought them.
+
+    Text that arrived together travels on together: one event per read instead of one per
+    provider chunk, so a burst of twenty chunks costs the layers above (and the gRPC stream)
+    one message, while a slow stream still flows chunk by chunk as it arrives.
+    """
+    lines = SSELineDecoder()
+    decoder = SSEDecoder()
+    async for text in response.aiter_text():
+        batch = [sse for line in lines.decode(text) if (sse := decoder.decode(line)) is not None]
+        if batch:
+            yield batch
+    tail = [sse for line in lines.flush() if (sse := decoder.decode(line)) is not None]
+    if tail:
+        yield tail
+
+
+def _coalesce(events: list[StreamEvent]) -> list[StreamEvent]:
+    """Merge adjacent TextDeltas; every other event keeps its place."""
+    merged: list[StreamEvent] = []
+    for event in events:
+        if isinstance(event, TextDelta) and merged and isinstance(merged[-1], TextDelta):
+            merged[-1] = TextDelta(merged[-1].text + event.text)
+        else:
+            merged.append(event)
+    return merged
 
 
 async def _status_error(

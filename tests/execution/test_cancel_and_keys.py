@@ -72,7 +72,7 @@ async def test_caller_cancel_closes_the_provider_request_and_records_cancelled(
     started = await call.read()
     first = await call.read()
     assert started.WhichOneof("event") == "started"
-    assert first.WhichOneof("event") == "delta" and first.delta.text == CHUNKS[0]
+    assert first.WhichOneof("event") == "delta" and first.delta.text.startswith(CHUNKS[0])
     call.cancel()
 
     # The provider request is closed at once, long before its 20 chunks x 200 ms are sent.
@@ -88,7 +88,7 @@ async def test_caller_cancel_closes_the_provider_request_and_records_cancelled(
     assert cancelled.error.reason == "CANCELLED"
     assert cancelled.attempts == 1
     # The partial output: what the caller saw, possibly a chunk more that was in flight.
-    assert cancelled.output_text.startswith(CHUNKS[0])
+    assert cancelled.output_text.startswith(first.delta.text)
     assert "".join(CHUNKS).startswith(cancelled.output_text)
     assert cancelled.usage.output_tokens > 0
     assert cancelled.HasField("end_time")
@@ -106,7 +106,7 @@ async def test_deadline_mid_stream_is_failed_not_cancelled(
 
     assert outcome.error is not None
     assert outcome.error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert outcome.deltas and outcome.deltas == CHUNKS[: len(outcome.deltas)]
+    assert outcome.text and "".join(CHUNKS).startswith(outcome.text)
     await emulator.state.wait_for(
         lambda s: any(r.disconnected for r in s.find_requests(key=key)), timeout=3.0
     )

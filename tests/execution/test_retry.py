@@ -64,7 +64,7 @@ async def test_transient_failure_then_success_takes_two_attempts(
     assert completed.state == res.EXECUTION_STATE_SUCCEEDED
     assert completed.attempts == 2
     assert not completed.HasField("error") or not completed.error.reason
-    assert outcome.deltas == CHUNKS  # the caller sees one attempt's output, once
+    assert outcome.text == "".join(CHUNKS)  # the caller sees one attempt's output, once
     assert completed.output_text == "".join(CHUNKS)
     assert (await get_execution(stub, completed.name)) == completed
 
@@ -186,7 +186,7 @@ async def test_openai_stream_cut_after_output_is_not_retried(
     info = error_info(outcome.error)
     assert info.reason == "PROVIDER_STREAM_ERROR"
     assert info.metadata["execution"] == outcome.started.name
-    assert outcome.deltas == CHUNKS[:5]
+    assert outcome.text == "".join(CHUNKS[:5])  # exactly what was sent, nothing more
 
     failed = await get_execution(stub, outcome.started.name)
     assert failed.state == res.EXECUTION_STATE_FAILED
@@ -215,7 +215,7 @@ async def test_anthropic_error_event_mid_stream_is_not_retried(
     assert outcome.error is not None
     assert outcome.error.code() == grpc.StatusCode.UNAVAILABLE, outcome.error.details()
     assert error_info(outcome.error).reason == "PROVIDER_OVERLOADED"
-    assert outcome.deltas == CHUNKS[:3]
+    assert outcome.text == "".join(CHUNKS[:3])
 
     failed = await get_execution(stub, outcome.started.name)
     assert failed.state == res.EXECUTION_STATE_FAILED
