@@ -55,6 +55,7 @@ async def stream_chat(
     wall_clock: Callable[[], float] = time.time,
     rand: Callable[[], float] = random.random,
     on_attempt: Callable[[int], None] | None = None,
+    on_retry: Callable[[ProviderError], None] | None = None,
 ) -> AsyncGenerator[StreamEvent, None]:
     """Stream a chat completion, retrying transient failures before any text has flowed.
 
@@ -63,6 +64,7 @@ async def stream_chat(
             or None. A retry whose sleep would reach it raises `DeadlineExceeded` at once.
         on_attempt: called with 1, 2, ... as each attempt starts; the last number is the
             count of attempts made, whatever the outcome.
+        on_retry: called with each failure that is about to be retried, before the wait.
 
     Yields `TextDelta`, `UsageReport` (latest replaces earlier) and finally `Finish`.
     Raises `ProviderError` (`DeadlineExceeded` for the deadline); never leaks the key.
@@ -110,6 +112,8 @@ async def stream_chat(
                 f"last error: {failure}",
                 last_error=failure,
             ) from failure
+        if on_retry is not None:
+            on_retry(failure)
         await sleep(delay)
 
 
@@ -145,9 +149,20 @@ async def _attempt_events(
             parser = provider.new_stream_parser()
             async with aclosing(_sse_batches(response)) as batches:
                 async for batch in batches:
-                    events = [event for sse in batch for event in parser.feed(sse.event, sse.data)]
+                    events: list[StreamEvent] = []
+                    failure: ProviderError | None = None
+                    try:
+                        for sse in batch:
+                            events += parser.feed(sse.event, sse.data)
+                    except ProviderError as err:
+                        # Text that came before the failure in the same read still goes out
+                        # first, as it would have in a read of its own: once it has, the
+                        # failure is not retried over output the provider already produced.
+                        failure = err
                     for event in _coalesce(events):
                         yield event
+                    if failure is not None:
+                        raise failure
             for event in parser.end():
                 yield event
     except httpx.HTTPError as exc:

@@ -282,7 +282,9 @@ async def test_stored_key_verdicts(
     assert key not in refused.message
 
 
-async def test_candidate_key_verdicts(workspace: Workspace, execution_stub: Stub, emulator) -> None:
+async def test_candidate_key_verdicts(
+    workspace: Workspace, execution_stub: Stub, emulator: RunningEmulator
+) -> None:
     ws = await workspace()  # nothing stored: a candidate needs no stored key
     stub = execution_stub()
     parent = f"workspaces/{ws}"

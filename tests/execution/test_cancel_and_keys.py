@@ -256,3 +256,21 @@ async def test_a_cancelled_key_fetch_does_not_cancel_the_executions_sharing_it(
     second_row = await wait_for_state(stub, second_name)
     assert second_row.state == res.EXECUTION_STATE_FAILED
     assert second_row.error.reason == "DEADLINE_EXCEEDED"
+
+
+async def test_deadline_while_the_vault_hangs_is_failed_not_cancelled(
+    execution_stub: Stub, start_execution_service: StartExecution, silent_port: int
+) -> None:
+    """The caller's own deadline cancels the call a little before the deadline the service
+    computed (the caller's clock started first): that is still a deadline, not a cancel."""
+    service = await start_execution_service(vault_port=silent_port)
+    stub = execution_stub(port=service.port)
+
+    outcome = await run(stub, request(f"ws-{uuid.uuid4().hex[:12]}"), timeout=0.5)
+
+    assert outcome.error is not None
+    assert outcome.error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    failed = await wait_for_state(stub, outcome.started.name)
+    assert failed.state == res.EXECUTION_STATE_FAILED
+    assert failed.error.reason == "DEADLINE_EXCEEDED"
+    assert failed.attempts == 0

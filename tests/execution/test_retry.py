@@ -172,62 +172,70 @@ async def test_permanent_failures_are_not_retried(
     assert emulator.state.pending_steps(key) == 2
 
 
-async def test_openai_stream_cut_after_output_is_not_retried(
-    workspace: Workspace, execution_stub: Stub, emulator: RunningEmulator
+# (provider, step, chunks that reach the caller, reason, emulator outcome)
+MID_STREAM = {
+    "openai-cut": (OPENAI, {"cut_after_chunks": 5}, 5, "PROVIDER_STREAM_ERROR", "cut"),
+    "anthropic-cut": (ANTHROPIC, {"cut_after_chunks": 5}, 5, "PROVIDER_STREAM_ERROR", "cut"),
+    "anthropic-error-event": (
+        ANTHROPIC,
+        {"anthropic_error_after_chunks": 3, "error_type": "overloaded_error"},
+        3,
+        "PROVIDER_OVERLOADED",
+        "stream_error",
+    ),
+    "openai-malformed": (
+        OPENAI,
+        {"malformed_after_chunks": 3},
+        3,
+        "PROVIDER_STREAM_ERROR",
+        "malformed",
+    ),
+    "anthropic-malformed": (
+        ANTHROPIC,
+        {"malformed_after_chunks": 3},
+        3,
+        "PROVIDER_STREAM_ERROR",
+        "malformed",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MID_STREAM))
+async def test_failure_after_output_is_not_retried(
+    case: str, workspace: Workspace, execution_stub: Stub, emulator: RunningEmulator
 ) -> None:
-    ws, key, model = await provider_workspace(workspace, OPENAI)
-    emulator.state.script({"cut_after_chunks": 5}, key=key)
+    """The failing event may arrive in the same network read as the text before it: that
+    text still reaches the caller, and the failure ends the stream instead of a retry."""
+    provider, step, sent_chunks, reason, emulator_outcome = MID_STREAM[case]
+    ws, key, model = await provider_workspace(workspace, provider)
+    emulator.state.script(step, key=key)
     stub = execution_stub()
 
-    outcome = await run(stub, request(ws, OPENAI, model))
+    outcome = await run(stub, request(ws, provider, model, prompt=PROMPT))
 
-    assert outcome.error is not None
+    partial = "".join(CHUNKS[:sent_chunks])
+    assert outcome.error is not None, outcome.events[-1]
     assert outcome.error.code() == grpc.StatusCode.UNAVAILABLE, outcome.error.details()
     info = error_info(outcome.error)
-    assert info.reason == "PROVIDER_STREAM_ERROR"
+    assert info.reason == reason
     assert info.metadata["execution"] == outcome.started.name
-    assert outcome.text == "".join(CHUNKS[:5])  # exactly what was sent, nothing more
+    assert outcome.text == partial  # exactly what was sent, nothing more
 
     failed = await get_execution(stub, outcome.started.name)
     assert failed.state == res.EXECUTION_STATE_FAILED
     assert failed.attempts == 1
-    assert failed.error.reason == "PROVIDER_STREAM_ERROR"
-    assert failed.output_text == "".join(CHUNKS[:5])
-    # The usage chunk never came: both figures are estimates, and streamed text is not zero.
-    assert failed.usage.estimated
-    assert failed.usage.output_tokens > 0
-    assert failed.usage.input_tokens > 0
+    assert failed.error.reason == reason
+    assert failed.output_text == partial
     assert failed.HasField("first_token_time")
-    assert len(emulator.state.find_requests(key=key)) == 1
-
-
-async def test_anthropic_error_event_mid_stream_is_not_retried(
-    workspace: Workspace, execution_stub: Stub, emulator: RunningEmulator
-) -> None:
-    ws, key, model = await provider_workspace(workspace, ANTHROPIC)
-    emulator.state.script(
-        {"anthropic_error_after_chunks": 3, "error_type": "overloaded_error"}, key=key
-    )
-    stub = execution_stub()
-
-    outcome = await run(stub, request(ws, ANTHROPIC, model, prompt=PROMPT))
-
-    assert outcome.error is not None
-    assert outcome.error.code() == grpc.StatusCode.UNAVAILABLE, outcome.error.details()
-    assert error_info(outcome.error).reason == "PROVIDER_OVERLOADED"
-    assert outcome.text == "".join(CHUNKS[:3])
-
-    failed = await get_execution(stub, outcome.started.name)
-    assert failed.state == res.EXECUTION_STATE_FAILED
-    assert failed.attempts == 1
-    assert failed.error.reason == "PROVIDER_OVERLOADED"
-    assert failed.output_text == "".join(CHUNKS[:3])
-    # message_start reported the input exactly; the output was cut before message_delta.
-    assert failed.usage.input_tokens == count_input_tokens([{"content": PROMPT}])
+    # The stream ended before its final usage: the output is estimated, never zero.
     assert failed.usage.estimated
     assert failed.usage.output_tokens > 0
+    if provider == ANTHROPIC:  # message_start reported the input exactly
+        assert failed.usage.input_tokens == count_input_tokens([{"content": PROMPT}])
+    else:
+        assert failed.usage.input_tokens > 0
     sent = emulator.state.find_requests(key=key)
-    assert [r.outcome for r in sent] == ["stream_error"]
+    assert [r.outcome for r in sent] == [emulator_outcome]
 
 
 async def test_retry_after_past_the_deadline_gives_up_at_once(

@@ -10,6 +10,7 @@ import asyncpg
 import grpc
 
 from clients.gen.execution.v1 import execution_service_pb2 as pb
+from clients.gen.execution.v1 import execution_service_pb2_grpc as ex_grpc
 from clients.gen.execution.v1 import resources_pb2 as res
 from execution_service import repository as repo
 from provider_emulator.server import RunningEmulator
@@ -177,7 +178,9 @@ async def test_store_output_off_keeps_usage_but_not_text(
 # --- history and statistics -----------------------------------------------------------------
 
 
-async def cancelled_execution(stub, ws: str, emulator: RunningEmulator, key: str) -> str:
+async def cancelled_execution(
+    stub: ex_grpc.ExecutionServiceStub, ws: str, emulator: RunningEmulator, key: str
+) -> str:
     emulator.state.script({"chunk_delay_ms": 100}, key=key)
     call = stub.Execute(request(ws, agent_id="agent-a"))
     name = (await call.read()).started.name
