@@ -81,6 +81,8 @@ async def running_stack(
         EXECUTION_DATABASE_URL=await _fresh_database(uri, "bench_execution"),
         KEYVAULT_DB_POOL_MAX="20",
         EXECUTION_DB_POOL_MAX="20",
+        KEYVAULT_METRICS_PORT="0",  # a running `make run` may hold the default ports
+        EXECUTION_METRICS_PORT="0",
     )
     processes: dict[str, asyncio.subprocess.Process] = {}
     try:

@@ -91,6 +91,7 @@ async def start_execution(
             interceptors=[ServiceInterceptor(policy=policy, domain=DOMAIN)],
             tls=settings.server.tls,
             address=settings.server.listen_address,
+            metrics_port=settings.server.metrics_port,
         )
         await server.start(pool)
     except BaseException:

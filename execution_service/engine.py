@@ -20,6 +20,7 @@ import asyncpg
 import httpx
 
 from execution_service import repository as repo
+from execution_service import telemetry
 from execution_service.errors import ExecutionInProgress, execution_failed
 from execution_service.keys import KeySource
 from execution_service.model import (
@@ -40,6 +41,7 @@ from execution_service.providers.registry import get_provider
 from execution_service.settings import EngineSettings
 from execution_service.token_estimate import resolve_usage
 from execution_service.validation import ExecuteCommand
+from service_kit import metrics
 from service_kit.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -146,9 +148,10 @@ class ExecutionEngine:
                 yield event
             return
 
-        yield Started(execution)
+        metrics.EXECUTIONS_IN_FLIGHT.inc()  # until _finish, which every path below reaches
         progress = _Progress()
         try:
+            yield Started(execution)
             async for text in self._stream(cmd, progress, deadline, request_id):
                 yield Delta(text)
         except (asyncio.CancelledError, GeneratorExit):
@@ -187,6 +190,10 @@ class ExecutionEngine:
 
             def count_attempt(n: int, before: int = attempts_before) -> None:
                 progress.attempts = before + n
+                metrics.PROVIDER_ATTEMPTS.labels(cmd.provider).inc()
+
+            def count_retry(failure: ProviderError) -> None:
+                metrics.PROVIDER_RETRIES.labels(cmd.provider, failure.reason.value).inc()
 
             events = stream_chat(
                 self._http,
@@ -198,6 +205,7 @@ class ExecutionEngine:
                 default_max_tokens=self._settings.default_max_tokens,
                 deadline=deadline,
                 on_attempt=count_attempt,
+                on_retry=count_retry,
             )
             try:
                 async with aclosing(events):
@@ -218,6 +226,7 @@ class ExecutionEngine:
                 if stale and not refetched and not progress.parts:
                     self._keys.invalidate(cmd.workspace, cmd.provider)
                     refetched = True
+                    count_retry(err)
                     continue
                 raise
 
@@ -229,6 +238,23 @@ class ExecutionEngine:
         state: str,
         error: ExecutionError | None,
     ) -> Execution:
+        try:
+            outcome = self._outcome(cmd, progress, state, error)
+            price = self._prices.lookup(cmd.chat.model)
+            telemetry.execution_finished(
+                execution, outcome, model_family=price.family if price else None
+            )
+            return await repo.finish(self._pool, execution.id, outcome)
+        finally:
+            metrics.EXECUTIONS_IN_FLIGHT.dec()
+
+    def _outcome(
+        self,
+        cmd: ExecuteCommand,
+        progress: _Progress,
+        state: str,
+        error: ExecutionError | None,
+    ) -> Outcome:
         text = "".join(progress.parts)
         if progress.usage is None and not text:
             usage = Usage()  # the provider never answered with anything billable
@@ -241,7 +267,7 @@ class ExecutionEngine:
                 resolved.cache_write_tokens,
                 resolved.estimated,
             )
-        outcome = Outcome(
+        return Outcome(
             state=state,
             usage=usage,
             cost_nanos=cost_nanos(self._prices, cmd.chat.model, usage),
@@ -252,7 +278,6 @@ class ExecutionEngine:
             first_token_time=progress.first_token_time,
             end_time=self._now(),
         )
-        return await repo.finish(self._pool, execution.id, outcome)
 
     async def _replay(self, existing: Execution) -> AsyncIterator[Event]:
         """A duplicate request id: a finished execution is answered from its record."""

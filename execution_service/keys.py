@@ -13,6 +13,7 @@ import grpc
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
 from execution_service.errors import ApiKeyNotConfigured, KeyVaultUnavailable
+from service_kit import metrics
 from service_kit.call_context import REQUEST_ID_HEADER
 from service_kit.secret import Secret
 
@@ -55,7 +56,9 @@ class KeySource:
         slot = (workspace, provider)
         cached = self._cache.get(slot)
         if cached is not None and cached.expires_at > self._clock():
+            metrics.KEY_CACHE_LOOKUPS.labels("hit").inc()
             return cached.key, True
+        metrics.KEY_CACHE_LOOKUPS.labels("miss").inc()
         pending = self._inflight.get(slot)
         if pending is not None:
             try:

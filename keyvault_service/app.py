@@ -87,6 +87,7 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
             interceptors=[interceptor],
             tls=settings.server.tls,
             address=settings.server.listen_address,
+            metrics_port=settings.server.metrics_port,
         )
         await server.start(pool)
     except BaseException:

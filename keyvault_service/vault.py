@@ -13,7 +13,7 @@ from keyvault_service.errors import AuditUnavailable, KeyNotFound, KeyUndecrypta
 from keyvault_service.keyring import Keyring
 from keyvault_service.names import KeyRef
 from keyvault_service.repository import AuditRecord, AuditRow, StoredKey
-from service_kit import db
+from service_kit import db, metrics
 from service_kit.call_context import CallInfo
 from service_kit.pagination import PageRequest
 from service_kit.secret import Secret
@@ -96,6 +96,16 @@ class KeyVault:
 
     async def reveal_key(self, ref: KeyRef, call: CallInfo) -> tuple[StoredKey, Secret]:
         try:
+            stored, plaintext = await self._reveal_key(ref, call)
+        except BaseException as exc:
+            metrics.KEY_REVEALS.labels(_reveal_outcome(exc)).inc()
+            raise
+        metrics.KEY_REVEALS.labels("revealed").inc()
+        log.info("key revealed", extra={"key": ref.name, "key_version": stored.key_version})
+        return stored, plaintext
+
+    async def _reveal_key(self, ref: KeyRef, call: CallInfo) -> tuple[StoredKey, Secret]:
+        try:
             found = await repo.reveal_with_audit(
                 self._pool, ref, _audit(call, "REVEAL", "ALLOWED", ref)
             )
@@ -167,9 +177,23 @@ class KeyVault:
         return rows, (rows[-1].id if more else None)
 
     async def record_denied(self, action: str, ref: KeyRef | None, call: CallInfo) -> None:
+        if action == "REVEAL":
+            metrics.KEY_REVEALS.labels("denied").inc()
         await repo.insert_audit(
             self._pool, _audit(call, action, "DENIED", ref, "PERMISSION_DENIED")
         )
 
     async def record_invalid(self, action: str, ref: KeyRef | None, call: CallInfo) -> None:
         await repo.insert_audit(self._pool, _audit(call, action, "FAILED", ref, "INVALID_ARGUMENT"))
+
+
+def _reveal_outcome(exc: BaseException) -> str:
+    if isinstance(exc, KeyNotFound):
+        return "not_found"
+    if isinstance(exc, KeyUndecryptable):
+        return "undecryptable"
+    if isinstance(exc, AuditUnavailable):
+        return "audit_unavailable"
+    if isinstance(exc, db.UNAVAILABLE_ERRORS):
+        return "unavailable"
+    return "error"

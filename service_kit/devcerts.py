@@ -89,7 +89,10 @@ def issue(
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
 ) -> Issued:
-    """Issue a workload certificate whose single URI SAN is the workload's SPIFFE ID."""
+    """Issue a workload certificate whose single URI SAN is the workload's SPIFFE ID.
+
+    A server certificate also names ``localhost``, ``127.0.0.1`` and the workload itself as
+    a host (``keyvault``: the service's host name in docker-compose.yml)."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
@@ -101,7 +104,11 @@ def issue(
     ]
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     if is_server:
-        sans += [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        sans += [
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.DNSName(workload),
+        ]
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
     cert = (
         x509.CertificateBuilder()

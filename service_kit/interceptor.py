@@ -1,4 +1,5 @@
-"""One wrapper around every method handler: request id, authorization, error mapping.
+"""One wrapper around every method handler: request id, authorization, error mapping, and
+one observation (method, final status code, duration) per call for the metrics.
 
 Python gRPC has no engine for A43 policies, so authorization happens here, before the
 servicer sees the request: no identity is UNAUTHENTICATED, a denied identity is
@@ -8,14 +9,17 @@ PERMISSION_DENIED, and both come before any existence check in the servicer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
 from grpc_status import rpc_status
 
-from service_kit import db
+from service_kit import db, metrics
 from service_kit.authz import Policy
 from service_kit.call_context import CallInfo, current_call, request_id_from
 from service_kit.errors import (
@@ -56,10 +60,32 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         policy: Policy,
         domain: str,
         on_denied: DeniedHook | None = None,
+        observe: Observer = metrics.observe_rpc,
     ) -> None:
         self._policy = policy
         self._domain = domain
         self._on_denied = on_denied
+        self._observe = observe
+
+    @contextlib.contextmanager
+    def _observed(self, method: str, context: grpc.aio.ServicerContext) -> Iterator[None]:
+        """Report the call's final status code and duration however it ends: a return, an
+        abort (ours or the servicer's), or the caller going away."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            yield
+            code = context.code() or grpc.StatusCode.OK
+        except (asyncio.CancelledError, GeneratorExit):
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            self._observe(method, code, time.perf_counter() - started)
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: ServiceError) -> None:
         status = rpc_status.to_status(to_rpc_status(error, self._domain))
@@ -106,13 +132,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             inner_unary: Any = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    await self._admit(method, request, context)
-                    return await inner_unary(request, context)
-                except _PASS_THROUGH:
-                    raise
-                except Exception as exc:  # mapped to a status, never leaked as a traceback
-                    await self._fail(context, method, exc)
+                with self._observed(method, context):
+                    try:
+                        await self._admit(method, request, context)
+                        return await inner_unary(request, context)
+                    except _PASS_THROUGH:
+                        raise
+                    except Exception as exc:  # mapped to a status, never leaked as a traceback
+                        await self._fail(context, method, exc)
 
             return grpc.unary_unary_rpc_method_handler(unary, *serializers)
 
@@ -120,14 +147,19 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             inner_stream: Any = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                try:
-                    await self._admit(method, request, context)
-                    async for response in inner_stream(request, context):
-                        yield response
-                except _PASS_THROUGH:
-                    raise
-                except Exception as exc:
-                    await self._fail(context, method, exc)
+                with self._observed(method, context):
+                    try:
+                        await self._admit(method, request, context)
+                        responses = inner_stream(request, context)
+                        if inspect.isawaitable(responses):  # writes with context.write (Watch)
+                            await responses
+                            return
+                        async for response in responses:
+                            yield response
+                    except _PASS_THROUGH:
+                        raise
+                    except Exception as exc:
+                        await self._fail(context, method, exc)
 
             return grpc.unary_stream_rpc_method_handler(stream, *serializers)
 
@@ -135,14 +167,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             inner_bidi: Any = handler.stream_stream
 
             async def bidi(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                try:
-                    await self._admit(method, None, context)
-                    async for response in inner_bidi(requests, context):
-                        yield response
-                except _PASS_THROUGH:
-                    raise
-                except Exception as exc:
-                    await self._fail(context, method, exc)
+                with self._observed(method, context):
+                    try:
+                        await self._admit(method, None, context)
+                        async for response in inner_bidi(requests, context):
+                            yield response
+                    except _PASS_THROUGH:
+                        raise
+                    except Exception as exc:
+                        await self._fail(context, method, exc)
 
             return grpc.stream_stream_rpc_method_handler(bidi, *serializers)
 

@@ -1,5 +1,5 @@
 """The gRPC server every service runs: mTLS port, health, reflection, database health
-watch, graceful drain on SIGTERM/SIGINT."""
+watch, a Prometheus /metrics endpoint, graceful drain on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from service_kit import db
+from service_kit.metrics import MetricsEndpoint, metrics_host, serve_metrics
 from service_kit.tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,13 @@ class GrpcServer:
         interceptors: Iterable[grpc.aio.ServerInterceptor],
         tls: TlsFiles,
         address: str,
+        metrics_port: int = 0,
     ) -> None:
+        """``metrics_port`` > 0 serves /metrics there (plain HTTP, on the host of
+        ``address``) while the server runs; 0 serves none."""
         self.service_names = tuple(service_names)
+        self.metrics_address = (metrics_host(address), metrics_port) if metrics_port else None
+        self.metrics: MetricsEndpoint | None = None
         self.server = grpc.aio.server(
             interceptors=list(interceptors),
             options=[("grpc.so_reuseport", 0), ("grpc.keepalive_permit_without_calls", 1)],
@@ -58,7 +64,14 @@ class GrpcServer:
             await self.health.set(name, status)
 
     async def start(self, pool: asyncpg.Pool | None = None, *, check_interval: float = 2.0) -> None:
-        await self.server.start()
+        if self.metrics_address is not None:  # first: a taken port fails the start cleanly
+            host, port = self.metrics_address
+            self.metrics = serve_metrics(port, host)
+        try:
+            await self.server.start()
+        except BaseException:
+            await self._stop_metrics()
+            raise
         serving = await db.ping(pool) if pool is not None else True
         await self.set_serving(serving)
         if pool is not None:
@@ -84,6 +97,12 @@ class GrpcServer:
                 await self._watch
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self._stop_metrics()
+
+    async def _stop_metrics(self) -> None:
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)  # waits out serve_forever's poll
+            self.metrics = None
 
 
 async def wait_for_shutdown_signal() -> str:
