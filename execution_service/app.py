@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -25,9 +24,8 @@ from execution_service.settings import ExecutionSettings
 from service_kit import db
 from service_kit.authz import Policy, PolicyError
 from service_kit.interceptor import ServiceInterceptor
-from service_kit.logs import configure_logging
-from service_kit.runtime import fail_start, resolve_database_url, run
-from service_kit.server import GrpcServer, wait_for_shutdown_signal
+from service_kit.runtime import run, serve
+from service_kit.server import GrpcServer
 from service_kit.settings import SettingsError
 from service_kit.tls import channel_credentials
 
@@ -92,6 +90,7 @@ async def start_execution(
             tls=settings.server.tls,
             address=settings.server.listen_address,
             metrics_port=settings.server.metrics_port,
+            reuse_port=settings.server.reuse_port,
         )
         await server.start(pool)
     except BaseException:
@@ -107,21 +106,15 @@ async def start_execution(
 
 
 async def main() -> None:
-    configure_logging("execution", os.environ.get("LOG_LEVEL", "INFO"))
-    try:
-        settings = ExecutionSettings.from_env(os.environ)
-        url = await resolve_database_url(settings.database_url, "execution")
-        running = await start_execution(settings, url)
-    except (SettingsError, PolicyError, PricingError, OSError) as exc:
-        fail_start(str(exc))
-        return
-    log.info("execution serving", extra={"address": settings.server.listen_address})
-    signal_name = await wait_for_shutdown_signal()
-    log.info(
-        "draining", extra={"signal": signal_name, "grace_seconds": settings.server.grace_seconds}
+    await serve(
+        service="execution",
+        module="execution_service",
+        database="execution",
+        database_env="EXECUTION_DATABASE_URL",
+        load_settings=ExecutionSettings.from_env,
+        start=start_execution,
+        startup_errors=(SettingsError, PolicyError, PricingError),
     )
-    await running.stop(settings.server.grace_seconds)
-    log.info("stopped")
 
 
 def entry_point() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 
 import asyncpg
@@ -18,9 +17,8 @@ from keyvault_service.vault import KeyVault
 from service_kit import db
 from service_kit.authz import Policy, PolicyError
 from service_kit.interceptor import ServiceInterceptor
-from service_kit.logs import configure_logging
-from service_kit.runtime import fail_start, resolve_database_url, run
-from service_kit.server import GrpcServer, wait_for_shutdown_signal
+from service_kit.runtime import run, serve
+from service_kit.server import GrpcServer
 from service_kit.settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -88,6 +86,7 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
             tls=settings.server.tls,
             address=settings.server.listen_address,
             metrics_port=settings.server.metrics_port,
+            reuse_port=settings.server.reuse_port,
         )
         await server.start(pool)
     except BaseException:
@@ -97,21 +96,15 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
 
 
 async def main() -> None:
-    configure_logging("keyvault", os.environ.get("LOG_LEVEL", "INFO"))
-    try:
-        settings = KeyVaultSettings.from_env(os.environ)
-        url = await resolve_database_url(settings.database_url, "keyvault")
-        running = await start_keyvault(settings, url)
-    except (SettingsError, KeyringError, PolicyError, StartupError, OSError) as exc:
-        fail_start(str(exc))
-        return
-    log.info("keyvault serving", extra={"address": settings.server.listen_address})
-    signal_name = await wait_for_shutdown_signal()
-    log.info(
-        "draining", extra={"signal": signal_name, "grace_seconds": settings.server.grace_seconds}
+    await serve(
+        service="keyvault",
+        module="keyvault_service",
+        database="keyvault",
+        database_env="KEYVAULT_DATABASE_URL",
+        load_settings=KeyVaultSettings.from_env,
+        start=start_keyvault,
+        startup_errors=(SettingsError, KeyringError, PolicyError, StartupError),
     )
-    await running.stop(settings.server.grace_seconds)
-    log.info("stopped")
 
 
 def entry_point() -> None:

@@ -1,16 +1,41 @@
-"""Process-level plumbing shared by the services' entry points."""
+"""Process-level plumbing shared by the services' entry points: the database URL, start-up
+failures, worker processes, the signal-driven drain."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Protocol, TypeVar
 
 from service_kit import embedded_pg
+from service_kit.logs import configure_logging
+from service_kit.server import wait_for_shutdown_signal
+from service_kit.settings import ServerSettings
 
 log = logging.getLogger(__name__)
+
+WORKER_ENV = "SERVICE_WORKER_INDEX"
+
+
+class _Settings(Protocol):
+    @property
+    def server(self) -> ServerSettings: ...
+    @property
+    def database_url(self) -> str | None: ...
+
+
+class _Running(Protocol):
+    async def stop(self, grace: float = ...) -> None: ...
+
+
+S = TypeVar("S", bound=_Settings)
+
+_keep_alive: list[Any] = []
 
 
 async def resolve_database_url(configured: str | None, database: str) -> str:
@@ -24,9 +49,6 @@ async def resolve_database_url(configured: str | None, database: str) -> str:
     return url
 
 
-_keep_alive: list[Any] = []
-
-
 def fail_start(message: str) -> None:
     """A configuration or start-up problem: one clear line, no traceback, exit status 2."""
     log.critical(message)
@@ -35,13 +57,83 @@ def fail_start(message: str) -> None:
     os._exit(2)
 
 
+async def supervise(module: str, workers: int, env: Mapping[str, str]) -> int:
+    """Run `workers` copies of `python -m module` that share one port.
+
+    One Python process runs Python on one core at a time; more processes use more cores,
+    as pre-fork servers do. SIGTERM/SIGINT are passed on (each worker drains); when one
+    worker dies the others are stopped too, so that a supervisor outside restarts the lot.
+    """
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, env={**env, WORKER_ENV: str(index)}
+        )
+        for index in range(workers)
+    ]
+    stopping = asyncio.create_task(wait_for_shutdown_signal())
+    exits = [asyncio.create_task(p.wait()) for p in processes]
+    done, _ = await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
+    for process in processes:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+    codes = await asyncio.gather(*exits)
+    stopping.cancel()
+    return 0 if stopping in done else max((abs(c) for c in codes), default=1) or 1
+
+
+def _as_worker(settings: S, index: int) -> S:
+    """A worker shares the gRPC port; each serves metrics on the base port plus its index."""
+    server = settings.server
+    metrics_port = server.metrics_port + index if server.metrics_port else 0
+    return dataclasses.replace(  # type: ignore[type-var]
+        settings,
+        server=dataclasses.replace(server, reuse_port=True, metrics_port=metrics_port),
+    )
+
+
+async def serve(
+    *,
+    service: str,
+    module: str,
+    database: str,
+    database_env: str,
+    load_settings: Callable[[Mapping[str, str]], S],
+    start: Callable[[S, str], Awaitable[_Running]],
+    startup_errors: tuple[type[Exception], ...],
+) -> None:
+    """A service's main: settings, database, then serve until SIGTERM/SIGINT and drain."""
+    configure_logging(service, os.environ.get("LOG_LEVEL", "INFO"))
+    expected: tuple[type[Exception], ...] = (*startup_errors, OSError)
+    try:
+        settings = load_settings(os.environ)
+        url = await resolve_database_url(settings.database_url, database)
+    except expected as exc:
+        fail_start(str(exc))
+        return
+    index = os.environ.get(WORKER_ENV)
+    if index is None and settings.server.workers > 1:
+        env = {**os.environ, database_env: url}
+        raise SystemExit(await supervise(module, settings.server.workers, env))
+    if index is not None:
+        settings = _as_worker(settings, int(index))
+    try:
+        running = await start(settings, url)
+    except expected as exc:
+        fail_start(str(exc))
+        return
+    log.info(f"{service} serving", extra={"address": settings.server.listen_address})
+    signal_name = await wait_for_shutdown_signal()
+    grace = settings.server.grace_seconds
+    log.info("draining", extra={"signal": signal_name, "grace_seconds": grace})
+    await running.stop(grace)
+    log.info("stopped")
+
+
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run an async main on uvloop (faster event loop) when available."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        import asyncio
-
         asyncio.run(main())
         return
     uvloop.run(main())

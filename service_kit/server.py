@@ -37,6 +37,7 @@ class GrpcServer:
         tls: TlsFiles,
         address: str,
         metrics_port: int = 0,
+        reuse_port: bool = False,
     ) -> None:
         """``metrics_port`` > 0 serves /metrics there (plain HTTP, on the host of
         ``address``) while the server runs; 0 serves none."""
@@ -45,7 +46,12 @@ class GrpcServer:
         self.metrics: MetricsEndpoint | None = None
         self.server = grpc.aio.server(
             interceptors=list(interceptors),
-            options=[("grpc.so_reuseport", 0), ("grpc.keepalive_permit_without_calls", 1)],
+            # Without reuse_port a second server on a taken port fails instead of silently
+            # sharing it; worker processes share it on purpose.
+            options=[
+                ("grpc.so_reuseport", int(reuse_port)),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
         )
         register(self.server)
         self.health = HealthServicer()

@@ -78,6 +78,8 @@ class ServerSettings:
     log_level: str
     db_pool_min: int
     db_pool_max: int
+    workers: int = 1  # processes serving the port together (SO_REUSEPORT)
+    reuse_port: bool = False  # set in worker processes so that they can share the port
 
     @classmethod
     def from_env(
@@ -105,4 +107,5 @@ class ServerSettings:
             log_level=env.string("LOG_LEVEL", "INFO"),
             db_pool_min=env.integer(f"{prefix}_DB_POOL_MIN", 2, minimum=1),
             db_pool_max=env.integer(f"{prefix}_DB_POOL_MAX", 10, minimum=1),
+            workers=env.integer(f"{prefix}_WORKERS", 1, minimum=1, maximum=64),
         )

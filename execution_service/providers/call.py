@@ -16,6 +16,7 @@ when abandoning it early; closing or cancelling it closes the HTTP response at o
 from __future__ import annotations
 
 import asyncio
+import codecs
 import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -178,11 +179,19 @@ async def _sse_batches(response: httpx.Response) -> AsyncGenerator[list[ServerSe
     """
     lines = SSELineDecoder()
     decoder = SSEDecoder()
-    async for text in response.aiter_text():
+    # Server-sent events are UTF-8 by definition: decode directly instead of letting httpx
+    # sniff a charset from the headers on every read.
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    async for chunk in response.aiter_bytes():
+        text = utf8.decode(chunk)
+        if not text:
+            continue
         batch = [sse for line in lines.decode(text) if (sse := decoder.decode(line)) is not None]
         if batch:
             yield batch
-    tail = [sse for line in lines.flush() if (sse := decoder.decode(line)) is not None]
+    rest = utf8.decode(b"", final=True)
+    last_lines = (lines.decode(rest) if rest else []) + lines.flush()
+    tail = [sse for line in last_lines if (sse := decoder.decode(line)) is not None]
     if tail:
         yield tail
 

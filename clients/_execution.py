@@ -1,0 +1,412 @@
+"""Execution clients: `ExecutionClient` (asyncio) and `ExecutionClientSync` (blocking).
+
+`execute(...)` yields typed events: `Started` (the execution as recorded before the provider
+is called), `Delta` (output text as it arrives), and finally `Completed` (the finished
+execution: usage, cost, latency, attempts); the iteration ends after `Completed`. A failure
+raises a `ClientError` whose `execution_name` names the execution recorded as FAILED.
+Leaving the loop early cancels the call (the service records the execution as CANCELLED).
+Execute is never retried automatically; repeat it with the same `request_id` to have the
+service answer from its record instead of calling the provider again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Self
+
+import grpc
+
+from ._base import AsyncClientBase, Metadata, SyncClientBase
+from ._channel import (
+    DEFAULT_RETRY_POLICY,
+    DEFAULT_TIMEOUT,
+    PathLike,
+    RetryPolicy,
+    mtls_channel,
+    mtls_channel_sync,
+)
+from ._errors import error_from_rpc
+from ._types import (
+    ExecuteEvent,
+    MessageLike,
+    Page,
+    ProviderLike,
+    Started,
+    StateLike,
+    agent_stats_request,
+    event_from_response,
+    execute_request,
+    key_check_request,
+    list_executions_request,
+)
+from .gen.execution.v1 import execution_service_pb2 as ex
+from .gen.execution.v1 import execution_service_pb2_grpc as ex_grpc
+from .gen.execution.v1 import resources_pb2 as ex_res
+
+DEFAULT_EXECUTION_ADDRESS = "localhost:50052"
+
+
+class ExecutionClient(AsyncClientBase):
+    """asyncio client of `execution.v1.ExecutionService`.
+
+    ```python
+    async with ExecutionClient.connect(ca=..., cert=..., key=...) as client:
+        async for event in client.execute("demo", agent_id="bot", provider="anthropic",
+                                          model="claude-3-5-sonnet-20241022", prompt="Hi"):
+            match event:
+                case Delta(text=text):
+                    print(text, end="")
+                case Completed(execution=done):
+                    print(done.usage.output_tokens, done.cost_nanos)
+    ```
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: Metadata = (),
+        owns_channel: bool = False,
+    ) -> None:
+        super().__init__(channel, timeout=timeout, metadata=metadata, owns_channel=owns_channel)
+        self._stub = ex_grpc.ExecutionServiceStub(channel)
+
+    @classmethod
+    def connect(
+        cls,
+        address: str = DEFAULT_EXECUTION_ADDRESS,
+        *,
+        ca: PathLike,
+        cert: PathLike,
+        key: PathLike,
+        retry_unavailable: bool = True,
+        retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: Metadata = (),
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> Self:
+        """A client on its own mTLS channel, closed by `close()` / `async with`."""
+        channel = mtls_channel(
+            address,
+            ca=ca,
+            cert=cert,
+            key=key,
+            retry_unavailable=retry_unavailable,
+            retry_policy=retry_policy,
+            options=options,
+        )
+        return cls(channel, timeout=timeout, metadata=metadata, owns_channel=True)
+
+    async def execute(
+        self,
+        workspace: str,
+        *,
+        agent_id: str,
+        provider: ProviderLike,
+        model: str,
+        prompt: str | None = None,
+        system: str | None = None,
+        messages: Iterable[MessageLike] = (),
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop_sequences: Iterable[str] = (),
+        request_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[ExecuteEvent]:
+        """Run a request: yields `Started`, `Delta`s, then `Completed`. The conversation is
+        `system`, then `messages`, then `prompt` as a user message. `timeout` is a deadline
+        for the whole stream (none by default)."""
+        request = execute_request(
+            workspace,
+            agent_id=agent_id,
+            provider=provider,
+            model=model,
+            prompt=prompt,
+            system=system,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop_sequences=stop_sequences,
+            request_id=request_id,
+            labels=labels,
+        )
+        call = self._stub.Execute(request, timeout=timeout, metadata=self._metadata)
+        started: str | None = None
+        try:
+            async for response in call:
+                event = event_from_response(response)
+                if isinstance(event, Started):
+                    started = event.execution.name
+                yield event
+        except grpc.RpcError as err:
+            raise error_from_rpc(err, execution_name=started) from err
+        finally:
+            call.cancel()  # a no-op once the call has finished
+
+    async def get_execution(self, name: str, *, timeout: float | None = None) -> ex_res.Execution:
+        """`name` is `workspaces/{workspace}/executions/{execution}`."""
+        request = ex.GetExecutionRequest(name=name)
+        return (await self._unary(self._stub.GetExecution, request, timeout)).execution
+
+    async def list_executions(
+        self,
+        workspace: str,
+        *,
+        agent_id: str = "",
+        state: StateLike | None = None,
+        start_time: dt.datetime | None = None,
+        end_time: dt.datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[ex_res.Execution]:
+        """One page of the workspace's executions, newest first, filtered as given."""
+        request = list_executions_request(
+            workspace,
+            agent_id=agent_id,
+            state=state,
+            start_time=start_time,
+            end_time=end_time,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        reply = await self._unary(self._stub.ListExecutions, request, timeout)
+        return Page(list(reply.executions), reply.next_page_token)
+
+    async def iter_executions(
+        self,
+        workspace: str,
+        *,
+        agent_id: str = "",
+        state: StateLike | None = None,
+        start_time: dt.datetime | None = None,
+        end_time: dt.datetime | None = None,
+        page_size: int = 0,
+        limit: int | None = None,
+    ) -> AsyncIterator[ex_res.Execution]:
+        """The workspace's executions (at most `limit`), newest first, across pages."""
+        token, count = "", 0
+        while True:
+            page = await self.list_executions(
+                workspace,
+                agent_id=agent_id,
+                state=state,
+                start_time=start_time,
+                end_time=end_time,
+                page_size=page_size,
+                page_token=token,
+            )
+            for item in page.items:
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                yield item
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def get_agent_stats(
+        self,
+        workspace: str,
+        agent_id: str,
+        *,
+        start_time: dt.datetime | None = None,
+        end_time: dt.datetime | None = None,
+        timeout: float | None = None,
+    ) -> ex_res.AgentStats:
+        """Aggregates over [start_time, end_time); by default the last 24 hours."""
+        request = agent_stats_request(workspace, agent_id, start_time=start_time, end_time=end_time)
+        return (await self._unary(self._stub.GetAgentStats, request, timeout)).stats
+
+    async def test_api_key(
+        self,
+        workspace: str,
+        provider: ProviderLike,
+        *,
+        candidate_api_key: str = "",
+        base_url: str = "",
+        timeout: float | None = None,
+    ) -> ex.TestApiKeyResponse:
+        """Check the stored key (or `candidate_api_key`, with its `base_url`) against the
+        provider. A rejected key is an answer (`valid` False, `reason`), not an error."""
+        request = key_check_request(
+            workspace, provider, candidate_api_key=candidate_api_key, base_url=base_url
+        )
+        return await self._unary(self._stub.TestApiKey, request, timeout)
+
+
+class ExecutionClientSync(SyncClientBase):
+    """Blocking client of `execution.v1.ExecutionService`; the same methods as
+    `ExecutionClient`, without `await` (`execute` is a plain iterator)."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: Metadata = (),
+        owns_channel: bool = False,
+    ) -> None:
+        super().__init__(channel, timeout=timeout, metadata=metadata, owns_channel=owns_channel)
+        self._stub = ex_grpc.ExecutionServiceStub(channel)
+
+    @classmethod
+    def connect(
+        cls,
+        address: str = DEFAULT_EXECUTION_ADDRESS,
+        *,
+        ca: PathLike,
+        cert: PathLike,
+        key: PathLike,
+        retry_unavailable: bool = True,
+        retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: Metadata = (),
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> Self:
+        channel = mtls_channel_sync(
+            address,
+            ca=ca,
+            cert=cert,
+            key=key,
+            retry_unavailable=retry_unavailable,
+            retry_policy=retry_policy,
+            options=options,
+        )
+        return cls(channel, timeout=timeout, metadata=metadata, owns_channel=True)
+
+    def execute(
+        self,
+        workspace: str,
+        *,
+        agent_id: str,
+        provider: ProviderLike,
+        model: str,
+        prompt: str | None = None,
+        system: str | None = None,
+        messages: Iterable[MessageLike] = (),
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop_sequences: Iterable[str] = (),
+        request_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[ExecuteEvent]:
+        request = execute_request(
+            workspace,
+            agent_id=agent_id,
+            provider=provider,
+            model=model,
+            prompt=prompt,
+            system=system,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop_sequences=stop_sequences,
+            request_id=request_id,
+            labels=labels,
+        )
+        call: Any = self._stub.Execute(request, timeout=timeout, metadata=self._metadata)
+        started: str | None = None
+        try:
+            for response in call:
+                event = event_from_response(response)
+                if isinstance(event, Started):
+                    started = event.execution.name
+                yield event
+        except grpc.RpcError as err:
+            raise error_from_rpc(err, execution_name=started) from err
+        finally:
+            call.cancel()
+
+    def get_execution(self, name: str, *, timeout: float | None = None) -> ex_res.Execution:
+        request = ex.GetExecutionRequest(name=name)
+        return self._unary(self._stub.GetExecution, request, timeout).execution
+
+    def list_executions(
+        self,
+        workspace: str,
+        *,
+        agent_id: str = "",
+        state: StateLike | None = None,
+        start_time: dt.datetime | None = None,
+        end_time: dt.datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[ex_res.Execution]:
+        request = list_executions_request(
+            workspace,
+            agent_id=agent_id,
+            state=state,
+            start_time=start_time,
+            end_time=end_time,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        reply = self._unary(self._stub.ListExecutions, request, timeout)
+        return Page(list(reply.executions), reply.next_page_token)
+
+    def iter_executions(
+        self,
+        workspace: str,
+        *,
+        agent_id: str = "",
+        state: StateLike | None = None,
+        start_time: dt.datetime | None = None,
+        end_time: dt.datetime | None = None,
+        page_size: int = 0,
+        limit: int | None = None,
+    ) -> Iterator[ex_res.Execution]:
+        token, count = "", 0
+        while True:
+            page = self.list_executions(
+                workspace,
+                agent_id=agent_id,
+                state=state,
+                start_time=start_time,
+                end_time=end_time,
+                page_size=page_size,
+                page_token=token,
+            )
+            for item in page.items:
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                yield item
+            token = page.next_page_token
+            if not token:
+                return
+
+    def get_agent_stats(
+        self,
+        workspace: str,
+        agent_id: str,
+        *,
+        start_time: dt.datetime | None = None,
+        end_time: dt.datetime | None = None,
+        timeout: float | None = None,
+    ) -> ex_res.AgentStats:
+        request = agent_stats_request(workspace, agent_id, start_time=start_time, end_time=end_time)
+        return self._unary(self._stub.GetAgentStats, request, timeout).stats
+
+    def test_api_key(
+        self,
+        workspace: str,
+        provider: ProviderLike,
+        *,
+        candidate_api_key: str = "",
+        base_url: str = "",
+        timeout: float | None = None,
+    ) -> ex.TestApiKeyResponse:
+        request = key_check_request(
+            workspace, provider, candidate_api_key=candidate_api_key, base_url=base_url
+        )
+        return self._unary(self._stub.TestApiKey, request, timeout)
