@@ -12,20 +12,12 @@ service answer from its record instead of calling the provider again.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Self
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from typing import Any
 
 import grpc
 
-from ._base import AsyncClientBase, Metadata, SyncClientBase
-from ._channel import (
-    DEFAULT_RETRY_POLICY,
-    DEFAULT_TIMEOUT,
-    PathLike,
-    RetryPolicy,
-    mtls_channel,
-    mtls_channel_sync,
-)
+from ._base import AsyncClientBase, SyncClientBase
 from ._errors import error_from_rpc
 from ._types import (
     ExecuteEvent,
@@ -62,42 +54,9 @@ class ExecutionClient(AsyncClientBase):
     ```
     """
 
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        *,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        metadata: Metadata = (),
-        owns_channel: bool = False,
-    ) -> None:
-        super().__init__(channel, timeout=timeout, metadata=metadata, owns_channel=owns_channel)
-        self._stub = ex_grpc.ExecutionServiceStub(channel)
-
-    @classmethod
-    def connect(
-        cls,
-        address: str = DEFAULT_EXECUTION_ADDRESS,
-        *,
-        ca: PathLike,
-        cert: PathLike,
-        key: PathLike,
-        retry_unavailable: bool = True,
-        retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        metadata: Metadata = (),
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> Self:
-        """A client on its own mTLS channel, closed by `close()` / `async with`."""
-        channel = mtls_channel(
-            address,
-            ca=ca,
-            cert=cert,
-            key=key,
-            retry_unavailable=retry_unavailable,
-            retry_policy=retry_policy,
-            options=options,
-        )
-        return cls(channel, timeout=timeout, metadata=metadata, owns_channel=True)
+    stub_class = ex_grpc.ExecutionServiceStub
+    default_address = DEFAULT_EXECUTION_ADDRESS
+    _stub: ex_grpc.ExecutionServiceAsyncStub
 
     async def execute(
         self,
@@ -244,41 +203,9 @@ class ExecutionClientSync(SyncClientBase):
     """Blocking client of `execution.v1.ExecutionService`; the same methods as
     `ExecutionClient`, without `await` (`execute` is a plain iterator)."""
 
-    def __init__(
-        self,
-        channel: grpc.Channel,
-        *,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        metadata: Metadata = (),
-        owns_channel: bool = False,
-    ) -> None:
-        super().__init__(channel, timeout=timeout, metadata=metadata, owns_channel=owns_channel)
-        self._stub = ex_grpc.ExecutionServiceStub(channel)
-
-    @classmethod
-    def connect(
-        cls,
-        address: str = DEFAULT_EXECUTION_ADDRESS,
-        *,
-        ca: PathLike,
-        cert: PathLike,
-        key: PathLike,
-        retry_unavailable: bool = True,
-        retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        metadata: Metadata = (),
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> Self:
-        channel = mtls_channel_sync(
-            address,
-            ca=ca,
-            cert=cert,
-            key=key,
-            retry_unavailable=retry_unavailable,
-            retry_policy=retry_policy,
-            options=options,
-        )
-        return cls(channel, timeout=timeout, metadata=metadata, owns_channel=True)
+    stub_class = ex_grpc.ExecutionServiceStub
+    default_address = DEFAULT_EXECUTION_ADDRESS
+    _stub: ex_grpc.ExecutionServiceStub
 
     def execute(
         self,

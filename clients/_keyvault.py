@@ -7,20 +7,9 @@ Workspaces are given by id (`demo`) or name (`workspaces/demo`); providers as `"
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, Self
+from collections.abc import AsyncIterator, Iterator
 
-import grpc
-
-from ._base import AsyncClientBase, Metadata, SyncClientBase
-from ._channel import (
-    DEFAULT_RETRY_POLICY,
-    DEFAULT_TIMEOUT,
-    PathLike,
-    RetryPolicy,
-    mtls_channel,
-    mtls_channel_sync,
-)
+from ._base import AsyncClientBase, SyncClientBase
 from ._types import Page, ProviderLike, RevealedApiKey, api_key_name, audit_parent, workspace_name
 from .gen.keyvault.v1 import keyvault_service_pb2 as kv
 from .gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
@@ -40,42 +29,9 @@ class KeyVaultClient(AsyncClientBase):
     ```
     """
 
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        *,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        metadata: Metadata = (),
-        owns_channel: bool = False,
-    ) -> None:
-        super().__init__(channel, timeout=timeout, metadata=metadata, owns_channel=owns_channel)
-        self._stub = kv_grpc.KeyVaultServiceStub(channel)
-
-    @classmethod
-    def connect(
-        cls,
-        address: str = DEFAULT_KEYVAULT_ADDRESS,
-        *,
-        ca: PathLike,
-        cert: PathLike,
-        key: PathLike,
-        retry_unavailable: bool = True,
-        retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        metadata: Metadata = (),
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> Self:
-        """A client on its own mTLS channel, closed by `close()` / `async with`."""
-        channel = mtls_channel(
-            address,
-            ca=ca,
-            cert=cert,
-            key=key,
-            retry_unavailable=retry_unavailable,
-            retry_policy=retry_policy,
-            options=options,
-        )
-        return cls(channel, timeout=timeout, metadata=metadata, owns_channel=True)
+    stub_class = kv_grpc.KeyVaultServiceStub
+    default_address = DEFAULT_KEYVAULT_ADDRESS
+    _stub: kv_grpc.KeyVaultServiceAsyncStub
 
     async def set_api_key(
         self,
@@ -185,41 +141,9 @@ class KeyVaultClientSync(SyncClientBase):
     """Blocking client of `keyvault.v1.KeyVaultService`; the same methods as
     `KeyVaultClient`, without `await`."""
 
-    def __init__(
-        self,
-        channel: grpc.Channel,
-        *,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        metadata: Metadata = (),
-        owns_channel: bool = False,
-    ) -> None:
-        super().__init__(channel, timeout=timeout, metadata=metadata, owns_channel=owns_channel)
-        self._stub = kv_grpc.KeyVaultServiceStub(channel)
-
-    @classmethod
-    def connect(
-        cls,
-        address: str = DEFAULT_KEYVAULT_ADDRESS,
-        *,
-        ca: PathLike,
-        cert: PathLike,
-        key: PathLike,
-        retry_unavailable: bool = True,
-        retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        metadata: Metadata = (),
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> Self:
-        channel = mtls_channel_sync(
-            address,
-            ca=ca,
-            cert=cert,
-            key=key,
-            retry_unavailable=retry_unavailable,
-            retry_policy=retry_policy,
-            options=options,
-        )
-        return cls(channel, timeout=timeout, metadata=metadata, owns_channel=True)
+    stub_class = kv_grpc.KeyVaultServiceStub
+    default_address = DEFAULT_KEYVAULT_ADDRESS
+    _stub: kv_grpc.KeyVaultServiceStub
 
     def set_api_key(
         self,
