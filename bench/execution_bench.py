@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import time
 
 import httpx
@@ -38,13 +39,17 @@ def execute_request() -> ex.ExecuteRequest:
     )
 
 
-async def execute_call(port: int):
-    stub = ex_grpc.ExecutionServiceStub(secure_channel(port, "app"))
+async def execute_call(port: int, channels: int = 4):
+    """Calls spread over several connections, as many clients would make: SO_REUSEPORT
+    balances connections (not calls) across a service's worker processes."""
+    stubs = itertools.cycle(
+        [ex_grpc.ExecutionServiceStub(secure_channel(port, "app")) for _ in range(channels)]
+    )
     request = execute_request()
 
     async def call() -> None:
         state = None
-        async for event in stub.Execute(request):
+        async for event in next(stubs).Execute(request):
             if event.HasField("completed"):
                 state = event.completed.state
         if state != res.EXECUTION_STATE_SUCCEEDED:
@@ -145,28 +150,42 @@ async def memory_with_slow_streams(
     ]
 
 
+async def store_key(vault_port: int) -> None:
+    async with secure_channel(vault_port, "app") as ch:
+        await kv_grpc.KeyVaultServiceStub(ch).SetApiKey(
+            kv.SetApiKeyRequest(name=f"workspaces/{WORKSPACE}/apiKeys/openai", api_key=API_KEY)
+        )
+
+
+def throughput(port: int, seconds: float, service_processes: int) -> list[str]:
+    lines = []
+    for concurrency in (32, 128):
+        for loadgen in (1, 2):
+            result = run_load(
+                functools.partial(execute_call, port),
+                concurrency=concurrency,
+                seconds=seconds,
+                processes=loadgen,
+            )
+            label = f"{concurrency} concurrent, {service_processes} svc proc, {loadgen} loadgen"
+            lines.append("    " + result.line(label))
+    return lines
+
+
 async def run(seconds: float) -> list[str]:
     lines = ["## Execution service (emulator, vault, PostgreSQL and load generator on one host)"]
     async with running_stack(with_execution=True) as stack:
         assert stack.execution_port and stack.emulator_url
-        async with secure_channel(stack.vault_port, "app") as ch:
-            await kv_grpc.KeyVaultServiceStub(ch).SetApiKey(
-                kv.SetApiKeyRequest(name=f"workspaces/{WORKSPACE}/apiKeys/openai", api_key=API_KEY)
-            )
+        await store_key(stack.vault_port)
         lines += await ttft_overhead(stack.execution_port, stack.emulator_url, samples=300)
         lines.append("(b) executions per second, 20-chunk streams, every one tracked:")
-        for concurrency in (32, 128):
-            for processes in (1, 2):
-                result = run_load(
-                    functools.partial(execute_call, stack.execution_port),
-                    concurrency=concurrency,
-                    seconds=seconds,
-                    processes=processes,
-                )
-                lines.append(
-                    "    " + result.line(f"{concurrency} concurrent, {processes} loadgen proc")
-                )
+        lines += throughput(stack.execution_port, seconds, service_processes=1)
         lines += await memory_with_slow_streams(
             stack.execution_port, stack.emulator_url, stack.pids["execution"], 1000
         )
+    async with running_stack(with_execution=True, workers=2) as stack:
+        assert stack.execution_port
+        await store_key(stack.vault_port)
+        lines.append("(b') the same with EXECUTION_WORKERS=2 (two processes share the port):")
+        lines += throughput(stack.execution_port, seconds, service_processes=2)
     return lines

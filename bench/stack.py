@@ -67,8 +67,9 @@ async def _fresh_database(server_uri: str, name: str) -> str:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    *, with_execution: bool, emulator_args: tuple[str, ...] = ()
+    *, with_execution: bool, emulator_args: tuple[str, ...] = (), workers: int = 1
 ) -> AsyncIterator[Stack]:
+    """`workers`: processes per service, sharing its port (KEYVAULT_/EXECUTION_WORKERS)."""
     devcerts.write_dev_certs(CERTS)
     server = embedded_pg.start()
     uri = server.get_uri()
@@ -83,6 +84,8 @@ async def running_stack(
         EXECUTION_DB_POOL_MAX="20",
         KEYVAULT_METRICS_PORT="0",  # a running `make run` may hold the default ports
         EXECUTION_METRICS_PORT="0",
+        KEYVAULT_WORKERS=str(workers),
+        EXECUTION_WORKERS=str(workers),
     )
     processes: dict[str, asyncio.subprocess.Process] = {}
     try:
