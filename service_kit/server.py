@@ -112,17 +112,18 @@ class GrpcServer:
 
 
 async def wait_for_shutdown_signal() -> str:
+    """The name of the first SIGTERM/SIGINT. Later ones are ignored while the caller drains
+    (Ctrl-C reaches every process of `make run` and its launcher forwards a SIGTERM too);
+    the drain itself is bounded by the grace period."""
     loop = asyncio.get_running_loop()
     received: asyncio.Future[str] = loop.create_future()
 
     def on_signal(sig: signal.Signals) -> None:
         if not received.done():
             received.set_result(sig.name)
+        else:
+            log.info("already draining", extra={"signal": sig.name})
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        return await received
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    return await received
