@@ -43,8 +43,10 @@ class KeySource:
         ttl: float,
         timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 10_000,
     ) -> None:
         self._vault = vault
+        self._max_entries = max_entries
         self._ttl = ttl
         self._timeout = timeout
         self._clock = clock
@@ -83,10 +85,20 @@ class KeySource:
         else:
             future.set_result(key)
             if self._ttl > 0:
-                self._cache[slot] = _Cached(key, self._clock() + self._ttl)
+                self._remember(slot, key)
             return key, False
         finally:
             del self._inflight[slot]
+
+    def _remember(self, slot: tuple[str, str], key: ProviderKey) -> None:
+        now = self._clock()
+        if len(self._cache) >= self._max_entries:
+            # Bounded memory however many workspaces pass through: drop what has expired,
+            # and if that is not enough, everything (the next calls simply fetch again).
+            self._cache = {s: c for s, c in self._cache.items() if c.expires_at > now}
+            if len(self._cache) >= self._max_entries:
+                self._cache.clear()
+        self._cache[slot] = _Cached(key, now + self._ttl)
 
     def invalidate(self, workspace: str, provider: str) -> None:
         self._cache.pop((workspace, provider), None)
