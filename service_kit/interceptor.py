@@ -66,6 +66,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self._domain = domain
         self._on_denied = on_denied
         self._observe = observe
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     @contextlib.contextmanager
     def _observed(self, method: str, context: grpc.aio.ServicerContext) -> Iterator[None]:
@@ -122,10 +123,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return handler
+            # Handlers are per method: wrap each once, not on every call.
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         serializers = (handler.request_deserializer, handler.response_serializer)
 
         if handler.unary_unary is not None:
