@@ -44,6 +44,18 @@ def _audit(
     )
 
 
+async def _audit_in(conn: db.Connection, record: AuditRecord) -> None:
+    """Write an audit record inside the change's transaction: when it cannot be written,
+    the change is rolled back and the caller hears AUDIT_UNAVAILABLE, as for a reveal."""
+    try:
+        await repo.insert_audit(conn, record)
+    except asyncpg.PostgresError as exc:
+        if isinstance(exc, db.UNAVAILABLE_ERRORS):
+            raise
+        log.error("change refused: audit record not written", extra={"error": type(exc).__name__})
+        raise AuditUnavailable("the audit log is unavailable; nothing was changed") from None
+
+
 class KeyVault:
     def __init__(self, pool: asyncpg.Pool, keyring: Keyring) -> None:
         self._pool = pool
@@ -65,7 +77,7 @@ class KeyVault:
                 fingerprint=fingerprint(plaintext, self._keyring.fingerprint_key),
                 base_url=base_url,
             )
-            await repo.insert_audit(conn, _audit(call, "SET", "ALLOWED", ref))
+            await _audit_in(conn, _audit(call, "SET", "ALLOWED", ref))
         return stored, created
 
     async def get_key(self, ref: KeyRef) -> StoredKey:
@@ -90,7 +102,7 @@ class KeyVault:
         async with self._pool.acquire() as conn, conn.transaction():
             deleted = await repo.delete_key(conn, ref)
             outcome, reason = ("ALLOWED", "") if deleted else ("FAILED", "API_KEY_NOT_FOUND")
-            await repo.insert_audit(conn, _audit(call, "DELETE", outcome, ref, reason))
+            await _audit_in(conn, _audit(call, "DELETE", outcome, ref, reason))
         if not deleted:
             raise KeyNotFound(ref.name)
 

@@ -214,8 +214,12 @@ async def test_reveal_fails_closed_when_audit_cannot_be_written(
         )
         assert reason_of(err) == "PERMISSION_DENIED"
         # A write cannot happen unrecorded either: the key is left as it was.
-        with pytest.raises(grpc.aio.AioRpcError):
-            await stubs.app.SetApiKey(pb.SetApiKeyRequest(name=name, api_key=API_KEY + "new"))
+        for change in (
+            stubs.app.SetApiKey(pb.SetApiKeyRequest(name=name, api_key=API_KEY + "new")),
+            stubs.app.DeleteApiKey(pb.DeleteApiKeyRequest(name=name)),
+        ):
+            err = await expect_error(change, grpc.StatusCode.UNAVAILABLE)
+            assert reason_of(err) == "AUDIT_UNAVAILABLE"
     finally:
         await _unblock_audit(url)
 
