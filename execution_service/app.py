@@ -63,8 +63,15 @@ async def start_execution(
 ) -> RunningExecution:
     policy = Policy.from_file(settings.server.policy_file)
     prices = load_prices(settings.engine.pricing_file)
+    # The RUNNING row is written before every provider call, on the time-to-first-token
+    # path: its commit does not wait for the disk (an fsync here cost ~0.5 ms). The terminal
+    # record commits synchronously (repository.finish), and recreates a RUNNING row that a
+    # PostgreSQL crash took away; leases and the sweeper redo their work anyway.
     pool = await db.create_pool(
-        database_url, min_size=settings.server.db_pool_min, max_size=settings.server.db_pool_max
+        database_url,
+        min_size=settings.server.db_pool_min,
+        max_size=settings.server.db_pool_max,
+        synchronous_commit=False,
     )
     try:
         async with pool.acquire() as conn:

@@ -244,7 +244,8 @@ class ExecutionEngine:
             telemetry.execution_finished(
                 execution, outcome, model_family=price.family if price else None
             )
-            return await repo.finish(self._pool, execution.id, outcome)
+            async with self._pool.acquire() as conn:
+                return await repo.finish(conn, execution, outcome)
         finally:
             metrics.EXECUTIONS_IN_FLIGHT.dec()
 

@@ -93,14 +93,23 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, *, min_size: int = 2, max_size: int = 10, command_timeout: float = 10.0
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    command_timeout: float = 10.0,
+    synchronous_commit: bool = True,
 ) -> asyncpg.Pool:
+    """With synchronous_commit=False, commits return before the WAL reaches disk (visible at
+    once, durable within PostgreSQL's wal_writer_delay); writes that must be durable when
+    acknowledged then ask for it per transaction."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         command_timeout=command_timeout,
         reset=_keep_session,
+        server_settings={} if synchronous_commit else {"synchronous_commit": "off"},
     )
     assert pool is not None
     return pool

@@ -1,0 +1,80 @@
+"""The RUNNING row commits without waiting for the disk; the terminal record is durable and
+stands even when the RUNNING row it finishes was lost (a PostgreSQL crash in between)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Awaitable, Callable
+
+from execution_service import repository as repo
+from execution_service.model import (
+    FAILED,
+    RUNNING,
+    SUCCEEDED,
+    Execution,
+    ExecutionError,
+    Outcome,
+    Usage,
+)
+from service_kit import db
+
+
+def _started() -> Execution:
+    return Execution(
+        id=uuid.uuid4(),
+        workspace="durable",
+        agent_id="agent",
+        provider="openai",
+        model="gpt-4o-mini",
+        state=RUNNING,
+        create_time=dt.datetime.now(dt.UTC),
+        request_id=f"req-{uuid.uuid4().hex[:8]}",
+        labels={"team": "core"},
+    )
+
+
+def _outcome(state: str) -> Outcome:
+    now = dt.datetime.now(dt.UTC)
+    return Outcome(
+        state=state,
+        usage=Usage(10, 20, 0, 0, False),
+        cost_nanos=13_500,
+        attempts=1,
+        error=None if state == SUCCEEDED else ExecutionError("PROVIDER_SERVER_ERROR", "boom", 500),
+        finish_reason="stop",
+        output_text="hello",
+        first_token_time=now,
+        end_time=now,
+    )
+
+
+async def test_finish_recreates_a_lost_running_row_and_keeps_the_sweepers_verdict(
+    make_database: Callable[[str], Awaitable[str]],
+) -> None:
+    url = await make_database("ex")
+    pool = await db.create_pool(url, min_size=1, max_size=2, synchronous_commit=False)
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn, "execution_service")
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+
+            # Never inserted (as if PostgreSQL lost the RUNNING row): finishing records it whole.
+            lost = _started()
+            finished = await repo.finish(conn, lost, _outcome(SUCCEEDED))
+            assert (finished.state, finished.request_id, finished.labels) == (
+                SUCCEEDED,
+                lost.request_id,
+                {"team": "core"},
+            )
+            assert finished.usage.output_tokens == 20 and finished.cost_nanos == 13_500
+
+            # Inserted, then failed by the sweeper: a late finish does not overwrite it.
+            swept = _started()
+            assert await repo.insert_running(conn, swept, lease_owner="gone", lease_seconds=0.0)
+            assert await repo.fail_expired_leases(conn, "owner stopped") >= 1
+            after = await repo.finish(conn, swept, _outcome(SUCCEEDED))
+            assert after.state == FAILED and after.error is not None
+            assert after.error.reason == "INTERRUPTED"
+    finally:
+        await pool.close()
