@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 class RunningExecution:
     server: GrpcServer
     pool: asyncpg.Pool
+    start_pool: asyncpg.Pool
     engine: ExecutionEngine
     keys: KeySource
     http: httpx.AsyncClient
@@ -56,6 +57,7 @@ class RunningExecution:
         await self.http.aclose()
         await self.vault_channel.close(grace=None)
         await self.pool.close()
+        await self.start_pool.close()
 
 
 async def start_execution(
@@ -63,15 +65,14 @@ async def start_execution(
 ) -> RunningExecution:
     policy = Policy.from_file(settings.server.policy_file)
     prices = load_prices(settings.engine.pricing_file)
+    low, high = settings.server.db_pool_min, settings.server.db_pool_max
+    pool = await db.create_pool(database_url, min_size=low, max_size=high)
     # The RUNNING row is written before every provider call, on the time-to-first-token
-    # path: its commit does not wait for the disk (an fsync here cost ~0.5 ms). The terminal
-    # record commits synchronously (repository.finish), and recreates a RUNNING row that a
-    # PostgreSQL crash took away; leases and the sweeper redo their work anyway.
-    pool = await db.create_pool(
-        database_url,
-        min_size=settings.server.db_pool_min,
-        max_size=settings.server.db_pool_max,
-        synchronous_commit=False,
+    # path: on its own pool, its commit does not wait for the disk (an fsync cost ~0.5 ms
+    # here). The terminal record commits durably on `pool`, and recreates a RUNNING row that
+    # a PostgreSQL crash took away (repository.finish).
+    start_pool = await db.create_pool(
+        database_url, min_size=low, max_size=high, synchronous_commit=False
     )
     try:
         async with pool.acquire() as conn:
@@ -87,7 +88,12 @@ async def start_execution(
             read_timeout=settings.engine.read_timeout,
         )
         engine = ExecutionEngine(
-            pool=pool, keys=keys, http=http, prices=prices, settings=settings.engine
+            pool=pool,
+            start_pool=start_pool,
+            keys=keys,
+            http=http,
+            prices=prices,
+            settings=settings.engine,
         )
         servicer = ExecutionServicer(engine, History(pool), KeyChecker(keys, http, settings.engine))
         server = GrpcServer(
@@ -102,8 +108,9 @@ async def start_execution(
         await server.start(pool)
     except BaseException:
         await pool.close()
+        await start_pool.close()
         raise
-    running = RunningExecution(server, pool, engine, keys, http, vault_channel)
+    running = RunningExecution(server, pool, start_pool, engine, keys, http, vault_channel)
     if background:
         running.tasks += [
             asyncio.create_task(engine.keep_leases()),

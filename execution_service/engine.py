@@ -90,6 +90,7 @@ class ExecutionEngine:
         self,
         *,
         pool: asyncpg.Pool,
+        start_pool: asyncpg.Pool | None = None,
         keys: KeySource,
         http: httpx.AsyncClient,
         prices: PriceTable,
@@ -99,6 +100,8 @@ class ExecutionEngine:
         now: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._pool = pool
+        # RUNNING rows may go through a pool that commits without waiting for the disk.
+        self._start_pool = start_pool or pool
         self._keys = keys
         self._http = http
         self._prices = prices
@@ -125,7 +128,7 @@ class ExecutionEngine:
                     yield event
                 return
         execution = await repo.insert_running(
-            self._pool,
+            self._start_pool,
             Execution(
                 id=uuid.uuid4(),
                 workspace=cmd.workspace,
@@ -244,8 +247,7 @@ class ExecutionEngine:
             telemetry.execution_finished(
                 execution, outcome, model_family=price.family if price else None
             )
-            async with self._pool.acquire() as conn:
-                return await repo.finish(conn, execution, outcome)
+            return await repo.finish(self._pool, execution, outcome)
         finally:
             metrics.EXECUTIONS_IN_FLIGHT.dec()
 

@@ -16,7 +16,7 @@ from execution_service.model import (
     Outcome,
     Usage,
 )
-from service_kit.db import Connection, Executor
+from service_kit.db import Executor
 
 _COLUMNS = """id, workspace, agent_id, provider, model, state, request_id, labels, input_tokens,
     output_tokens, cache_read_tokens, cache_write_tokens, usage_estimated, cost_nanos, attempts,
@@ -84,69 +84,64 @@ async def insert_running(
     return _from_row(row) if row else None
 
 
-async def finish(db: Connection, execution: Execution, outcome: Outcome) -> Execution:
-    """Record a RUNNING execution's terminal state, durably.
+async def finish(db: Executor, execution: Execution, outcome: Outcome) -> Execution:
+    """Record a RUNNING execution's terminal state (on a durably committing pool).
 
-    The pool commits asynchronously (see `execution_service.app`), so this one transaction
-    asks for a synchronous commit: the terminal record is on disk when the caller hears of
-    it. It is an upsert because a RUNNING row committed just before a PostgreSQL crash may
-    be gone; the sweeper's verdict on a row it already failed stays (returned unchanged).
+    An upsert: the RUNNING row commits asynchronously (see `execution_service.app`), so one
+    committed just before a PostgreSQL crash may be gone. The sweeper's verdict on a row it
+    already failed stays (returned unchanged).
     """
     u = outcome.usage
     error = outcome.error or ExecutionError("", "", 0)
-    async with db.transaction():
-        await db.execute("SET LOCAL synchronous_commit = on")
-        row = await db.fetchrow(
-            f"""
-            INSERT INTO executions AS e (id, workspace, agent_id, provider, model, request_id,
-                labels, create_time, state, input_tokens, output_tokens, cache_read_tokens,
-                cache_write_tokens, usage_estimated, cost_nanos, attempts, error_reason,
-                error_message, provider_status, finish_reason, output_text, first_token_time,
-                end_time)
-            VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15,
-                $16, $17, $18, $19, $20, $21, $22, $23)
-            ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
-                input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
-                cache_read_tokens = EXCLUDED.cache_read_tokens,
-                cache_write_tokens = EXCLUDED.cache_write_tokens,
-                usage_estimated = EXCLUDED.usage_estimated, cost_nanos = EXCLUDED.cost_nanos,
-                attempts = EXCLUDED.attempts, error_reason = EXCLUDED.error_reason,
-                error_message = EXCLUDED.error_message,
-                provider_status = EXCLUDED.provider_status,
-                finish_reason = EXCLUDED.finish_reason, output_text = EXCLUDED.output_text,
-                first_token_time = EXCLUDED.first_token_time, end_time = EXCLUDED.end_time,
-                lease_owner = NULL, lease_expires_at = NULL
-            WHERE e.state = 'RUNNING'
-            RETURNING {_COLUMNS}""",
-            execution.id,
-            execution.workspace,
-            execution.agent_id,
-            execution.provider,
-            execution.model,
-            execution.request_id,
-            json.dumps(execution.labels),
-            execution.create_time,
-            outcome.state,
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_read_tokens,
-            u.cache_write_tokens,
-            u.estimated,
-            outcome.cost_nanos,
-            outcome.attempts,
-            error.reason,
-            error.message,
-            error.provider_status,
-            outcome.finish_reason,
-            outcome.output_text,
-            outcome.first_token_time,
-            outcome.end_time,
-        )
-        if row is None:
-            row = await db.fetchrow(
-                f"SELECT {_COLUMNS} FROM executions WHERE id = $1", execution.id
-            )
-            assert row is not None
+    row = await db.fetchrow(
+        f"""
+        INSERT INTO executions AS e (id, workspace, agent_id, provider, model, request_id,
+            labels, create_time, state, input_tokens, output_tokens, cache_read_tokens,
+            cache_write_tokens, usage_estimated, cost_nanos, attempts, error_reason,
+            error_message, provider_status, finish_reason, output_text, first_token_time,
+            end_time)
+        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15,
+            $16, $17, $18, $19, $20, $21, $22, $23)
+        ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
+            input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
+            cache_read_tokens = EXCLUDED.cache_read_tokens,
+            cache_write_tokens = EXCLUDED.cache_write_tokens,
+            usage_estimated = EXCLUDED.usage_estimated, cost_nanos = EXCLUDED.cost_nanos,
+            attempts = EXCLUDED.attempts, error_reason = EXCLUDED.error_reason,
+            error_message = EXCLUDED.error_message,
+            provider_status = EXCLUDED.provider_status,
+            finish_reason = EXCLUDED.finish_reason, output_text = EXCLUDED.output_text,
+            first_token_time = EXCLUDED.first_token_time, end_time = EXCLUDED.end_time,
+            lease_owner = NULL, lease_expires_at = NULL
+        WHERE e.state = 'RUNNING'
+        RETURNING {_COLUMNS}""",
+        execution.id,
+        execution.workspace,
+        execution.agent_id,
+        execution.provider,
+        execution.model,
+        execution.request_id,
+        json.dumps(execution.labels),
+        execution.create_time,
+        outcome.state,
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+        u.estimated,
+        outcome.cost_nanos,
+        outcome.attempts,
+        error.reason,
+        error.message,
+        error.provider_status,
+        outcome.finish_reason,
+        outcome.output_text,
+        outcome.first_token_time,
+        outcome.end_time,
+    )
+    if row is None:
+        row = await db.fetchrow(f"SELECT {_COLUMNS} FROM executions WHERE id = $1", execution.id)
+        assert row is not None
     return _from_row(row)
 
 

@@ -1,5 +1,6 @@
-"""The RUNNING row commits without waiting for the disk; the terminal record is durable and
-stands even when the RUNNING row it finishes was lost (a PostgreSQL crash in between)."""
+"""The RUNNING row goes through a pool that commits without waiting for the disk; the
+terminal record (on the durable pool) stands even when the RUNNING row it finishes was lost
+to a PostgreSQL crash in between."""
 
 from __future__ import annotations
 
@@ -53,11 +54,14 @@ async def test_finish_recreates_a_lost_running_row_and_keeps_the_sweepers_verdic
     make_database: Callable[[str], Awaitable[str]],
 ) -> None:
     url = await make_database("ex")
-    pool = await db.create_pool(url, min_size=1, max_size=2, synchronous_commit=False)
+    pool = await db.create_pool(url, min_size=1, max_size=2)
+    start_pool = await db.create_pool(url, min_size=1, max_size=2, synchronous_commit=False)
     try:
+        async with start_pool.acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
         async with pool.acquire() as conn:
             await db.migrate(conn, "execution_service")
-            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
 
             # Never inserted (as if PostgreSQL lost the RUNNING row): finishing records it whole.
             lost = _started()
@@ -78,3 +82,4 @@ async def test_finish_recreates_a_lost_running_row_and_keeps_the_sweepers_verdic
             assert after.error.reason == "INTERRUPTED"
     finally:
         await pool.close()
+        await start_pool.close()
