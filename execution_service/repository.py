@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -61,15 +62,19 @@ def _from_row(row: asyncpg.Record) -> Execution:
 async def insert_running(
     db: Executor, execution: Execution, *, lease_owner: str, lease_seconds: float
 ) -> Execution | None:
-    """Record a new RUNNING execution. Returns None when its request id is already taken."""
-    row = await db.fetchrow(
-        f"""
+    """Record a new RUNNING execution. Returns None when its request id is already taken.
+
+    The row holds exactly what was given, so the answer is `execution` itself rather than
+    the row decoded again (this is on every execution's time-to-first-token path).
+    """
+    inserted = await db.fetchval(
+        """
         INSERT INTO executions (id, workspace, agent_id, provider, model, state, request_id, labels,
                                 create_time, lease_owner, lease_expires_at)
         VALUES ($1, $2, $3, $4, $5, 'RUNNING', $6, $7::jsonb, $8::timestamptz, $9,
                 $8::timestamptz + make_interval(secs => $10::float8))
         ON CONFLICT (workspace, request_id) WHERE request_id IS NOT NULL DO NOTHING
-        RETURNING {_COLUMNS}""",
+        RETURNING true""",
         execution.id,
         execution.workspace,
         execution.agent_id,
@@ -81,7 +86,7 @@ async def insert_running(
         lease_owner,
         lease_seconds,
     )
-    return _from_row(row) if row else None
+    return execution if inserted else None
 
 
 async def finish(db: Executor, execution: Execution, outcome: Outcome) -> Execution:
@@ -93,8 +98,8 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> Execut
     """
     u = outcome.usage
     error = outcome.error or ExecutionError("", "", 0)
-    row = await db.fetchrow(
-        f"""
+    recorded = await db.fetchval(
+        """
         INSERT INTO executions AS e (id, workspace, agent_id, provider, model, request_id,
             labels, create_time, state, input_tokens, output_tokens, cache_read_tokens,
             cache_write_tokens, usage_estimated, cost_nanos, attempts, error_reason,
@@ -114,7 +119,7 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> Execut
             first_token_time = EXCLUDED.first_token_time, end_time = EXCLUDED.end_time,
             lease_owner = NULL, lease_expires_at = NULL
         WHERE e.state = 'RUNNING'
-        RETURNING {_COLUMNS}""",
+        RETURNING true""",
         execution.id,
         execution.workspace,
         execution.agent_id,
@@ -139,9 +144,21 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> Execut
         outcome.first_token_time,
         outcome.end_time,
     )
-    if row is None:
-        row = await db.fetchrow(f"SELECT {_COLUMNS} FROM executions WHERE id = $1", execution.id)
-        assert row is not None
+    if recorded:
+        return dataclasses.replace(
+            execution,
+            state=outcome.state,
+            usage=outcome.usage,
+            cost_nanos=outcome.cost_nanos,
+            attempts=outcome.attempts,
+            error=outcome.error,
+            finish_reason=outcome.finish_reason,
+            output_text=outcome.output_text,
+            first_token_time=outcome.first_token_time,
+            end_time=outcome.end_time,
+        )
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM executions WHERE id = $1", execution.id)
+    assert row is not None
     return _from_row(row)
 
 
