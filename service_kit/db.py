@@ -27,6 +27,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.ObjectNotInPrerequisiteStateError,  # "database ... is not accepting connections"
     asyncpg.InterfaceError,
+    # A pooled connection whose backend was terminated while asyncpg used it ("cannot switch
+    # to state 12; another operation is in progress"): the connection is dead, not our bug.
+    asyncpg.InternalClientError,
     asyncpg.TooManyConnectionsError,
     ConnectionError,
     OSError,
