@@ -10,6 +10,7 @@ import asyncpg
 
 from keyvault_service import repository as repo
 from keyvault_service.errors import DOMAIN
+from keyvault_service.fingerprints import FingerprintKeyUnreadable, load_fingerprint_key
 from keyvault_service.keyring import Keyring, KeyringError
 from keyvault_service.servicer import SERVICE_NAME, KeyVaultServicer, audit_denied_call, register
 from keyvault_service.settings import KeyVaultSettings
@@ -75,7 +76,11 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
         async with pool.acquire() as conn:
             await db.migrate(conn, "keyvault_service")
         await check_master_key_versions(pool, settings.keyring)
-        vault = KeyVault(pool, settings.keyring)
+        try:
+            fingerprint_key = await load_fingerprint_key(pool, settings.keyring)
+        except FingerprintKeyUnreadable as exc:
+            raise StartupError(str(exc)) from None
+        vault = KeyVault(pool, settings.keyring, fingerprint_key)
         interceptor = ServiceInterceptor(
             policy=policy, domain=DOMAIN, on_denied=functools.partial(audit_denied_call, vault)
         )

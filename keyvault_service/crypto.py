@@ -22,9 +22,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from service_kit.secret import Secret
 
@@ -34,7 +32,6 @@ __all__ = [
     "NONCE_SIZE",
     "DecryptionError",
     "blob_key_version",
-    "derive_fingerprint_key",
     "fingerprint",
     "mask_key",
     "open_sealed",
@@ -49,7 +46,6 @@ MAX_KEY_VERSION: Final = 0xFFFF_FFFF  # stored as uint32
 
 _HEADER = struct.Struct(">BI")  # format byte, master key version
 _AAD_LABEL: Final = b"keyvault.v1.apikey"
-_FINGERPRINT_INFO: Final = b"keyvault.v1.fingerprint"
 _MIN_BLOB_SIZE: Final = _HEADER.size + NONCE_SIZE + TAG_SIZE
 _DECRYPTION_FAILED: Final = "stored key could not be decrypted"
 
@@ -170,10 +166,3 @@ def fingerprint(plaintext: Secret, fingerprint_key: bytes) -> str:
         raise ValueError("fingerprint key must not be empty")
     mac = hmac.new(fingerprint_key, plaintext.reveal().encode("utf-8"), hashlib.sha256)
     return "fp_" + mac.hexdigest()[:16]
-
-
-def derive_fingerprint_key(master_key: bytes) -> bytes:
-    """A separate key for fingerprints, so the encryption key is used for one purpose only."""
-    _check_key(master_key)
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_FINGERPRINT_INFO)
-    return hkdf.derive(master_key)

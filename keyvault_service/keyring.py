@@ -13,7 +13,6 @@ import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from types import MappingProxyType
 from typing import Final
 
@@ -72,16 +71,6 @@ class Keyring:
     @property
     def versions(self) -> tuple[int, ...]:
         return tuple(sorted(self.keys))
-
-    @cached_property
-    def fingerprint_key(self) -> bytes:
-        """HMAC key for `crypto.fingerprint`, derived from the PRIMARY master key.
-
-        Fingerprints are computed once at SetApiKey and stored, so stored ones stay valid
-        across rotation; a fingerprint computed after a primary change will differ for the
-        same plaintext, so compare only fingerprints made under one primary.
-        """
-        return crypto.derive_fingerprint_key(self.keys[self.primary_version])
 
     def check_value(self, version: int) -> str:
         """A key check value: tells whether a configured version is the same key that

@@ -164,6 +164,36 @@ async def key_versions_in_use(pool: asyncpg.Pool) -> dict[int, int]:
     return {r["key_version"]: r["n"] for r in rows}
 
 
+async def get_vault_secret(db: Executor, name: str) -> tuple[bytes, int] | None:
+    row = await db.fetchrow(
+        "SELECT ciphertext, key_version FROM vault_secrets WHERE name = $1", name
+    )
+    return (bytes(row["ciphertext"]), row["key_version"]) if row else None
+
+
+async def add_vault_secret(db: Executor, name: str, ciphertext: bytes, key_version: int) -> None:
+    """First writer wins: replicas starting together keep one secret."""
+    await db.execute(
+        """INSERT INTO vault_secrets (name, ciphertext, key_version) VALUES ($1, $2, $3)
+           ON CONFLICT (name) DO NOTHING""",
+        name,
+        ciphertext,
+        key_version,
+    )
+
+
+async def replace_vault_secret(
+    db: Executor, name: str, ciphertext: bytes, key_version: int
+) -> None:
+    await db.execute(
+        """UPDATE vault_secrets SET ciphertext = $2, key_version = $3, update_time = now()
+           WHERE name = $1""",
+        name,
+        ciphertext,
+        key_version,
+    )
+
+
 async def master_key_checks(pool: asyncpg.Pool) -> dict[int, str]:
     rows = await pool.fetch("SELECT version, check_value FROM master_key_checks")
     return {r["version"]: r["check_value"] for r in rows}

@@ -10,6 +10,7 @@ import asyncpg
 from keyvault_service import repository as repo
 from keyvault_service.crypto import DecryptionError, fingerprint, mask_key
 from keyvault_service.errors import AuditUnavailable, KeyNotFound, KeyUndecryptable
+from keyvault_service.fingerprints import rewrap_fingerprint_key
 from keyvault_service.keyring import Keyring
 from keyvault_service.names import KeyRef
 from keyvault_service.repository import AuditRecord, AuditRow, StoredKey
@@ -57,9 +58,10 @@ async def _audit_in(conn: db.Connection, record: AuditRecord) -> None:
 
 
 class KeyVault:
-    def __init__(self, pool: asyncpg.Pool, keyring: Keyring) -> None:
+    def __init__(self, pool: asyncpg.Pool, keyring: Keyring, fingerprint_key: bytes) -> None:
         self._pool = pool
         self._keyring = keyring
+        self._fingerprint_key = fingerprint_key  # see keyvault_service.fingerprints
 
     async def set_key(
         self, ref: KeyRef, plaintext: Secret, base_url: str, call: CallInfo
@@ -74,7 +76,7 @@ class KeyVault:
                 ciphertext=ciphertext,
                 key_version=self._keyring.primary_version,
                 key_hint=mask_key(plaintext),
-                fingerprint=fingerprint(plaintext, self._keyring.fingerprint_key),
+                fingerprint=fingerprint(plaintext, self._fingerprint_key),
                 base_url=base_url,
             )
             await _audit_in(conn, _audit(call, "SET", "ALLOWED", ref))
@@ -173,6 +175,7 @@ class KeyVault:
                 await repo.store_rewrapped(conn, updates)
                 rewrapped += len(updates)
                 after = KeyRef(rows[-1]["workspace"], rows[-1]["provider"])
+        await rewrap_fingerprint_key(self._pool, self._keyring)
         remaining = await repo.count_not_under(self._pool, primary)
         await repo.insert_audit(self._pool, _audit(call, "REWRAP", "ALLOWED", None))
         return RewrapResult(primary, rewrapped, remaining)

@@ -331,12 +331,6 @@ def test_keyring_is_hashable_and_compares_by_content() -> None:
     assert hash(ring(1, 2)) == hash(ring(1, 2))
 
 
-def test_fingerprint_key_uses_the_primary() -> None:
-    assert ring(1, 2).fingerprint_key == crypto.derive_fingerprint_key(KEY2)
-    assert ring(1, 2, primary=1).fingerprint_key == crypto.derive_fingerprint_key(KEY1)
-    assert len(ring(1).fingerprint_key) == 32
-
-
 def test_needs_rewrap_rejects_garbage() -> None:
     with pytest.raises(DecryptionError):
         ring(1).needs_rewrap(b"\x01\x00")
@@ -497,12 +491,12 @@ def test_mask_key_never_shows_more_than_prefix_and_four_chars() -> None:
 
 
 def test_fingerprint() -> None:
-    fp_key = crypto.derive_fingerprint_key(KEY1)
+    fp_key = b"f" * 32
     first = crypto.fingerprint(Secret(PLAINTEXT), fp_key)
     assert re.fullmatch(r"fp_[0-9a-f]{16}", first)
     assert crypto.fingerprint(Secret(PLAINTEXT), fp_key) == first
     assert crypto.fingerprint(Secret(PLAINTEXT + "x"), fp_key) != first
-    assert crypto.fingerprint(Secret(PLAINTEXT), crypto.derive_fingerprint_key(KEY2)) != first
+    assert crypto.fingerprint(Secret(PLAINTEXT), b"g" * 32) != first
     assert PLAINTEXT not in first
     assert PLAINTEXT[-4:] not in first
 
@@ -520,16 +514,6 @@ def test_fingerprint_is_keyed_hmac_sha256() -> None:
 def test_fingerprint_rejects_an_empty_key() -> None:
     with pytest.raises(ValueError):
         crypto.fingerprint(Secret(PLAINTEXT), b"")
-
-
-def test_derive_fingerprint_key() -> None:
-    derived = crypto.derive_fingerprint_key(KEY1)
-    assert len(derived) == 32
-    assert derived == crypto.derive_fingerprint_key(KEY1)
-    assert derived != KEY1
-    assert derived != crypto.derive_fingerprint_key(KEY2)
-    with pytest.raises(ValueError):
-        crypto.derive_fingerprint_key(KEY1[:16])
 
 
 # --- keygen -------------------------------------------------------------------------------
