@@ -34,6 +34,9 @@ def execution_finished(execution: Execution, outcome: Outcome, *, model_family: 
         metrics.COST_NANODOLLARS.labels(provider, model).inc(outcome.cost_nanos)
 
     ttft = outcome.first_token_time
+    if ttft is not None:
+        seconds = (ttft - execution.create_time).total_seconds()
+        metrics.TIME_TO_FIRST_TOKEN.labels(provider).observe(max(seconds, 0.0))
     log.info(
         "execution finished",
         extra={

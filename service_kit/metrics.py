@@ -71,6 +71,12 @@ EXECUTIONS_FINISHED = Counter(
     "Executions finished, by provider, state (SUCCEEDED, FAILED, CANCELLED) and failure reason.",
     ["provider", "state", "reason"],
 )
+TIME_TO_FIRST_TOKEN = Histogram(
+    "execution_time_to_first_token_seconds",
+    "From an execution's acceptance to its first output text, by provider.",
+    ["provider"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
+)
 TOKENS = Counter(
     "execution_tokens_total",
     "Tokens used by executions, by provider, model price family ('other' for a model "

@@ -68,6 +68,11 @@ async def test_an_execution_moves_its_counters(metered_pair: MeteredPair) -> Non
     assert ex_moved("execution_tokens_total", **tokens, kind="cache_write") == 5
     assert ex_moved("execution_cost_nanodollars_total", **tokens) == done.cost_nanos
     assert ex_moved("execution_provider_attempts_total", provider="anthropic") == 1
+    ttft = "execution_time_to_first_token_seconds"
+    assert ex_moved(f"{ttft}_count", provider="anthropic") == 1
+    assert ex_moved(f"{ttft}_sum", provider="anthropic") == pytest.approx(
+        done.time_to_first_token.ToTimedelta().total_seconds(), abs=0.002
+    )
     assert ex_moved("execution_key_cache_lookups_total", result="miss") == 1
     assert ex_moved("execution_key_cache_lookups_total", result="hit") == 0
     assert ex.value("execution_executions_in_flight") == ex_before.value(
