@@ -31,6 +31,8 @@ from ._types import (
     execute_request,
     key_check_request,
     list_executions_request,
+    walk_pages,
+    walk_pages_sync,
 )
 from .gen.execution.v1 import execution_service_pb2 as ex
 from .gen.execution.v1 import execution_service_pb2_grpc as ex_grpc
@@ -137,7 +139,7 @@ class ExecutionClient(AsyncClientBase):
         reply = await self._unary(self._stub.ListExecutions, request, timeout)
         return Page(list(reply.executions), reply.next_page_token)
 
-    async def iter_executions(
+    def iter_executions(
         self,
         workspace: str,
         *,
@@ -149,9 +151,8 @@ class ExecutionClient(AsyncClientBase):
         limit: int | None = None,
     ) -> AsyncIterator[ex_res.Execution]:
         """The workspace's executions (at most `limit`), newest first, across pages."""
-        token, count = "", 0
-        while True:
-            page = await self.list_executions(
+        return walk_pages(
+            lambda token: self.list_executions(
                 workspace,
                 agent_id=agent_id,
                 state=state,
@@ -159,15 +160,9 @@ class ExecutionClient(AsyncClientBase):
                 end_time=end_time,
                 page_size=page_size,
                 page_token=token,
-            )
-            for item in page.items:
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield item
-            token = page.next_page_token
-            if not token:
-                return
+            ),
+            limit,
+        )
 
     async def get_agent_stats(
         self,
@@ -292,9 +287,8 @@ class ExecutionClientSync(SyncClientBase):
         page_size: int = 0,
         limit: int | None = None,
     ) -> Iterator[ex_res.Execution]:
-        token, count = "", 0
-        while True:
-            page = self.list_executions(
+        return walk_pages_sync(
+            lambda token: self.list_executions(
                 workspace,
                 agent_id=agent_id,
                 state=state,
@@ -302,15 +296,9 @@ class ExecutionClientSync(SyncClientBase):
                 end_time=end_time,
                 page_size=page_size,
                 page_token=token,
-            )
-            for item in page.items:
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield item
-            token = page.next_page_token
-            if not token:
-                return
+            ),
+            limit,
+        )
 
     def get_agent_stats(
         self,

@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 from ._base import AsyncClientBase, SyncClientBase
-from ._types import Page, ProviderLike, RevealedApiKey, api_key_name, audit_parent, workspace_name
+from ._types import (
+    Page,
+    ProviderLike,
+    RevealedApiKey,
+    api_key_name,
+    audit_parent,
+    walk_pages,
+    walk_pages_sync,
+    workspace_name,
+)
 from .gen.keyvault.v1 import keyvault_service_pb2 as kv
 from .gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
 from .gen.keyvault.v1 import resources_pb2 as kv_res
@@ -69,21 +78,14 @@ class KeyVaultClient(AsyncClientBase):
         reply = await self._unary(self._stub.ListApiKeys, request, timeout)
         return Page(list(reply.api_keys), reply.next_page_token)
 
-    async def iter_api_keys(
+    def iter_api_keys(
         self, workspace: str, *, page_size: int = 0, limit: int | None = None
     ) -> AsyncIterator[kv_res.ApiKey]:
         """Every key of the workspace (at most `limit`), fetching pages as needed."""
-        token, count = "", 0
-        while True:
-            page = await self.list_api_keys(workspace, page_size=page_size, page_token=token)
-            for item in page.items:
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield item
-            token = page.next_page_token
-            if not token:
-                return
+        return walk_pages(
+            lambda token: self.list_api_keys(workspace, page_size=page_size, page_token=token),
+            limit,
+        )
 
     async def delete_api_key(
         self, workspace: str, provider: ProviderLike, *, timeout: float | None = None
@@ -121,20 +123,13 @@ class KeyVaultClient(AsyncClientBase):
         reply = await self._unary(self._stub.ListAuditEvents, request, timeout)
         return Page(list(reply.audit_events), reply.next_page_token)
 
-    async def iter_audit_events(
+    def iter_audit_events(
         self, workspace: str | None = None, *, page_size: int = 0, limit: int | None = None
     ) -> AsyncIterator[kv_res.AuditEvent]:
-        token, count = "", 0
-        while True:
-            page = await self.list_audit_events(workspace, page_size=page_size, page_token=token)
-            for item in page.items:
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield item
-            token = page.next_page_token
-            if not token:
-                return
+        return walk_pages(
+            lambda token: self.list_audit_events(workspace, page_size=page_size, page_token=token),
+            limit,
+        )
 
 
 class KeyVaultClientSync(SyncClientBase):
@@ -182,17 +177,10 @@ class KeyVaultClientSync(SyncClientBase):
     def iter_api_keys(
         self, workspace: str, *, page_size: int = 0, limit: int | None = None
     ) -> Iterator[kv_res.ApiKey]:
-        token, count = "", 0
-        while True:
-            page = self.list_api_keys(workspace, page_size=page_size, page_token=token)
-            for item in page.items:
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield item
-            token = page.next_page_token
-            if not token:
-                return
+        return walk_pages_sync(
+            lambda token: self.list_api_keys(workspace, page_size=page_size, page_token=token),
+            limit,
+        )
 
     def delete_api_key(
         self, workspace: str, provider: ProviderLike, *, timeout: float | None = None
@@ -230,14 +218,7 @@ class KeyVaultClientSync(SyncClientBase):
     def iter_audit_events(
         self, workspace: str | None = None, *, page_size: int = 0, limit: int | None = None
     ) -> Iterator[kv_res.AuditEvent]:
-        token, count = "", 0
-        while True:
-            page = self.list_audit_events(workspace, page_size=page_size, page_token=token)
-            for item in page.items:
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield item
-            token = page.next_page_token
-            if not token:
-                return
+        return walk_pages_sync(
+            lambda token: self.list_audit_events(workspace, page_size=page_size, page_token=token),
+            limit,
+        )

@@ -4,7 +4,7 @@ builders the asyncio and blocking clients share."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -33,6 +33,39 @@ class Page(Generic[T]):
 
     items: list[T]
     next_page_token: str
+
+
+async def walk_pages(
+    fetch: Callable[[str], Awaitable[Page[T]]], limit: int | None
+) -> AsyncIterator[T]:
+    """The items of successive pages (at most `limit`); `fetch(page_token)` gets a page and
+    is called only when the items so far run out."""
+    token, count = "", 0
+    while True:
+        page = await fetch(token)
+        for item in page.items:
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            yield item
+        token = page.next_page_token
+        if not token:
+            return
+
+
+def walk_pages_sync(fetch: Callable[[str], Page[T]], limit: int | None) -> Iterator[T]:
+    """`walk_pages` for the blocking clients."""
+    token, count = "", 0
+    while True:
+        page = fetch(token)
+        for item in page.items:
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            yield item
+        token = page.next_page_token
+        if not token:
+            return
 
 
 @dataclass(frozen=True)
