@@ -59,6 +59,20 @@ def _from_row(row: asyncpg.Record) -> Execution:
     )
 
 
+def _start_columns(execution: Execution) -> tuple[object, ...]:
+    """What an execution is from its start: the first eight columns of both writes below."""
+    return (
+        execution.id,
+        execution.workspace,
+        execution.agent_id,
+        execution.provider,
+        execution.model,
+        execution.request_id,
+        json.dumps(execution.labels),
+        execution.create_time,
+    )
+
+
 async def insert_running(
     db: Executor, execution: Execution, *, lease_owner: str, lease_seconds: float
 ) -> Execution | None:
@@ -75,14 +89,7 @@ async def insert_running(
                 $8::timestamptz + make_interval(secs => $10::float8))
         ON CONFLICT (workspace, request_id) WHERE request_id IS NOT NULL DO NOTHING
         RETURNING true""",
-        execution.id,
-        execution.workspace,
-        execution.agent_id,
-        execution.provider,
-        execution.model,
-        execution.request_id,
-        json.dumps(execution.labels),
-        execution.create_time,
+        *_start_columns(execution),
         lease_owner,
         lease_seconds,
     )
@@ -120,14 +127,7 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> Execut
             lease_owner = NULL, lease_expires_at = NULL
         WHERE e.state = 'RUNNING'
         RETURNING true""",
-        execution.id,
-        execution.workspace,
-        execution.agent_id,
-        execution.provider,
-        execution.model,
-        execution.request_id,
-        json.dumps(execution.labels),
-        execution.create_time,
+        *_start_columns(execution),
         outcome.state,
         u.input_tokens,
         u.output_tokens,
