@@ -16,7 +16,7 @@ from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from clients.gen.execution.v1 import resources_pb2 as res
 from execution_service.engine import Completed, Delta, ExecutionEngine, Started
-from execution_service.history import History
+from execution_service.history import EXECUTION_CURSOR, History
 from execution_service.key_check import KeyChecker
 from execution_service.model import AgentStats, Execution
 from execution_service.validation import (
@@ -167,13 +167,15 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         query = "|".join(
             [request.parent, request.agent_id, str(request.state), str(start), str(end)]
         )
-        page = page_request(request.page_size, request.page_token, query=query)
-        rows, cursor = await self._history.page(
+        page = page_request(
+            request.page_size, request.page_token, query=query, cursor=EXECUTION_CURSOR
+        )
+        rows, last = await self._history.page(
             workspace, page, agent_id=agent_id, state=state, start_time=start, end_time=end
         )
         return pb.ListExecutionsResponse(
             executions=[execution_message(e) for e in rows],
-            next_page_token=page_token(cursor, query=query) if cursor else "",
+            next_page_token=page_token(last, query=query, cursor=EXECUTION_CURSOR) if last else "",
         )
 
     async def GetAgentStats(

@@ -11,16 +11,17 @@ from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import resources_pb2 as res
 from clients.gen.keyvault.v1 import resources_pb2 as kv_res
 from execution_service.providers.base import ChatMessage, ChatRequest
+from service_kit.call_context import REQUEST_ID
 from service_kit.errors import FieldViolation, InvalidArgument
-from service_kit.names import WORKSPACE_PATTERN, workspace_of
+from service_kit.names import WORKSPACE_PATTERN, has_control_characters, workspace_of
 
-_AGENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-_MODEL = re.compile(r"^[A-Za-z0-9._:/@-]{1,256}$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+# Identifiers are matched whole (fullmatch): no trailing newline or other control character.
+_AGENT_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_MODEL = re.compile(r"[A-Za-z0-9._:/@-]{1,256}")
+_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _EXECUTION_NAME = re.compile(
-    rf"^workspaces/({WORKSPACE_PATTERN})/executions/"
-    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
+    rf"workspaces/({WORKSPACE_PATTERN})/executions/"
+    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
 )
 
 MAX_PROMPT_CHARS = 1_000_000
@@ -28,6 +29,7 @@ MAX_MESSAGES = 1000
 MAX_OUTPUT_TOKENS = 200_000
 MAX_STOP_SEQUENCES = 4
 MAX_LABELS = 16
+MAX_LABEL_VALUE_CHARS = 256
 
 PROVIDERS = {kv_res.PROVIDER_OPENAI: "openai", kv_res.PROVIDER_ANTHROPIC: "anthropic"}
 _ROLES = {
@@ -54,7 +56,7 @@ class ExecuteCommand:
 
 
 def _agent_violation(agent_id: str) -> list[FieldViolation]:
-    if _AGENT_ID.match(agent_id):
+    if _AGENT_ID.fullmatch(agent_id):
         return []
     return [
         FieldViolation("agent_id", "must be 1-128 characters of letters, digits, '.', '_', '-'")
@@ -111,12 +113,19 @@ def _config_violations(config: res.GenerationConfig) -> list[FieldViolation]:
 def _label_violations(labels: dict[str, str]) -> list[FieldViolation]:
     if len(labels) > MAX_LABELS:
         return [FieldViolation("labels", f"at most {MAX_LABELS} labels")]
-    bad = [k for k, v in labels.items() if not _LABEL_KEY.match(k) or len(v) > 256]
+    bad = [
+        k
+        for k, v in labels.items()
+        if not _LABEL_KEY.fullmatch(k)
+        or len(v) > MAX_LABEL_VALUE_CHARS
+        or has_control_characters(v)
+    ]
     if bad:
         return [
             FieldViolation(
                 "labels",
-                "keys are 1-63 of [a-z0-9_-] starting with a letter; values up to 256 characters",
+                "keys are 1-63 of [a-z0-9_-] starting with a letter; values are up to "
+                f"{MAX_LABEL_VALUE_CHARS} characters with no control characters",
             )
         ]
     return []
@@ -134,11 +143,11 @@ def execute_command(request: pb.ExecuteRequest) -> ExecuteCommand:
         violations.append(
             FieldViolation("provider", "must be PROVIDER_OPENAI or PROVIDER_ANTHROPIC")
         )
-    if not _MODEL.match(request.model):
+    if not _MODEL.fullmatch(request.model):
         violations.append(FieldViolation("model", "must be 1-256 characters of [A-Za-z0-9._:/@-]"))
     violations += _message_violations(list(request.messages))
     violations += _config_violations(request.generation_config)
-    if request.request_id and not _REQUEST_ID.match(request.request_id):
+    if request.request_id and not REQUEST_ID.fullmatch(request.request_id):
         violations.append(
             FieldViolation("request_id", "must be 1-128 characters of [A-Za-z0-9._:-]")
         )
@@ -165,7 +174,7 @@ def execute_command(request: pb.ExecuteRequest) -> ExecuteCommand:
 
 
 def parse_execution_name(name: str) -> tuple[str, str]:
-    match = _EXECUTION_NAME.match(name)
+    match = _EXECUTION_NAME.fullmatch(name)
     if not match:
         raise InvalidArgument(
             [FieldViolation("name", "must be workspaces/{workspace}/executions/{uuid}")]

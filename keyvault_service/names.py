@@ -11,8 +11,8 @@ from service_kit.names import WORKSPACE_PATTERN
 PROVIDERS = ("openai", "anthropic")
 MAX_KEY_BYTES = 4096
 
-_KEY_NAME = re.compile(rf"^workspaces/({WORKSPACE_PATTERN})/apiKeys/([a-z]+)$")
-_PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]+$")
+_KEY_NAME = re.compile(rf"workspaces/({WORKSPACE_PATTERN})/apiKeys/([a-z]+)")
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 
 
 @dataclass(frozen=True, order=True)
@@ -26,7 +26,7 @@ class KeyRef:
 
 
 def key_name_violation(name: str, field: str = "name") -> FieldViolation | None:
-    match = _KEY_NAME.match(name)
+    match = _KEY_NAME.fullmatch(name)
     if not match:
         return FieldViolation(
             field,
@@ -42,7 +42,7 @@ def parse_key_name(name: str, field: str = "name") -> KeyRef:
     violation = key_name_violation(name, field)
     if violation:
         raise InvalidArgument([violation])
-    match = _KEY_NAME.match(name)
+    match = _KEY_NAME.fullmatch(name)
     assert match is not None
     return KeyRef(match.group(1), match.group(2))
 
@@ -58,6 +58,6 @@ def api_key_violations(api_key: str) -> list[FieldViolation]:
         return [FieldViolation("api_key", "is required")]
     if len(api_key.encode()) > MAX_KEY_BYTES:
         return [FieldViolation("api_key", f"must be at most {MAX_KEY_BYTES} bytes")]
-    if not _PRINTABLE_ASCII.match(api_key):
+    if not _PRINTABLE_ASCII.fullmatch(api_key):
         return [FieldViolation("api_key", "must be printable ASCII without spaces")]
     return []

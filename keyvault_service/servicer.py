@@ -18,11 +18,11 @@ from keyvault_service.names import (
     try_parse_key_name,
 )
 from keyvault_service.repository import AuditRow, StoredKey
-from keyvault_service.vault import DEFAULT_REWRAP_BATCH, KeyVault
+from keyvault_service.vault import AUDIT_CURSOR, DEFAULT_REWRAP_BATCH, KEY_CURSOR, KeyVault
 from service_kit.call_context import CallInfo, call_info
-from service_kit.errors import FieldViolation, InvalidArgument
+from service_kit.errors import InvalidArgument
 from service_kit.names import parse_workspace_name, workspace_of
-from service_kit.pagination import MAX_PAGE_SIZE, page_request, page_token
+from service_kit.pagination import page_request, page_size, page_token
 from service_kit.secret import Secret
 from service_kit.urls import base_url_violations
 
@@ -103,11 +103,13 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
         self, request: pb.ListApiKeysRequest, context: Any
     ) -> pb.ListApiKeysResponse:
         workspace = workspace_of(request.parent)
-        page = page_request(request.page_size, request.page_token, query=request.parent)
+        page = page_request(
+            request.page_size, request.page_token, query=request.parent, cursor=KEY_CURSOR
+        )
         keys, last = await self._vault.list_keys(workspace, page)
+        token = page_token({"provider": last}, query=request.parent, cursor=KEY_CURSOR)
         return pb.ListApiKeysResponse(
-            api_keys=[api_key_message(k) for k in keys],
-            next_page_token=page_token({"provider": last}, query=request.parent) if last else "",
+            api_keys=[api_key_message(k) for k in keys], next_page_token=token if last else ""
         )
 
     async def DeleteApiKey(
@@ -131,13 +133,9 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
     async def RewrapApiKeys(
         self, request: pb.RewrapApiKeysRequest, context: Any
     ) -> pb.RewrapApiKeysResponse:
-        if not 0 <= request.batch_size <= MAX_PAGE_SIZE:
-            raise InvalidArgument(
-                [FieldViolation("batch_size", f"must be between 0 and {MAX_PAGE_SIZE}")]
-            )
-        result = await self._vault.rewrap_all(
-            request.batch_size or DEFAULT_REWRAP_BATCH, call_info()
-        )
+        # Keys re-encrypted per transaction: a page-like size, with the same rules.
+        batch_size = page_size(request.batch_size, "batch_size", default=DEFAULT_REWRAP_BATCH)
+        result = await self._vault.rewrap_all(batch_size, call_info())
         return pb.RewrapApiKeysResponse(
             primary_version=result.primary_version,
             rewrapped_count=result.rewrapped,
@@ -148,11 +146,14 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
         self, request: pb.ListAuditEventsRequest, context: Any
     ) -> pb.ListAuditEventsResponse:
         workspace = parse_workspace_name(request.parent, allow_all=True)
-        page = page_request(request.page_size, request.page_token, query=request.parent)
+        page = page_request(
+            request.page_size, request.page_token, query=request.parent, cursor=AUDIT_CURSOR
+        )
         rows, last_id = await self._vault.list_audit(workspace, page)
+        token = page_token({"id": last_id}, query=request.parent, cursor=AUDIT_CURSOR)
         return pb.ListAuditEventsResponse(
             audit_events=[_audit_message(r) for r in rows],
-            next_page_token=page_token({"id": last_id}, query=request.parent) if last_id else "",
+            next_page_token=token if last_id else "",
         )
 
 

@@ -12,16 +12,19 @@ from keyvault_service.crypto import DecryptionError, fingerprint, mask_key
 from keyvault_service.errors import AuditUnavailable, KeyNotFound, KeyUndecryptable
 from keyvault_service.fingerprints import rewrap_fingerprint_key
 from keyvault_service.keyring import Keyring
-from keyvault_service.names import KeyRef
+from keyvault_service.names import PROVIDERS, KeyRef
 from keyvault_service.repository import AuditRecord, AuditRow, StoredKey
 from service_kit import db, metrics
 from service_kit.call_context import CallInfo
-from service_kit.pagination import PageRequest
+from service_kit.pagination import BIGINT_ID, Choice, Cursor, PageRequest
 from service_kit.secret import Secret
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REWRAP_BATCH = 100
+# What the page tokens of the two listings carry: the last row's sort key.
+KEY_CURSOR: Cursor = {"provider": Choice(PROVIDERS)}
+AUDIT_CURSOR: Cursor = {"id": BIGINT_ID}
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class KeyVault:
         self, workspace: str, page: PageRequest
     ) -> tuple[list[StoredKey], str | None]:
         """Returns one page and the last provider on it when another page may follow."""
-        after = page.cursor.get("provider") if page.cursor else None
+        after = page.cursor["provider"] if page.cursor else None
         keys = await repo.list_keys(
             self._pool, workspace, after_provider=after, limit=page.size + 1
         )
@@ -183,9 +186,7 @@ class KeyVault:
     async def list_audit(
         self, workspace: str | None, page: PageRequest
     ) -> tuple[list[AuditRow], int | None]:
-        before = page.cursor.get("id") if page.cursor else None
-        if before is not None and not isinstance(before, int):
-            before = None
+        before = page.cursor["id"] if page.cursor else None
         rows = await repo.list_audit(self._pool, workspace, before_id=before, limit=page.size + 1)
         more = len(rows) > page.size
         rows = rows[: page.size]

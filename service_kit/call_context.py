@@ -9,7 +9,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 REQUEST_ID_HEADER = "x-request-id"
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# The one rule for request ids, in a header or a request field (matched whole).
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ def request_id_from(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str
     """The caller's request id when it is well formed, otherwise a fresh one (never trust
     arbitrary header bytes into logs and audit records)."""
     for key, value in metadata or ():
-        if key == REQUEST_ID_HEADER and isinstance(value, str) and _SAFE_REQUEST_ID.match(value):
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and REQUEST_ID.fullmatch(value):
             return value
     return new_request_id()
 
