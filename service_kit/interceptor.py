@@ -1,9 +1,11 @@
-"""One wrapper around every method handler: request id, authorization, error mapping, and
-one observation (method, final status code, duration) per call for the metrics.
+"""One wrapper around every method handler: request id, authorization, request parsing,
+error mapping, and one observation (method, final status code, duration) per call for the
+metrics.
 
 Python gRPC has no engine for A43 policies, so authorization happens here, before the
 servicer sees the request: no identity is UNAUTHENTICATED, a denied identity is
-PERMISSION_DENIED, and both come before any existence check in the servicer.
+PERMISSION_DENIED, and both come before any existence check in the servicer, and before a
+malformed request is refused as INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, NoReturn
 
 import grpc
 from grpc_status import rpc_status
@@ -23,7 +25,9 @@ from service_kit import db, metrics
 from service_kit.authz import Policy
 from service_kit.call_context import CallInfo, current_call, request_id_from
 from service_kit.errors import (
+    FieldViolation,
     Internal,
+    InvalidArgument,
     PermissionDenied,
     ServiceError,
     Unauthenticated,
@@ -34,7 +38,8 @@ from service_kit.tls import peer_identity
 
 log = logging.getLogger(__name__)
 
-DeniedHook = Callable[[CallInfo, Any], Awaitable[None]]
+DeniedHook = Callable[[CallInfo, Any], Awaitable[None]]  # the request, None if unparseable
+Decoder = Callable[[Any], Any]
 Observer = Callable[[str, grpc.StatusCode, float], None]
 
 # Transient database trouble is something the caller can retry, not an internal error.
@@ -93,27 +98,36 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     async def _admit(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext
-    ) -> CallInfo:
+        self, method: str, raw: Any, decode: Decoder, context: grpc.aio.ServicerContext
+    ) -> Any:
+        """Authorize the call, then parse its request. A request that does not parse is
+        still authorized first, so a denied caller is denied (and audited, with no request
+        to read) whatever it sent; only an allowed one hears INVALID_ARGUMENT."""
+        request, malformed = _parse(decode, raw)
         caller = peer_identity(context)
         metadata: Any = context.invocation_metadata()
         info = CallInfo(method, caller, request_id_from(metadata))
         current_call.set(info)
         decision = self._policy.evaluate(caller, method)
-        if decision.allowed:
-            return info
+        if not decision.allowed:
+            await self._deny(info, request)
+        if malformed:
+            raise malformed
+        return request
+
+    async def _deny(self, info: CallInfo, request: Any) -> NoReturn:
         if self._on_denied is not None:
             try:
                 await self._on_denied(info, request)
             except Exception as exc:  # the denial stands even when it cannot be recorded
                 log.error(
                     "denied call not recorded",
-                    extra={"method": method, "error": type(exc).__name__},
+                    extra={"method": info.method, "error": type(exc).__name__},
                 )
-        log.info("call denied", extra={"method": method, "caller": caller})
-        if caller is None:
+        log.info("call denied", extra={"method": info.method, "caller": info.caller})
+        if info.caller is None:
             raise Unauthenticated("a client certificate with a SPIFFE ID is required")
-        raise PermissionDenied(f"{caller} may not call {method}")
+        raise PermissionDenied(f"{info.caller} may not call {info.method}")
 
     async def _fail(self, context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
         await self._abort(context, _as_service_error(exc, method))
@@ -133,61 +147,87 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             wrapped = self._wrapped[method] = self._wrap(method, handler)
         return wrapped
 
+    @contextlib.asynccontextmanager
+    async def _guarded(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """Observe the call, and turn any error into its status (never a traceback)."""
+        with self._observed(method, context):
+            try:
+                yield
+            except _PASS_THROUGH:
+                raise
+            except Exception as exc:
+                await self._fail(context, method, exc)
+
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        serializers = (handler.request_deserializer, handler.response_serializer)
+        # gRPC would parse the request before any wrapper runs, and a request that does not
+        # parse would end as UNKNOWN, unauthorized and unaudited. So the handler receives
+        # the raw bytes (no deserializer) and parses them itself, after authorization.
+        decode: Decoder = handler.request_deserializer or _raw
+        serialize = handler.response_serializer
 
         if handler.unary_unary is not None:
             inner_unary: Any = handler.unary_unary
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                with self._observed(method, context):
-                    try:
-                        await self._admit(method, request, context)
-                        return await inner_unary(request, context)
-                    except _PASS_THROUGH:
-                        raise
-                    except Exception as exc:  # mapped to a status, never leaked as a traceback
-                        await self._fail(context, method, exc)
+            async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+                async with self._guarded(method, context):
+                    request = await self._admit(method, raw, decode, context)
+                    return await inner_unary(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(unary, *serializers)
+            return grpc.unary_unary_rpc_method_handler(unary, None, serialize)
 
         if handler.unary_stream is not None:
             inner_stream: Any = handler.unary_stream
 
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                with self._observed(method, context):
-                    try:
-                        await self._admit(method, request, context)
-                        responses = inner_stream(request, context)
-                        if inspect.isawaitable(responses):  # writes with context.write (Watch)
-                            await responses
-                            return
-                        async for response in responses:
-                            yield response
-                    except _PASS_THROUGH:
-                        raise
-                    except Exception as exc:
-                        await self._fail(context, method, exc)
+            async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async with self._guarded(method, context):
+                    request = await self._admit(method, raw, decode, context)
+                    responses = inner_stream(request, context)
+                    if inspect.isawaitable(responses):  # writes with context.write (Watch)
+                        await responses
+                        return
+                    async for response in responses:
+                        yield response
 
-            return grpc.unary_stream_rpc_method_handler(stream, *serializers)
+            return grpc.unary_stream_rpc_method_handler(stream, None, serialize)
 
         if handler.stream_stream is not None:  # server reflection
             inner_bidi: Any = handler.stream_stream
 
             async def bidi(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                with self._observed(method, context):
-                    try:
-                        await self._admit(method, None, context)
-                        async for response in inner_bidi(requests, context):
-                            yield response
-                    except _PASS_THROUGH:
-                        raise
-                    except Exception as exc:
-                        await self._fail(context, method, exc)
+                async with self._guarded(method, context):
+                    await self._admit(method, None, _raw, context)  # no request read yet
+                    async for response in inner_bidi(_parsed(decode, requests), context):
+                        yield response
 
-            return grpc.stream_stream_rpc_method_handler(bidi, *serializers)
+            return grpc.stream_stream_rpc_method_handler(bidi, None, serialize)
 
         raise RuntimeError(f"{method}: client-streaming methods are not wrapped")
 
 
+def _raw(data: Any) -> Any:
+    return data
+
+
+def _parse(decode: Decoder, raw: Any) -> tuple[Any, InvalidArgument | None]:
+    """The request, or None and the error to give an authorized caller."""
+    try:
+        return decode(raw), None
+    except Exception:  # whatever the parser raises, the bytes came from the caller
+        return None, InvalidArgument([_MALFORMED], reason="MALFORMED_REQUEST")
+
+
+async def _parsed(decode: Decoder, requests: AsyncIterable[Any]) -> AsyncIterator[Any]:
+    """A request stream, parsed message by message."""
+    async for raw in requests:
+        request, malformed = _parse(decode, raw)
+        if malformed:
+            raise malformed
+        yield request
+
+
+_MALFORMED = FieldViolation(
+    "request",
+    "is not a valid message for this method (it does not parse, or a string field is not "
+    "valid UTF-8)",
+)
 _PASS_THROUGH = (grpc.aio.AbortError, asyncio.CancelledError)

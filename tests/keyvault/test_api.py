@@ -178,7 +178,6 @@ async def test_set_rejects_bad_input_and_writes_nothing(
     ("request_", "field"),
     [
         (pb.ListApiKeysRequest(parent="workspaces/w", page_size=-1), "page_size"),
-        (pb.ListApiKeysRequest(parent="workspaces/w", page_size=1001), "page_size"),
         (pb.ListApiKeysRequest(parent="workspaces/w", page_token="not-a-token"), "page_token"),
         (pb.ListApiKeysRequest(parent="workspaces/"), "parent"),
     ],
@@ -208,7 +207,7 @@ async def test_rewrap_and_audit_need_admin_and_validate(vault_stub: Stub) -> Non
     assert result.primary_version == 1
     assert result.remaining_count == 0
     await expect_error(
-        admin.RewrapApiKeys(pb.RewrapApiKeysRequest(batch_size=5000)),
+        admin.RewrapApiKeys(pb.RewrapApiKeysRequest(batch_size=-1)),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     events = await admin.ListAuditEvents(pb.ListAuditEventsRequest(parent="workspaces/-"))
