@@ -58,12 +58,12 @@ async def test_key_names_with_control_characters_address_nothing(
     app, ws = vault_stub("app"), workspace()
     name = key_name(ws)
     await app.SetApiKey(pb.SetApiKeyRequest(name=name, api_key=API_KEY))
-    forged = name + suffix
+    bad_name = name + suffix
     for call in (
-        app.GetApiKey(pb.GetApiKeyRequest(name=forged)),
-        app.DeleteApiKey(pb.DeleteApiKeyRequest(name=forged)),
-        app.SetApiKey(pb.SetApiKeyRequest(name=forged, api_key=API_KEY + "X")),
-        vault_stub("execution").RevealApiKey(pb.RevealApiKeyRequest(name=forged)),
+        app.GetApiKey(pb.GetApiKeyRequest(name=bad_name)),
+        app.DeleteApiKey(pb.DeleteApiKeyRequest(name=bad_name)),
+        app.SetApiKey(pb.SetApiKeyRequest(name=bad_name, api_key=API_KEY + "X")),
+        vault_stub("execution").RevealApiKey(pb.RevealApiKeyRequest(name=bad_name)),
         app.ListApiKeys(pb.ListApiKeysRequest(parent=f"workspaces/{ws}{suffix}")),
     ):
         err = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT)
