@@ -220,7 +220,7 @@ class ListExecutionsRequest(_message.Message):
     parent: _builtins.str
     """`workspaces/{workspace}`."""
     page_size: _builtins.int
-    """Maximum results per page, 0 for the default (50), at most 1000."""
+    """Maximum results per page, 0 for the default (50); a larger value than 1000 means 1000."""
     page_token: _builtins.str
     """`next_page_token` of a previous call with the same filters."""
     agent_id: _builtins.str

@@ -135,7 +135,7 @@ class ListApiKeysRequest(_message.Message):
     parent: _builtins.str
     """`workspaces/{workspace}`."""
     page_size: _builtins.int
-    """Maximum results per page, 0 for the default (50), at most 1000."""
+    """Maximum results per page, 0 for the default (50); a larger value than 1000 means 1000."""
     page_token: _builtins.str
     """`next_page_token` of a previous call with the same parent."""
     def __init__(
@@ -278,7 +278,7 @@ class RewrapApiKeysRequest(_message.Message):
 
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     batch_size: _builtins.int
-    """Keys re-encrypted per database transaction, 0 for the default (100), at most 1000."""
+    """Keys re-encrypted per database transaction, 0 for the default (100); above 1000, 1000."""
     def __init__(
         self,
         *,
@@ -334,7 +334,7 @@ class ListAuditEventsRequest(_message.Message):
     parent: _builtins.str
     """`workspaces/{workspace}`, or `workspaces/-` for every workspace and vault-wide events."""
     page_size: _builtins.int
-    """Maximum results per page, 0 for the default (50), at most 1000."""
+    """Maximum results per page, 0 for the default (50); a larger value than 1000 means 1000."""
     page_token: _builtins.str
     """`next_page_token` of a previous call with the same parent."""
     def __init__(
