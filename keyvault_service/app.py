@@ -12,7 +12,13 @@ from keyvault_service import repository as repo
 from keyvault_service.errors import DOMAIN
 from keyvault_service.fingerprints import FingerprintKeyUnreadable, load_fingerprint_key
 from keyvault_service.keyring import Keyring, KeyringError
-from keyvault_service.servicer import SERVICE_NAME, KeyVaultServicer, audit_denied_call, register
+from keyvault_service.servicer import (
+    SERVICE_NAME,
+    KeyVaultServicer,
+    audit_denied_call,
+    audit_malformed_call,
+    register,
+)
 from keyvault_service.settings import KeyVaultSettings
 from keyvault_service.vault import KeyVault
 from service_kit import db
@@ -82,7 +88,10 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
             raise StartupError(str(exc)) from None
         vault = KeyVault(pool, settings.keyring, fingerprint_key)
         interceptor = ServiceInterceptor(
-            policy=policy, domain=DOMAIN, on_denied=functools.partial(audit_denied_call, vault)
+            policy=policy,
+            domain=DOMAIN,
+            on_denied=functools.partial(audit_denied_call, vault),
+            on_malformed=functools.partial(audit_malformed_call, vault),
         )
         server = GrpcServer(
             service_names=[SERVICE_NAME],

@@ -157,13 +157,28 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
         )
 
 
+def _audited_action(call: CallInfo) -> str | None:
+    """The audit action of the call's method, None when the method is not audited."""
+    if not call.method.startswith(f"/{SERVICE_NAME}/"):
+        return None
+    return _METHOD_ACTIONS.get(call.method.rsplit("/", 1)[-1])
+
+
 async def audit_denied_call(vault: KeyVault, call: CallInfo, request: Any) -> None:
     """Interceptor hook: audited methods record denied attempts too."""
-    action = _METHOD_ACTIONS.get(call.method.rsplit("/", 1)[-1])
-    if action is None or not call.method.startswith(f"/{SERVICE_NAME}/"):
+    action = _audited_action(call)
+    if action is None:
         return
     ref = try_parse_key_name(getattr(request, "name", "") or "")
     await vault.record_denied(action, ref, call)
+
+
+async def audit_malformed_call(vault: KeyVault, call: CallInfo, request: Any) -> None:
+    """Interceptor hook: an audited method's request that does not parse is a failed
+    attempt, recorded as any invalid request is."""
+    action = _audited_action(call)
+    if action is not None:
+        await vault.record_invalid(action, None, call)
 
 
 def register(servicer: KeyVaultServicer) -> Any:

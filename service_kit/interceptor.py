@@ -16,7 +16,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from grpc_status import rpc_status
@@ -38,7 +38,8 @@ from service_kit.tls import peer_identity
 
 log = logging.getLogger(__name__)
 
-DeniedHook = Callable[[CallInfo, Any], Awaitable[None]]  # the request, None if unparseable
+# Called with the request (None when it does not parse) to record a refused call.
+RefusalHook = Callable[[CallInfo, Any], Awaitable[None]]
 Decoder = Callable[[Any], Any]
 Observer = Callable[[str, grpc.StatusCode, float], None]
 
@@ -64,12 +65,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         *,
         policy: Policy,
         domain: str,
-        on_denied: DeniedHook | None = None,
+        on_denied: RefusalHook | None = None,
+        on_malformed: RefusalHook | None = None,
         observe: Observer = metrics.observe_rpc,
     ) -> None:
         self._policy = policy
         self._domain = domain
         self._on_denied = on_denied
+        self._on_malformed = on_malformed
         self._observe = observe
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -110,24 +113,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         current_call.set(info)
         decision = self._policy.evaluate(caller, method)
         if not decision.allowed:
-            await self._deny(info, request)
+            await _record(self._on_denied, info, request)
+            log.info("call denied", extra={"method": method, "caller": caller})
+            if caller is None:
+                raise Unauthenticated("a client certificate with a SPIFFE ID is required")
+            raise PermissionDenied(f"{caller} may not call {method}")
         if malformed:
+            await _record(self._on_malformed, info, None)
             raise malformed
         return request
-
-    async def _deny(self, info: CallInfo, request: Any) -> NoReturn:
-        if self._on_denied is not None:
-            try:
-                await self._on_denied(info, request)
-            except Exception as exc:  # the denial stands even when it cannot be recorded
-                log.error(
-                    "denied call not recorded",
-                    extra={"method": info.method, "error": type(exc).__name__},
-                )
-        log.info("call denied", extra={"method": info.method, "caller": info.caller})
-        if info.caller is None:
-            raise Unauthenticated("a client certificate with a SPIFFE ID is required")
-        raise PermissionDenied(f"{info.caller} may not call {info.method}")
 
     async def _fail(self, context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
         await self._abort(context, _as_service_error(exc, method))
@@ -202,6 +196,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             return grpc.stream_stream_rpc_method_handler(bidi, None, serialize)
 
         raise RuntimeError(f"{method}: client-streaming methods are not wrapped")
+
+
+async def _record(hook: RefusalHook | None, info: CallInfo, request: Any) -> None:
+    if hook is None:
+        return
+    try:
+        await hook(info, request)
+    except Exception as exc:  # the refusal stands even when it cannot be recorded
+        log.error(
+            "refused call not recorded", extra={"method": info.method, "error": type(exc).__name__}
+        )
 
 
 def _raw(data: Any) -> Any:

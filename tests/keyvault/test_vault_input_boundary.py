@@ -248,18 +248,24 @@ async def test_malformed_reveal_without_spiffe_id_is_unauthenticated_and_audited
 
 @pytest.mark.parametrize("body", sorted(MALFORMED))
 async def test_malformed_messages_from_allowed_callers_are_invalid_argument(
-    shared_vault: RunningKeyVault, tls_for: Callable[[str], TlsFiles], body: str
+    shared_vault: RunningKeyVault,
+    vault_stub: Stub,
+    tls_for: Callable[[str], TlsFiles],
+    body: str,
 ) -> None:
     calls = {
         "execution": ["RevealApiKey"],
         "app": ["SetApiKey", "GetApiKey", "ListApiKeys", "DeleteApiKey"],
         "admin": ["ListAuditEvents"] + (["RewrapApiKeys"] if body == "corrupt" else []),
     }
+    request_ids = {}
     for workload, methods in calls.items():
         async with secure_channel(shared_vault.port, tls_for(workload)) as ch:
             for method in methods:
+                rid = request_ids[method] = request_id()
                 err = await expect_error(
-                    raw_call(ch, method)(MALFORMED[body]), grpc.StatusCode.INVALID_ARGUMENT
+                    raw_call(ch, method)(MALFORMED[body], metadata=with_request_id(rid)),
+                    grpc.StatusCode.INVALID_ARGUMENT,
                 )
                 assert reason_of(err) == "MALFORMED_REQUEST"
                 assert bad_request_fields(err) == ["request"]
@@ -272,6 +278,22 @@ async def test_malformed_messages_from_allowed_callers_are_invalid_argument(
             )
             reply = await health(health_pb2.HealthCheckRequest())
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    # Audited methods record the attempt as failed, like any invalid request.
+    events = await audit_events(vault_stub("admin"))
+    audited = {
+        "SetApiKey": res.AUDIT_ACTION_SET,
+        "DeleteApiKey": res.AUDIT_ACTION_DELETE,
+        "RevealApiKey": res.AUDIT_ACTION_REVEAL,
+        "RewrapApiKeys": res.AUDIT_ACTION_REWRAP,
+    }
+    for method, action in audited.items():
+        if method not in request_ids:
+            continue
+        recorded = [e for e in events if e.request_id == request_ids[method]]
+        assert [(e.action, e.outcome, e.reason) for e in recorded] == [
+            (action, res.AUDIT_OUTCOME_FAILED, "INVALID_ARGUMENT")
+        ], method
 
 
 async def test_malformed_health_and_reflection_requests_are_invalid_argument(
