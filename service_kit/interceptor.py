@@ -103,9 +103,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     async def _admit(
         self, method: str, raw: Any, decode: Decoder, context: grpc.aio.ServicerContext
     ) -> Any:
-        """Authorize the call, then parse its request. A request that does not parse is
-        still authorized first, so a denied caller is denied (and audited, with no request
-        to read) whatever it sent; only an allowed one hears INVALID_ARGUMENT."""
+        """Authorize the call and return its parsed request. A request that does not parse
+        is refused only after authorization: a denied caller is denied (and audited, with no
+        request to read) whatever it sent; an allowed one hears INVALID_ARGUMENT."""
         request, malformed = _parse(decode, raw)
         caller = peer_identity(context)
         metadata: Any = context.invocation_metadata()
