@@ -27,11 +27,15 @@ from service_kit.secret import Secret
 from service_kit.urls import base_url_violations
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["KeyVaultService"].full_name
-_METHOD_ACTIONS = {
+# Methods whose denied calls are audited, and their audit action. Reading the audit log is
+# recorded only when denied: recording every allowed read would bury the changes and
+# reveals the log is for.
+_DENIAL_ACTIONS = {
     "SetApiKey": "SET",
     "DeleteApiKey": "DELETE",
     "RevealApiKey": "REVEAL",
     "RewrapApiKeys": "REWRAP",
+    "ListAuditEvents": "LIST_AUDIT_EVENTS",
 }
 PROVIDER_ENUM = {"openai": res.PROVIDER_OPENAI, "anthropic": res.PROVIDER_ANTHROPIC}
 
@@ -157,12 +161,27 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
 
 
 async def audit_denied_call(vault: KeyVault, call: CallInfo, request: Any) -> None:
-    """Interceptor hook: audited methods record denied attempts too."""
-    action = _METHOD_ACTIONS.get(call.method.rsplit("/", 1)[-1])
+    """Interceptor hook: audited methods, and reading the audit log, record denied attempts
+    too. `request` is None when the message could not be parsed."""
+    method = call.method.rsplit("/", 1)[-1]
+    action = _DENIAL_ACTIONS.get(method)
     if action is None or not call.method.startswith(f"/{SERVICE_NAME}/"):
         return
+    if method == "ListAuditEvents":
+        workspace = _try_workspace(getattr(request, "parent", ""))
+        await vault.record_denied(action, call, workspace=workspace or "")
+        return
     ref = try_parse_key_name(getattr(request, "name", "") or "")
-    await vault.record_denied(action, ref, call)
+    await vault.record_denied(
+        action, call, workspace=ref.workspace if ref else "", provider=ref.provider if ref else ""
+    )
+
+
+def _try_workspace(parent: str) -> str | None:
+    try:
+        return parse_workspace_name(parent, allow_all=True)
+    except InvalidArgument:
+        return None
 
 
 def register(servicer: KeyVaultServicer) -> Any:
