@@ -23,7 +23,9 @@ from clients.gen.keyvault.v1 import keyvault_service_pb2 as pb
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
 from clients.gen.keyvault.v1 import resources_pb2 as res
 from keyvault_service.app import RunningKeyVault
+from keyvault_service.servicer import audit_denied_call
 from service_kit import devcerts
+from service_kit.call_context import CallInfo
 from service_kit.tls import TlsFiles
 from tests.keyvault.conftest import StartVault, keyring_of, vault_settings
 from tests.keyvault.support import (
@@ -300,6 +302,26 @@ async def test_trusted_certificate_without_one_spiffe_id_is_unauthenticated(
     assert sorted(e.action for e in events) == sorted(a for a, _ in AUDITED.values())
     assert {(e.outcome, e.caller, e.reason) for e in events} == {
         (res.AUDIT_OUTCOME_DENIED, "", "UNAUTHENTICATED")
+    }
+
+
+async def test_a_denied_call_is_audited_even_when_its_request_did_not_parse(
+    shared_vault: RunningKeyVault, vault_stub: Stub
+) -> None:
+    # The interceptor authorizes before it parses, and hands the hook None for a message
+    # that does not parse: the denial is recorded all the same, naming no key.
+    rid = request_id()
+    for method, caller in [("RevealApiKey", None), ("ListAuditEvents", devcerts.spiffe_id("app"))]:
+        call = CallInfo(f"/{SERVICE}/{method}", caller, rid)
+        await audit_denied_call(shared_vault.vault, call, None)
+
+    events = [e for e in await audit_events(vault_stub("admin")) if e.request_id == rid]
+    assert sorted((e.action, e.caller, e.reason) for e in events) == [
+        (res.AUDIT_ACTION_REVEAL, "", "UNAUTHENTICATED"),
+        (res.AUDIT_ACTION_LIST_AUDIT_EVENTS, devcerts.spiffe_id("app"), "PERMISSION_DENIED"),
+    ]
+    assert {(e.outcome, e.workspace, e.provider) for e in events} == {
+        (res.AUDIT_OUTCOME_DENIED, "", res.PROVIDER_UNSPECIFIED)
     }
 
 
