@@ -214,10 +214,12 @@ async def test_reveal_fails_closed_when_audit_cannot_be_written(
             grpc.StatusCode.PERMISSION_DENIED,
         )
         assert reason_of(err) == "PERMISSION_DENIED"
-        # A write cannot happen unrecorded either: the key is left as it was.
+        # A write cannot happen unrecorded either: the key is left as it was. A rewrap
+        # (which changes no key) says it was not recorded.
         for change in (
             stubs.app.SetApiKey(pb.SetApiKeyRequest(name=name, api_key=API_KEY + "new")),
             stubs.app.DeleteApiKey(pb.DeleteApiKeyRequest(name=name)),
+            stubs.admin.RewrapApiKeys(pb.RewrapApiKeysRequest()),
         ):
             err = await expect_error(change, grpc.StatusCode.UNAVAILABLE)
             assert reason_of(err) == "AUDIT_UNAVAILABLE"
