@@ -135,13 +135,13 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
     async def RewrapApiKeys(
         self, request: pb.RewrapApiKeysRequest, context: Any
     ) -> pb.RewrapApiKeysResponse:
+        call = call_info()
         if not 0 <= request.batch_size <= MAX_PAGE_SIZE:
+            await self._vault.record_invalid("REWRAP", None, call)
             raise InvalidArgument(
                 [FieldViolation("batch_size", f"must be between 0 and {MAX_PAGE_SIZE}")]
             )
-        result = await self._vault.rewrap_all(
-            request.batch_size or DEFAULT_REWRAP_BATCH, call_info()
-        )
+        result = await self._vault.rewrap_all(request.batch_size or DEFAULT_REWRAP_BATCH, call)
         return pb.RewrapApiKeysResponse(
             primary_version=result.primary_version,
             rewrapped_count=result.rewrapped,

@@ -227,7 +227,17 @@ class KeyVault:
         )
 
     async def record_invalid(self, action: str, ref: KeyRef | None, call: CallInfo) -> None:
-        await repo.insert_audit(self._pool, _audit(call, action, "FAILED", ref, "INVALID_ARGUMENT"))
+        """Record a refused request. Nothing was changed or revealed, so when the record
+        cannot be written the caller is still told what was wrong with its request."""
+        try:
+            await repo.insert_audit(
+                self._pool, _audit(call, action, "FAILED", ref, "INVALID_ARGUMENT")
+            )
+        except _AUDIT_WRITE_ERRORS as exc:
+            log.error(
+                "invalid request not recorded",
+                extra={"action": action, "error": type(exc).__name__},
+            )
 
     @contextlib.asynccontextmanager
     async def _failure_audited(

@@ -172,6 +172,20 @@ async def test_set_and_delete_are_audited(vault_stub: Stub) -> None:
     assert [e.request_id for e in events] == list(reversed(ids.values()))
 
 
+async def test_a_rewrap_refused_as_invalid_is_audited(vault_stub: Stub) -> None:
+    rid = request_id()
+    await expect_error(
+        vault_stub("admin").RewrapApiKeys(
+            pb.RewrapApiKeysRequest(batch_size=-1), metadata=with_request_id(rid)
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    events = [e for e in await audit_events(vault_stub("admin")) if e.request_id == rid]
+    assert [(e.action, e.outcome, e.reason, e.caller) for e in events] == [
+        (res.AUDIT_ACTION_REWRAP, res.AUDIT_OUTCOME_FAILED, "INVALID_ARGUMENT", ADMIN)
+    ]
+
+
 async def _block_audit(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
@@ -214,6 +228,11 @@ async def test_reveal_fails_closed_when_audit_cannot_be_written(
             grpc.StatusCode.PERMISSION_DENIED,
         )
         assert reason_of(err) == "PERMISSION_DENIED"
+        # A bad request is still told what is wrong with it: nothing was to be changed.
+        await expect_error(
+            stubs.app.SetApiKey(pb.SetApiKeyRequest(name=name, api_key="not a key")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
         # A write cannot happen unrecorded either: the key is left as it was. A rewrap
         # (which changes no key) says it was not recorded.
         for change in (
