@@ -79,7 +79,8 @@ async def _create_for_empty_vault(db: Executor, keyring: Keyring) -> tuple[bytes
     if stored is None:
         keys = await repo.count_keys(db)
         raise FingerprintKeyError(
-            f"the vault holds {keys} API keys but its fingerprint key ({_ROW}) is missing. "
+            f"the vault holds stored API keys ({keys}) but its fingerprint key ({_ROW}) is "
+            "missing. "
             "Restore that row from a backup of this database: a new fingerprint key would "
             "change the fingerprint of every stored key."
         )

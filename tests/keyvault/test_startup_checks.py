@@ -75,7 +75,7 @@ async def test_a_missing_fingerprint_key_is_not_recreated_while_keys_exist(
     with pytest.raises(StartupError) as caught:
         await start_vault(ring, url)
     message = str(caught.value)
-    assert "holds 1 API keys but its fingerprint key" in message
+    assert "holds stored API keys (1) but its fingerprint key" in message
     assert "'fingerprint-key' of table vault_secrets) is missing" in message
     assert "Restore that row from a backup" in message
     assert await _sql(url, "SELECT 1 FROM vault_secrets") == "SELECT 0"  # nothing was made up
