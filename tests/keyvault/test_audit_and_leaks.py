@@ -172,6 +172,22 @@ async def test_set_and_delete_are_audited(vault_stub: Stub) -> None:
     assert [e.request_id for e in events] == list(reversed(ids.values()))
 
 
+async def test_a_set_refused_by_the_database_is_audited(vault_stub: Stub) -> None:
+    # PostgreSQL refuses a NUL in text. Whether validation or the database catches it, the
+    # attempt leaves one FAILED record and no key.
+    app, ws, rid = vault_stub("app"), workspace(), request_id()
+    name = key_name(ws)
+    request = pb.SetApiKeyRequest(name=name, api_key=API_KEY, base_url="https://a.example/\x00")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await app.SetApiKey(request, metadata=with_request_id(rid))
+    await expect_error(app.GetApiKey(pb.GetApiKeyRequest(name=name)), grpc.StatusCode.NOT_FOUND)
+    events = [e for e in await audit_events(vault_stub("admin")) if e.request_id == rid]
+    assert [(e.action, e.outcome, e.workspace) for e in events] == [
+        (res.AUDIT_ACTION_SET, res.AUDIT_OUTCOME_FAILED, ws)
+    ]
+    assert events[0].reason
+
+
 async def test_a_rewrap_refused_as_invalid_is_audited(vault_stub: Stub) -> None:
     rid = request_id()
     await expect_error(
