@@ -18,7 +18,7 @@ from keyvault_service.names import KeyRef
 from keyvault_service.repository import AuditRecord, AuditRow, StoredKey
 from service_kit import db, metrics
 from service_kit.call_context import CallInfo
-from service_kit.errors import Internal, ServiceError
+from service_kit.errors import Internal, PermissionDenied, ServiceError, Unauthenticated
 from service_kit.pagination import PageRequest
 from service_kit.secret import Secret
 
@@ -220,7 +220,8 @@ class KeyVault:
         is UNAUTHENTICATED (and an empty caller), an identity not allowed PERMISSION_DENIED."""
         if action == "REVEAL":
             metrics.KEY_REVEALS.labels("denied").inc()
-        reason = "UNAUTHENTICATED" if call.caller is None else "PERMISSION_DENIED"
+        denial = Unauthenticated if call.caller is None else PermissionDenied
+        reason = denial.default_reason
         record = _audit(call, action, "DENIED", None, reason)
         await repo.insert_audit(
             self._pool, dataclasses.replace(record, workspace=workspace, provider=provider)
