@@ -10,7 +10,7 @@ import asyncpg
 
 from keyvault_service import repository as repo
 from keyvault_service.errors import DOMAIN
-from keyvault_service.fingerprints import FingerprintKeyUnreadable, load_fingerprint_key
+from keyvault_service.fingerprints import FingerprintKeyError, load_fingerprint_key
 from keyvault_service.keyring import Keyring, KeyringError
 from keyvault_service.servicer import (
     SERVICE_NAME,
@@ -84,7 +84,7 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
         await check_master_key_versions(pool, settings.keyring)
         try:
             fingerprint_key = await load_fingerprint_key(pool, settings.keyring)
-        except FingerprintKeyUnreadable as exc:
+        except FingerprintKeyError as exc:
             raise StartupError(str(exc)) from None
         vault = KeyVault(pool, settings.keyring, fingerprint_key)
         interceptor = ServiceInterceptor(

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import asyncpg
 
 from keyvault_service.names import KeyRef
-from service_kit.db import Connection, Executor
+from service_kit.db import UNAVAILABLE_ERRORS, Connection, Executor
+
+
+class AuditNotWritten(Exception):
+    """The database refused an audit record (a constraint, a permission, a full disk). What
+    the record was for must not happen: a change rolls back, a key is not revealed.
+
+    An unreachable database is not this error: it surfaces as itself, so the caller hears
+    that it may retry."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error  # safe to log: an error class name, never a value
+
 
 _KEY_COLUMNS = (
     "workspace, provider, key_hint, fingerprint, base_url, key_version, create_time, update_time"
@@ -67,8 +82,20 @@ def _audit_args(a: AuditRecord) -> tuple[str, ...]:
     return (a.action, a.outcome, a.caller, a.workspace, a.provider, a.request_id, a.reason)
 
 
+@contextlib.contextmanager
+def _writing_audit() -> Iterator[None]:
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        if isinstance(exc, UNAVAILABLE_ERRORS):
+            raise
+        raise AuditNotWritten(type(exc).__name__) from exc
+
+
 async def insert_audit(conn: Executor, audit: AuditRecord) -> None:
-    await conn.execute(_INSERT_AUDIT, *_audit_args(audit))
+    """Raises AuditNotWritten when the database refuses the record."""
+    with _writing_audit():
+        await conn.execute(_INSERT_AUDIT, *_audit_args(audit))
 
 
 async def upsert_key(
@@ -133,30 +160,54 @@ async def delete_key(conn: Connection, ref: KeyRef) -> bool:
     return status == "DELETE 1"
 
 
-async def reveal_with_audit(
-    pool: asyncpg.Pool, ref: KeyRef, audit: AuditRecord
-) -> tuple[StoredKey, bytes] | None:
-    """Read the key and write its audit record in one atomic statement (one round trip):
-    if the audit insert fails, nothing is returned, so a reveal can never go unrecorded."""
-    row = await pool.fetchrow(
-        f"""
-        WITH k AS (
-            SELECT {_KEY_COLUMNS}, ciphertext FROM api_keys WHERE workspace = $4 AND provider = $5
-        ), a AS (
-            INSERT INTO audit_events
-                (action, outcome, caller, workspace, provider, request_id, reason)
-            SELECT $1, CASE WHEN EXISTS (SELECT 1 FROM k) THEN $2 ELSE 'FAILED' END, $3, $4, $5, $6,
-                   CASE WHEN EXISTS (SELECT 1 FROM k) THEN $7 ELSE 'API_KEY_NOT_FOUND' END
-            RETURNING id
+@dataclass(frozen=True)
+class RevealRead:
+    """What reveal_with_audit read, and the id of the audit record it committed."""
+
+    audit_id: int
+    key: StoredKey | None  # None: no such key, and the record says FAILED/API_KEY_NOT_FOUND
+    ciphertext: bytes
+
+
+async def reveal_with_audit(pool: asyncpg.Pool, ref: KeyRef, audit: AuditRecord) -> RevealRead:
+    """Read the key and write its audit record in one atomic statement (one round trip): if
+    the audit insert fails, nothing is returned (AuditNotWritten), so a reveal can never go
+    unrecorded. A missing key is recorded FAILED/API_KEY_NOT_FOUND by the same statement."""
+    with _writing_audit():
+        row = await pool.fetchrow(
+            f"""
+            WITH k AS (
+                SELECT {_KEY_COLUMNS}, ciphertext FROM api_keys
+                WHERE workspace = $4 AND provider = $5
+            ), a AS (
+                INSERT INTO audit_events
+                    (action, outcome, caller, workspace, provider, request_id, reason)
+                SELECT $1, CASE WHEN EXISTS (SELECT 1 FROM k) THEN $2 ELSE 'FAILED' END,
+                       $3, $4, $5, $6,
+                       CASE WHEN EXISTS (SELECT 1 FROM k) THEN $7 ELSE 'API_KEY_NOT_FOUND' END
+                RETURNING id
+            )
+            SELECT k.*, (SELECT id FROM a) AS audit_id
+            FROM (SELECT 1) AS one LEFT JOIN k ON true""",
+            *_audit_args(audit),
         )
-        SELECT k.*, (SELECT id FROM a) AS audit_id FROM (SELECT 1) AS one LEFT JOIN k ON true""",
-        *_audit_args(audit),
-    )
-    if row is None or row["audit_id"] is None:
-        raise RuntimeError("audit record was not written")
+    if row is None or row["audit_id"] is None:  # not expected: the statement always inserts
+        raise AuditNotWritten("NoAuditRecordId")
     if row["workspace"] is None:
-        return None
-    return StoredKey.from_row(row), bytes(row["ciphertext"])
+        return RevealRead(row["audit_id"], None, b"")
+    return RevealRead(row["audit_id"], StoredKey.from_row(row), bytes(row["ciphertext"]))
+
+
+async def mark_reveal_failed(db: Executor, audit_id: int, reason: str) -> None:
+    """Turn a reveal's ALLOWED record into FAILED when the key could not be handed out
+    after all (it failed to decrypt): one record per reveal, with its final outcome."""
+    with _writing_audit():
+        await db.execute(
+            """UPDATE audit_events SET outcome = 'FAILED', reason = $2
+               WHERE id = $1 AND action = 'REVEAL'""",
+            audit_id,
+            reason,
+        )
 
 
 async def key_versions_in_use(pool: asyncpg.Pool) -> dict[int, int]:
@@ -171,15 +222,25 @@ async def get_vault_secret(db: Executor, name: str) -> tuple[bytes, int] | None:
     return (bytes(row["ciphertext"]), row["key_version"]) if row else None
 
 
-async def add_vault_secret(db: Executor, name: str, ciphertext: bytes, key_version: int) -> None:
-    """First writer wins: replicas starting together keep one secret."""
-    await db.execute(
-        """INSERT INTO vault_secrets (name, ciphertext, key_version) VALUES ($1, $2, $3)
+async def add_vault_secret_while_no_keys(
+    db: Executor, name: str, ciphertext: bytes, key_version: int
+) -> bool:
+    """Store a new vault secret, only while no API key is stored (one statement, so no key
+    can be written in between); first writer wins: replicas starting together keep one.
+    True when this call stored it."""
+    status = await db.execute(
+        """INSERT INTO vault_secrets (name, ciphertext, key_version)
+           SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM api_keys)
            ON CONFLICT (name) DO NOTHING""",
         name,
         ciphertext,
         key_version,
     )
+    return status == "INSERT 0 1"
+
+
+async def count_keys(db: Executor) -> int:
+    return await db.fetchval("SELECT count(*) FROM api_keys")
 
 
 async def replace_vault_secret(

@@ -27,11 +27,15 @@ from service_kit.secret import Secret
 from service_kit.urls import base_url_violations
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["KeyVaultService"].full_name
-_METHOD_ACTIONS = {
+# Methods whose denied calls are audited, and their audit action. Reading the audit log is
+# recorded only when denied: recording every allowed read would bury the changes and
+# reveals the log is for.
+_DENIAL_ACTIONS = {
     "SetApiKey": "SET",
     "DeleteApiKey": "DELETE",
     "RevealApiKey": "REVEAL",
     "RewrapApiKeys": "REWRAP",
+    "ListAuditEvents": "LIST_AUDIT_EVENTS",
 }
 PROVIDER_ENUM = {"openai": res.PROVIDER_OPENAI, "anthropic": res.PROVIDER_ANTHROPIC}
 
@@ -133,9 +137,14 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
     async def RewrapApiKeys(
         self, request: pb.RewrapApiKeysRequest, context: Any
     ) -> pb.RewrapApiKeysResponse:
-        # Keys re-encrypted per transaction: a page-like size, with the same rules.
-        batch_size = page_size(request.batch_size, "batch_size", default=DEFAULT_REWRAP_BATCH)
-        result = await self._vault.rewrap_all(batch_size, call_info())
+        call = call_info()
+        try:
+            # Keys re-encrypted per transaction: a page-like size, with the same rules.
+            batch_size = page_size(request.batch_size, "batch_size", default=DEFAULT_REWRAP_BATCH)
+        except InvalidArgument:
+            await self._vault.record_invalid("REWRAP", None, call)
+            raise
+        result = await self._vault.rewrap_all(batch_size, call)
         return pb.RewrapApiKeysResponse(
             primary_version=result.primary_version,
             rewrapped_count=result.rewrapped,
@@ -161,23 +170,37 @@ def _audited_action(call: CallInfo) -> str | None:
     """The audit action of the call's method, None when the method is not audited."""
     if not call.method.startswith(f"/{SERVICE_NAME}/"):
         return None
-    return _METHOD_ACTIONS.get(call.method.rsplit("/", 1)[-1])
+    return _DENIAL_ACTIONS.get(call.method.rsplit("/", 1)[-1])
 
 
 async def audit_denied_call(vault: KeyVault, call: CallInfo, request: Any) -> None:
-    """Interceptor hook: audited methods record denied attempts too."""
+    """Interceptor hook: audited methods, and reading the audit log, record denied attempts
+    too. `request` is None when the message could not be parsed."""
     action = _audited_action(call)
     if action is None:
         return
+    if action == "LIST_AUDIT_EVENTS":
+        workspace = _try_workspace(getattr(request, "parent", ""))
+        await vault.record_denied(action, call, workspace=workspace or "")
+        return
     ref = try_parse_key_name(getattr(request, "name", "") or "")
-    await vault.record_denied(action, ref, call)
+    await vault.record_denied(
+        action, call, workspace=ref.workspace if ref else "", provider=ref.provider if ref else ""
+    )
+
+
+def _try_workspace(parent: str) -> str | None:
+    try:
+        return parse_workspace_name(parent, allow_all=True)
+    except InvalidArgument:
+        return None
 
 
 async def audit_malformed_call(vault: KeyVault, call: CallInfo, request: Any) -> None:
     """Interceptor hook: an audited method's request that does not parse is a failed
     attempt, recorded as any invalid request is."""
     action = _audited_action(call)
-    if action is not None:
+    if action is not None and action != "LIST_AUDIT_EVENTS":  # reads are audited only denied
         await vault.record_invalid(action, None, call)
 
 

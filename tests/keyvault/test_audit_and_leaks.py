@@ -45,6 +45,7 @@ API_KEY = "sk-proj-audit-0123456789abcdefAU01"
 GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
 APP = "spiffe://agents.internal/app"
 EXECUTION = "spiffe://agents.internal/execution"
+ADMIN = "spiffe://agents.internal/admin"
 
 
 class Stubs:
@@ -171,6 +172,36 @@ async def test_set_and_delete_are_audited(vault_stub: Stub) -> None:
     assert [e.request_id for e in events] == list(reversed(ids.values()))
 
 
+async def test_a_set_refused_by_the_database_is_audited(vault_stub: Stub) -> None:
+    # PostgreSQL refuses a NUL in text. Whether validation or the database catches it, the
+    # attempt leaves one FAILED record and no key.
+    app, ws, rid = vault_stub("app"), workspace(), request_id()
+    name = key_name(ws)
+    request = pb.SetApiKeyRequest(name=name, api_key=API_KEY, base_url="https://a.example/\x00")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await app.SetApiKey(request, metadata=with_request_id(rid))
+    await expect_error(app.GetApiKey(pb.GetApiKeyRequest(name=name)), grpc.StatusCode.NOT_FOUND)
+    events = [e for e in await audit_events(vault_stub("admin")) if e.request_id == rid]
+    assert [(e.action, e.outcome, e.workspace) for e in events] == [
+        (res.AUDIT_ACTION_SET, res.AUDIT_OUTCOME_FAILED, ws)
+    ]
+    assert events[0].reason
+
+
+async def test_a_rewrap_refused_as_invalid_is_audited(vault_stub: Stub) -> None:
+    rid = request_id()
+    await expect_error(
+        vault_stub("admin").RewrapApiKeys(
+            pb.RewrapApiKeysRequest(batch_size=-1), metadata=with_request_id(rid)
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    events = [e for e in await audit_events(vault_stub("admin")) if e.request_id == rid]
+    assert [(e.action, e.outcome, e.reason, e.caller) for e in events] == [
+        (res.AUDIT_ACTION_REWRAP, res.AUDIT_OUTCOME_FAILED, "INVALID_ARGUMENT", ADMIN)
+    ]
+
+
 async def _block_audit(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
@@ -213,10 +244,17 @@ async def test_reveal_fails_closed_when_audit_cannot_be_written(
             grpc.StatusCode.PERMISSION_DENIED,
         )
         assert reason_of(err) == "PERMISSION_DENIED"
-        # A write cannot happen unrecorded either: the key is left as it was.
+        # A bad request is still told what is wrong with it: nothing was to be changed.
+        await expect_error(
+            stubs.app.SetApiKey(pb.SetApiKeyRequest(name=name, api_key="not a key")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        # A write cannot happen unrecorded either: the key is left as it was. A rewrap
+        # (which changes no key) says it was not recorded.
         for change in (
             stubs.app.SetApiKey(pb.SetApiKeyRequest(name=name, api_key=API_KEY + "new")),
             stubs.app.DeleteApiKey(pb.DeleteApiKeyRequest(name=name)),
+            stubs.admin.RewrapApiKeys(pb.RewrapApiKeysRequest()),
         ):
             err = await expect_error(change, grpc.StatusCode.UNAVAILABLE)
             assert reason_of(err) == "AUDIT_UNAVAILABLE"
@@ -227,6 +265,84 @@ async def test_reveal_fails_closed_when_audit_cannot_be_written(
     assert revealed.plaintext_key == API_KEY
     reveals = [e for e in await audit_events(stubs.admin) if e.action == res.AUDIT_ACTION_REVEAL]
     assert [(e.outcome, e.workspace) for e in reveals] == [(res.AUDIT_OUTCOME_ALLOWED, ws)]
+
+
+async def test_undecryptable_reveal_leaves_one_failed_record(
+    start_vault: StartVault, make_database: MakeDatabase, stubs_for: Callable[..., Stubs]
+) -> None:
+    url = await make_database("kv")
+    stubs = stubs_for(await start_vault(keyring_of(1), url))
+    ws, rid = workspace(), request_id()
+    name = key_name(ws)
+    await stubs.app.SetApiKey(pb.SetApiKeyRequest(name=name, api_key=API_KEY))
+    await _admin_execute(
+        url,
+        "UPDATE api_keys SET ciphertext = set_byte(ciphertext, 20, get_byte(ciphertext, 20) # 1)"
+        f" WHERE workspace = '{ws}'",
+    )
+
+    err = await expect_error(
+        stubs.execution.RevealApiKey(
+            pb.RevealApiKeyRequest(name=name), metadata=with_request_id(rid)
+        ),
+        grpc.StatusCode.INTERNAL,
+    )
+    assert reason_of(err) == "STORED_KEY_UNDECRYPTABLE"
+    events = [e for e in await audit_events(stubs.admin) if e.request_id == rid]
+    assert [(e.action, e.outcome, e.reason, e.caller) for e in events] == [
+        (res.AUDIT_ACTION_REVEAL, res.AUDIT_OUTCOME_FAILED, "STORED_KEY_UNDECRYPTABLE", EXECUTION)
+    ]
+
+
+_BLOCK_KEY_WRITES = """
+    CREATE FUNCTION refuse_key_writes() RETURNS trigger LANGUAGE plpgsql
+        AS $$ BEGIN RAISE EXCEPTION 'api_keys refuses writes'; END $$;
+    CREATE TRIGGER refuse_key_writes BEFORE INSERT OR UPDATE OR DELETE ON api_keys
+        FOR EACH ROW EXECUTE FUNCTION refuse_key_writes()"""
+
+
+async def test_changes_that_fail_after_validation_are_audited(
+    start_vault: StartVault, make_database: MakeDatabase, stubs_for: Callable[..., Stubs]
+) -> None:
+    url = await make_database("kv")
+    first = keyring_of(1)
+    ws = workspace()
+    name = key_name(ws)
+    await stubs_for(await start_vault(first, url)).app.SetApiKey(
+        pb.SetApiKeyRequest(name=name, api_key=API_KEY)
+    )
+    rotated = Keyring(keys={**first.keys, **keyring_of(2).keys}, primary_version=2)
+    stubs = stubs_for(await start_vault(rotated, url))  # the key is now due for a rewrap
+
+    await _admin_execute(url, _BLOCK_KEY_WRITES)
+    ids = {step: request_id() for step in ("set", "delete", "rewrap")}
+    try:
+        for step, call, request in [
+            ("set", stubs.app.SetApiKey, pb.SetApiKeyRequest(name=name, api_key=API_KEY + "new")),
+            ("delete", stubs.app.DeleteApiKey, pb.DeleteApiKeyRequest(name=name)),
+            ("rewrap", stubs.admin.RewrapApiKeys, pb.RewrapApiKeysRequest()),
+        ]:
+            err = await expect_error(
+                call(request, metadata=with_request_id(ids[step])), grpc.StatusCode.INTERNAL
+            )
+            assert reason_of(err) == "INTERNAL", step
+    finally:
+        await _admin_execute(url, "DROP TRIGGER refuse_key_writes ON api_keys")
+
+    revealed = await stubs.execution.RevealApiKey(pb.RevealApiKeyRequest(name=name))
+    assert revealed.plaintext_key == API_KEY  # nothing changed
+    events = [e for e in await audit_events(stubs.admin) if e.request_id in ids.values()]
+    assert len(events) == len(ids)  # one record per call
+    by_id = {e.request_id: e for e in events}
+    expected = {
+        "set": (res.AUDIT_ACTION_SET, APP, ws, res.PROVIDER_OPENAI),
+        "delete": (res.AUDIT_ACTION_DELETE, APP, ws, res.PROVIDER_OPENAI),
+        "rewrap": (res.AUDIT_ACTION_REWRAP, ADMIN, "", res.PROVIDER_UNSPECIFIED),
+    }
+    for step, rid in ids.items():
+        event = by_id[rid]
+        assert (event.action, event.caller, event.workspace, event.provider) == expected[step]
+        assert (event.outcome, event.reason) == (res.AUDIT_OUTCOME_FAILED, "INTERNAL"), step
 
 
 # --- leak canary ---------------------------------------------------------------------------

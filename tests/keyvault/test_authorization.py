@@ -23,7 +23,9 @@ from clients.gen.keyvault.v1 import keyvault_service_pb2 as pb
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
 from clients.gen.keyvault.v1 import resources_pb2 as res
 from keyvault_service.app import RunningKeyVault
+from keyvault_service.servicer import audit_denied_call
 from service_kit import devcerts
+from service_kit.call_context import CallInfo
 from service_kit.tls import TlsFiles
 from tests.keyvault.conftest import StartVault, keyring_of, vault_settings
 from tests.keyvault.support import (
@@ -58,12 +60,19 @@ ALLOWED = {
     "app": {"SetApiKey", "GetApiKey", "ListApiKeys", "DeleteApiKey"},
     "admin": {"RewrapApiKeys", "ListAuditEvents", "GetApiKey", "ListApiKeys"},
 }
-# Audited methods and what an allowed call on a missing key records.
-AUDITED = {
-    "SetApiKey": (res.AUDIT_ACTION_SET, res.AUDIT_OUTCOME_ALLOWED, ""),
-    "DeleteApiKey": (res.AUDIT_ACTION_DELETE, res.AUDIT_OUTCOME_FAILED, "API_KEY_NOT_FOUND"),
-    "RevealApiKey": (res.AUDIT_ACTION_REVEAL, res.AUDIT_OUTCOME_FAILED, "API_KEY_NOT_FOUND"),
-    "RewrapApiKeys": (res.AUDIT_ACTION_REWRAP, res.AUDIT_OUTCOME_ALLOWED, ""),
+# Audited methods and what an allowed call on a missing key records (None: an allowed call
+# is not recorded, a denied one is).
+AUDITED: dict[str, tuple[int, tuple[int, str] | None]] = {
+    "SetApiKey": (res.AUDIT_ACTION_SET, (res.AUDIT_OUTCOME_ALLOWED, "")),
+    "DeleteApiKey": (res.AUDIT_ACTION_DELETE, (res.AUDIT_OUTCOME_FAILED, "API_KEY_NOT_FOUND")),
+    "RevealApiKey": (res.AUDIT_ACTION_REVEAL, (res.AUDIT_OUTCOME_FAILED, "API_KEY_NOT_FOUND")),
+    "RewrapApiKeys": (res.AUDIT_ACTION_REWRAP, (res.AUDIT_OUTCOME_ALLOWED, "")),
+    "ListAuditEvents": (res.AUDIT_ACTION_LIST_AUDIT_EVENTS, None),
+}
+# Methods that name no key record no provider (the others name the workspace's OpenAI key).
+AUDITED_PROVIDER = {
+    "RewrapApiKeys": res.PROVIDER_UNSPECIFIED,
+    "ListAuditEvents": res.PROVIDER_UNSPECIFIED,
 }
 # What an allowed call returns when the key does not exist (None: it succeeds).
 ALLOWED_OUTCOME = {
@@ -113,21 +122,18 @@ async def test_authorization_matrix(vault_stub: Stub, workload: str, method: str
         assert f"/{SERVICE}/{method}" in (err.details() or "")
 
     events = [e for e in await audit_events(vault_stub("admin")) if e.request_id == rid]
-    if method not in AUDITED:
+    action, allowed_record = AUDITED.get(method, (None, None))
+    expected_record = allowed_record if allowed else (res.AUDIT_OUTCOME_DENIED, "PERMISSION_DENIED")
+    if action is None or expected_record is None:
         assert events == []
         return
     assert len(events) == 1, events
     event = events[0]
-    action, allowed_outcome, allowed_reason = AUDITED[method]
     assert event.action == action
     assert event.caller == devcerts.spiffe_id(workload)
     assert event.workspace == ("" if method == "RewrapApiKeys" else ws)
-    if method != "RewrapApiKeys":
-        assert event.provider == res.PROVIDER_OPENAI
-    if allowed:
-        assert (event.outcome, event.reason) == (allowed_outcome, allowed_reason)
-    else:
-        assert (event.outcome, event.reason) == (res.AUDIT_OUTCOME_DENIED, "PERMISSION_DENIED")
+    assert event.provider == AUDITED_PROVIDER.get(method, res.PROVIDER_OPENAI)
+    assert (event.outcome, event.reason) == expected_record
 
 
 @pytest.mark.parametrize("workload", ["keyvault", "execution", "admin"])
@@ -290,10 +296,33 @@ async def test_trusted_certificate_without_one_spiffe_id_is_unauthenticated(
             err = await expect_error(invoke(stub, method, ws, rid), grpc.StatusCode.UNAUTHENTICATED)
             assert reason_of(err) == "UNAUTHENTICATED"
 
-    # The audited methods still leave a DENIED record, with an empty caller.
+    # The audited methods still leave a DENIED record, with an empty caller and the answer
+    # the caller was given.
     events = [e for e in await audit_events(vault_stub("admin")) if e.request_id == rid]
-    assert sorted(e.action for e in events) == sorted(a for a, _, _ in AUDITED.values())
-    assert {(e.outcome, e.caller) for e in events} == {(res.AUDIT_OUTCOME_DENIED, "")}
+    assert sorted(e.action for e in events) == sorted(a for a, _ in AUDITED.values())
+    assert {(e.outcome, e.caller, e.reason) for e in events} == {
+        (res.AUDIT_OUTCOME_DENIED, "", "UNAUTHENTICATED")
+    }
+
+
+async def test_a_denied_call_is_audited_even_when_its_request_did_not_parse(
+    shared_vault: RunningKeyVault, vault_stub: Stub
+) -> None:
+    # The interceptor authorizes before it parses, and hands the hook None for a message
+    # that does not parse: the denial is recorded all the same, naming no key.
+    rid = request_id()
+    for method, caller in [("RevealApiKey", None), ("ListAuditEvents", devcerts.spiffe_id("app"))]:
+        call = CallInfo(f"/{SERVICE}/{method}", caller, rid)
+        await audit_denied_call(shared_vault.vault, call, None)
+
+    events = [e for e in await audit_events(vault_stub("admin")) if e.request_id == rid]
+    assert sorted((e.action, e.caller, e.reason) for e in events) == [
+        (res.AUDIT_ACTION_REVEAL, "", "UNAUTHENTICATED"),
+        (res.AUDIT_ACTION_LIST_AUDIT_EVENTS, devcerts.spiffe_id("app"), "PERMISSION_DENIED"),
+    ]
+    assert {(e.outcome, e.workspace, e.provider) for e in events} == {
+        (res.AUDIT_OUTCOME_DENIED, "", res.PROVIDER_UNSPECIFIED)
+    }
 
 
 async def test_same_workload_name_in_another_trust_domain_is_denied(

@@ -333,7 +333,7 @@ async def test_tampered_or_moved_rows_fail_to_reveal_without_leaking(
         if e.action == res.AUDIT_ACTION_REVEAL and e.outcome == res.AUDIT_OUTCOME_FAILED
     ]
     assert len(failed) == len(TAMPERING) + 1
-    assert {e.reason for e in failed} == {"UNDECRYPTABLE"}
+    assert {e.reason for e in failed} == {"STORED_KEY_UNDECRYPTABLE"}
 
     # Rewrap skips what it cannot decrypt and reports it as remaining.
     await running.stop(grace=0.5)

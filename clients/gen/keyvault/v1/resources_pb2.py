@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkeyvault/v1/resources.proto\x12\x0bkeyvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x08provider\x18\x02 \x01(\x0e\x32\x15.keyvault.v1.Provider\x12\x10\n\x08key_hint\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x05 \x01(\t\x12\x1a\n\x12master_key_version\x18\x06 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x18.keyvault.v1.AuditAction\x12*\n\x07outcome\x18\x03 \x01(\x0e\x32\x19.keyvault.v1.AuditOutcome\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12\x11\n\tworkspace\x18\x05 \x01(\t\x12\'\n\x08provider\x18\x06 \x01(\x0e\x32\x15.keyvault.v1.Provider\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*Q\n\x08Provider\x12\x18\n\x14PROVIDER_UNSPECIFIED\x10\x00\x12\x13\n\x0fPROVIDER_OPENAI\x10\x01\x12\x16\n\x12PROVIDER_ANTHROPIC\x10\x02*\x8c\x01\n\x0b\x41uditAction\x12\x1c\n\x18\x41UDIT_ACTION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41UDIT_ACTION_SET\x10\x01\x12\x17\n\x13\x41UDIT_ACTION_DELETE\x10\x02\x12\x17\n\x13\x41UDIT_ACTION_REVEAL\x10\x03\x12\x17\n\x13\x41UDIT_ACTION_REWRAP\x10\x04*|\n\x0c\x41uditOutcome\x12\x1d\n\x19\x41UDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41UDIT_OUTCOME_ALLOWED\x10\x01\x12\x18\n\x14\x41UDIT_OUTCOME_DENIED\x10\x02\x12\x18\n\x14\x41UDIT_OUTCOME_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkeyvault/v1/resources.proto\x12\x0bkeyvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x08provider\x18\x02 \x01(\x0e\x32\x15.keyvault.v1.Provider\x12\x10\n\x08key_hint\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x05 \x01(\t\x12\x1a\n\x12master_key_version\x18\x06 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x18.keyvault.v1.AuditAction\x12*\n\x07outcome\x18\x03 \x01(\x0e\x32\x19.keyvault.v1.AuditOutcome\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12\x11\n\tworkspace\x18\x05 \x01(\t\x12\'\n\x08provider\x18\x06 \x01(\x0e\x32\x15.keyvault.v1.Provider\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*Q\n\x08Provider\x12\x18\n\x14PROVIDER_UNSPECIFIED\x10\x00\x12\x13\n\x0fPROVIDER_OPENAI\x10\x01\x12\x16\n\x12PROVIDER_ANTHROPIC\x10\x02*\xb0\x01\n\x0b\x41uditAction\x12\x1c\n\x18\x41UDIT_ACTION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41UDIT_ACTION_SET\x10\x01\x12\x17\n\x13\x41UDIT_ACTION_DELETE\x10\x02\x12\x17\n\x13\x41UDIT_ACTION_REVEAL\x10\x03\x12\x17\n\x13\x41UDIT_ACTION_REWRAP\x10\x04\x12\"\n\x1e\x41UDIT_ACTION_LIST_AUDIT_EVENTS\x10\x05*|\n\x0c\x41uditOutcome\x12\x1d\n\x19\x41UDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41UDIT_OUTCOME_ALLOWED\x10\x01\x12\x18\n\x14\x41UDIT_OUTCOME_DENIED\x10\x02\x12\x18\n\x14\x41UDIT_OUTCOME_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVIDER']._serialized_start=600
   _globals['_PROVIDER']._serialized_end=681
   _globals['_AUDITACTION']._serialized_start=684
-  _globals['_AUDITACTION']._serialized_end=824
-  _globals['_AUDITOUTCOME']._serialized_start=826
-  _globals['_AUDITOUTCOME']._serialized_end=950
+  _globals['_AUDITACTION']._serialized_end=860
+  _globals['_AUDITOUTCOME']._serialized_start=862
+  _globals['_AUDITOUTCOME']._serialized_end=986
   _globals['_APIKEY']._serialized_start=78
   _globals['_APIKEY']._serialized_end=324
   _globals['_AUDITEVENT']._serialized_start=327

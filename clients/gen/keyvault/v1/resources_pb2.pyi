@@ -58,6 +58,8 @@ class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditActi
     """RevealApiKey."""
     AUDIT_ACTION_REWRAP: _AuditAction.ValueType  # 4
     """RewrapApiKeys."""
+    AUDIT_ACTION_LIST_AUDIT_EVENTS: _AuditAction.ValueType  # 5
+    """ListAuditEvents. Recorded when the call is denied; allowed reads are not recorded."""
 
 class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper):
     """What an audited call did."""
@@ -72,6 +74,8 @@ AUDIT_ACTION_REVEAL: AuditAction.ValueType  # 3
 """RevealApiKey."""
 AUDIT_ACTION_REWRAP: AuditAction.ValueType  # 4
 """RewrapApiKeys."""
+AUDIT_ACTION_LIST_AUDIT_EVENTS: AuditAction.ValueType  # 5
+"""ListAuditEvents. Recorded when the call is denied; allowed reads are not recorded."""
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
 class _AuditOutcome:
