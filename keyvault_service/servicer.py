@@ -20,7 +20,7 @@ from keyvault_service.names import (
 from keyvault_service.repository import AuditRow, StoredKey
 from keyvault_service.vault import DEFAULT_REWRAP_BATCH, KeyVault
 from service_kit.call_context import CallInfo, call_info
-from service_kit.egress import EgressPolicy
+from service_kit.egress import NO_ALLOWLIST, EgressPolicy
 from service_kit.errors import FieldViolation, InvalidArgument
 from service_kit.names import parse_workspace_name, workspace_of
 from service_kit.pagination import MAX_PAGE_SIZE, page_request, page_token
@@ -72,7 +72,7 @@ def _audit_message(row: AuditRow) -> res.AuditEvent:
 
 
 class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
-    def __init__(self, vault: KeyVault, egress: EgressPolicy = EgressPolicy()) -> None:
+    def __init__(self, vault: KeyVault, egress: EgressPolicy = NO_ALLOWLIST) -> None:
         self._vault = vault
         self._egress = egress  # which base URLs may be stored
 

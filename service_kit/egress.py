@@ -104,7 +104,9 @@ class EgressPolicy:
                 try:
                     networks.append(ip_network(entry, strict=False))
                 except ValueError:
-                    raise ValueError(f"{raw.strip()!r} is not an IP address or CIDR block") from None
+                    raise ValueError(
+                        f"{raw.strip()!r} is not an IP address or CIDR block"
+                    ) from None
             elif _is_host_name(entry):
                 hosts.add(entry)
             else:
@@ -156,6 +158,9 @@ class EgressPolicy:
         if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         return any(address.version == net.version and address in net for net in self.networks)
+
+
+NO_ALLOWLIST = EgressPolicy()  # the default: only public destinations, over https
 
 
 def _is_host_name(name: str) -> bool:

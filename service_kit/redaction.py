@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Final
 
 MIN_RUN: Final = 8
-MARKER: Final = "\u2039secret\u203a"  # ‹secret›: shorter than MIN_RUN inside its brackets
+# "secret" in single angle quotation marks: non-ASCII brackets, shorter than MIN_RUN inside.
+MARKER: Final = "\u2039secret\u203a"
 # Text longer than this is cut to it before redaction; callers keep far less.
 MAX_SCAN_CHARS: Final = 16 * 1024
 

@@ -18,7 +18,6 @@ from service_kit.settings import ServerSettings
 from service_kit.tls import TlsFiles
 from tests.conftest import secure_channel
 
-
 # Keys in tests point at the provider emulator on loopback: an operator allowlist admits it.
 TEST_EGRESS = EgressPolicy.parse("127.0.0.1,localhost")
 
