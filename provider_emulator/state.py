@@ -42,11 +42,11 @@ class Step:
     answer the request gets. In `error_message` and `error_body`, `{api_key}` and
     `{api_key_lower}` stand for the request's key (an endpoint that echoes the key back).
     Timing: `delay_before_first_ms`, `chunk_delay_ms`. Ending a stream early (at most one):
-    `cut_after_chunks`,
-    `malformed_after_chunks`, `error_after_chunks` (alias `anthropic_error_after_chunks`;
-    error type from `error_type`). `reset` closes the connection before any byte. Answer
-    override: `chunks`, `text`, `cache_read_tokens`, `cache_write_tokens`. `path` limits the
-    step to one endpoint (default: the two generation endpoints, never `/v1/models`).
+    `cut_after_chunks`, `malformed_after_chunks`, `error_after_chunks` (alias
+    `anthropic_error_after_chunks`; error type from `error_type`). `reset` closes the
+    connection before any byte. Answer override: `chunks`, `text`, `cache_read_tokens`,
+    `cache_write_tokens`. `path` limits the step to one endpoint (default: the two
+    generation endpoints, never `/v1/models`).
     """
 
     status: int | None = None
