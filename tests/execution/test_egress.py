@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -143,10 +144,10 @@ async def test_an_allowlisted_name_may_use_plain_http(
     """A self-hosted server on the private network, named in both services' allowlist."""
     host = _this_host_resolves_privately()
     allowlist = EgressPolicy.parse(host)
-    settings = vault_settings(tls_for("keyvault"), keyring_of(1))
-    vault = await start_keyvault(
-        settings.__class__(**{**settings.__dict__, "egress": allowlist}), await make_database("kv")
+    settings = dataclasses.replace(
+        vault_settings(tls_for("keyvault"), keyring_of(1)), egress=allowlist
     )
+    vault = await start_keyvault(settings, await make_database("kv"))
     try:
         app = kv_grpc.KeyVaultServiceStub(secure_channel(vault.port, tls_for("app")))
         ws, key = await workspace(), openai_key()
