@@ -139,6 +139,9 @@ class EgressPolicy:
                 return "must not point at a loopback, private, link-local or reserved address"
         else:
             name = normalize_host(host)
+            if _looks_numeric(name):
+                # 127.1, 2130706433, 0x7f.0.0.1: resolvers read these as addresses.
+                return "must name its host, or give an IP address in standard notation"
             if name in _FORBIDDEN_NAMES or name.endswith(_FORBIDDEN_SUFFIXES):
                 return "must not point at this machine or a metadata service"
         if scheme != "https":
@@ -161,6 +164,13 @@ class EgressPolicy:
 
 
 NO_ALLOWLIST = EgressPolicy()  # the default: only public destinations, over https
+
+
+def _looks_numeric(name: str) -> bool:
+    """No top-level domain is numeric: a name ending in digits (or hex) is an address in a
+    legacy notation."""
+    last = name.rsplit(".", 1)[-1]
+    return last.isdigit() or last.startswith("0x")
 
 
 def _is_host_name(name: str) -> bool:

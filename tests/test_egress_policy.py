@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from service_kit import devstack
 from service_kit.egress import EgressPolicy, is_public_address, parse_ip
 from service_kit.settings import Env, SettingsError
 from service_kit.urls import base_url_violations
@@ -119,6 +122,10 @@ def test_with_hosts_adds_names_and_addresses() -> None:
         "https://[::ffff:127.0.0.1]/v1",
         "https://localhost/v1",
         "http://api.example.com/v1",
+        "https://127.1/v1",
+        "https://2130706433/v1",
+        "https://0x7f.0.0.1/v1",
+        "https://127.000.000.001/v1",
     ],
 )
 def test_base_url_refusals(url: str) -> None:
@@ -132,3 +139,20 @@ def test_base_url_allowed_forms() -> None:
     assert base_url_violations("https://api.example.com:8443/v1", STRICT) == []
     assert base_url_violations("http://127.0.0.1:8089", DEV) == []
     assert base_url_violations("https://10.1.0.7/v1", DEV) == []
+
+
+async def test_make_run_allowlists_loopback_unless_the_operator_chose(tmp_path: Path) -> None:
+    base = {
+        "CERTS_DIR": str(tmp_path),
+        "KEYVAULT_MASTER_KEYS": "1:" + "ab" * 32,
+        "KEYVAULT_DATABASE_URL": "postgresql://unused/keyvault",
+        "EXECUTION_DATABASE_URL": "postgresql://unused/execution",
+    }
+    env = dict(base)
+    await devstack.prepare_environment(env)
+    policy = Env(env).egress_policy()
+    assert policy.is_allowlisted("127.0.0.1") and policy.is_allowlisted("localhost")
+
+    chosen = dict(base, PROVIDER_ALLOWED_HOSTS="vllm.internal")
+    await devstack.prepare_environment(chosen)
+    assert chosen["PROVIDER_ALLOWED_HOSTS"] == "vllm.internal"
