@@ -85,6 +85,7 @@ async def running_stack(
         KEYVAULT_METRICS_PORT="0",  # a running `make run` may hold the default ports
         EXECUTION_METRICS_PORT="0",
         KEYVAULT_WORKERS=str(workers),
+        PROVIDER_ALLOWED_HOSTS="127.0.0.1,localhost",  # the emulator
         EXECUTION_WORKERS=str(workers),
     )
     processes: dict[str, asyncio.subprocess.Process] = {}

@@ -86,6 +86,7 @@ async def start_execution(
         http = provider_http_client(
             connect_timeout=settings.engine.connect_timeout,
             read_timeout=settings.engine.read_timeout,
+            egress=settings.engine.provider_egress(),
         )
         engine = ExecutionEngine(
             pool=pool,

@@ -55,6 +55,8 @@ _PROVIDER_STATUS: dict[str, type[ServiceError]] = {
     "PROVIDER_AUTH_FAILED": FailedPrecondition,
     "PROVIDER_PERMISSION_DENIED": FailedPrecondition,
     "PROVIDER_BAD_REQUEST": ProviderRejectedRequest,
+    # The key's base URL points where this service may not connect (egress policy).
+    "PROVIDER_DESTINATION_FORBIDDEN": FailedPrecondition,
     "PROVIDER_RATE_LIMITED": ResourceExhausted,
     "PROVIDER_QUOTA_EXCEEDED": ResourceExhausted,
     "DEADLINE_EXCEEDED": DeadlineExceeded,

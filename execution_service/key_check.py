@@ -27,6 +27,8 @@ class KeyChecker:
     def __init__(self, keys: KeySource, http: httpx.AsyncClient, settings: EngineSettings) -> None:
         self._keys = keys
         self._http = http
+        # Candidate base URLs are refused by the same policy the HTTP client enforces.
+        self.egress = settings.provider_egress()
         self._base_urls = {
             "openai": settings.openai_base_url,
             "anthropic": settings.anthropic_base_url,

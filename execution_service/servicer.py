@@ -200,7 +200,7 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
             )
         if len(request.candidate_api_key.encode()) > 4096:
             violations.append(FieldViolation("candidate_api_key", "must be at most 4096 bytes"))
-        violations += base_url_violations(request.base_url)
+        violations += base_url_violations(request.base_url, self._checker.egress)
         if violations:
             raise InvalidArgument(violations)
         provider = PROVIDERS[request.provider]

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from execution_service.retry import DEFAULT_POLICY as DEFAULT_RETRY_POLICY
 from execution_service.retry import RetryPolicy
+from service_kit.egress import NO_ALLOWLIST, EgressPolicy
 from service_kit.settings import Env, ServerSettings
 from service_kit.tls import TlsFiles
 
@@ -30,6 +32,15 @@ class EngineSettings:
     openai_base_url: str | None = None  # None: https://api.openai.com
     anthropic_base_url: str | None = None  # None: https://api.anthropic.com
     pricing_file: Path | None = None  # None: the packaged execution_service/pricing.json
+    egress: EgressPolicy = NO_ALLOWLIST  # the operator's allowlist; see provider_egress
+
+    def provider_egress(self) -> EgressPolicy:
+        """The allowlist plus the hosts of the configured default base URLs: the operator
+        chose those, so they are trusted like allowlisted hosts."""
+        defaults = [
+            urlsplit(u).hostname for u in (self.openai_base_url, self.anthropic_base_url) if u
+        ]
+        return self.egress.with_hosts(*(h for h in defaults if h))
 
 
 @dataclass(frozen=True)
@@ -76,5 +87,6 @@ class ExecutionSettings:
                 openai_base_url=env.optional("OPENAI_BASE_URL"),
                 anthropic_base_url=env.optional("ANTHROPIC_BASE_URL"),
                 pricing_file=Path(pricing) if pricing else None,
+                egress=env.egress_policy(),
             ),
         )

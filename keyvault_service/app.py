@@ -95,7 +95,7 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
         )
         server = GrpcServer(
             service_names=[SERVICE_NAME],
-            register=register(KeyVaultServicer(vault)),
+            register=register(KeyVaultServicer(vault, settings.egress)),
             interceptors=[interceptor],
             tls=settings.server.tls,
             address=settings.server.listen_address,

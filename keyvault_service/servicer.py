@@ -20,6 +20,7 @@ from keyvault_service.names import (
 from keyvault_service.repository import AuditRow, StoredKey
 from keyvault_service.vault import AUDIT_CURSOR, DEFAULT_REWRAP_BATCH, KEY_CURSOR, KeyVault
 from service_kit.call_context import CallInfo, call_info
+from service_kit.egress import NO_ALLOWLIST, EgressPolicy
 from service_kit.errors import InvalidArgument
 from service_kit.names import parse_workspace_name, workspace_of
 from service_kit.pagination import page_request, page_size, page_token
@@ -75,8 +76,9 @@ def _audit_message(row: AuditRow) -> res.AuditEvent:
 
 
 class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
-    def __init__(self, vault: KeyVault) -> None:
+    def __init__(self, vault: KeyVault, egress: EgressPolicy = NO_ALLOWLIST) -> None:
         self._vault = vault
+        self._egress = egress  # which base URLs may be stored
 
     async def _name_or_audit_invalid(self, action: str, name: str, call: CallInfo) -> KeyRef:
         try:
@@ -89,7 +91,7 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
         call = call_info()
         violations = [v for v in [key_name_violation(request.name)] if v]
         violations += api_key_violations(request.api_key)
-        violations += base_url_violations(request.base_url)
+        violations += base_url_violations(request.base_url, self._egress)
         if violations:
             await self._vault.record_invalid("SET", try_parse_key_name(request.name), call)
             raise InvalidArgument(violations)

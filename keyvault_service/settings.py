@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keyvault_service.keyring import Keyring
+from service_kit.egress import NO_ALLOWLIST, EgressPolicy
 from service_kit.settings import Env, ServerSettings
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -18,6 +19,7 @@ class KeyVaultSettings:
     server: ServerSettings
     database_url: str | None  # None: the launcher provides the embedded database
     keyring: Keyring
+    egress: EgressPolicy = NO_ALLOWLIST  # which base URLs SetApiKey accepts
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> KeyVaultSettings:
@@ -33,4 +35,5 @@ class KeyVaultSettings:
             ),
             database_url=env.optional("KEYVAULT_DATABASE_URL"),
             keyring=Keyring.from_env(environ),
+            egress=env.egress_policy(),
         )

@@ -112,8 +112,8 @@ class ProviderEndpoints:
         step = self.state.take_step(key, request.path)
         if step is None:
             return NO_STEP
-        record.step = step
-        return step
+        record.step = step  # as scripted: the request log never holds the key
+        return step.echoing(key)
 
     async def _step_prelude(
         self,
@@ -132,9 +132,12 @@ class ProviderEndpoints:
             abort_connection(request)
             return web.Response()
         assert step.status is not None
-        reply = wire.error(
-            step.status, record.request_id, step.error_type, step.error_code, step.error_message
-        )
+        if step.error_body is not None:
+            reply = ErrorReply(step.status, step.error_body.encode(), "text/plain; charset=utf-8")
+        else:
+            reply = wire.error(
+                step.status, record.request_id, step.error_type, step.error_code, step.error_message
+            )
         return await send_error(request, record, reply, headers)
 
     def _first_delay(self, step: Step) -> float:

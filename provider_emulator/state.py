@@ -9,7 +9,7 @@ import hashlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from .config import EmulatorConfig
@@ -37,19 +37,23 @@ class StepError(ValueError):
 class Step:
     """One scripted, one-shot behaviour for the next matching request.
 
-    Error answer: `status` (+ `error_type`, `error_code`, `error_message`); `headers` are
-    added to whatever answer the request gets. Timing: `delay_before_first_ms`,
-    `chunk_delay_ms`. Ending a stream early (at most one): `cut_after_chunks`,
-    `malformed_after_chunks`, `error_after_chunks` (alias `anthropic_error_after_chunks`;
-    error type from `error_type`). `reset` closes the connection before any byte. Answer
-    override: `chunks`, `text`, `cache_read_tokens`, `cache_write_tokens`. `path` limits the
-    step to one endpoint (default: the two generation endpoints, never `/v1/models`).
+    Error answer: `status` (+ `error_type`, `error_code`, `error_message`, or `error_body`
+    for a plain-text body instead of the provider's JSON); `headers` are added to whatever
+    answer the request gets. In `error_message` and `error_body`, `{api_key}` and
+    `{api_key_lower}` stand for the request's key (an endpoint that echoes the key back).
+    Timing: `delay_before_first_ms`, `chunk_delay_ms`. Ending a stream early (at most one):
+    `cut_after_chunks`, `malformed_after_chunks`, `error_after_chunks` (alias
+    `anthropic_error_after_chunks`; error type from `error_type`). `reset` closes the
+    connection before any byte. Answer override: `chunks`, `text`, `cache_read_tokens`,
+    `cache_write_tokens`. `path` limits the step to one endpoint (default: the two
+    generation endpoints, never `/v1/models`).
     """
 
     status: int | None = None
     error_type: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    error_body: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     delay_before_first_ms: float | None = None
     chunk_delay_ms: float | None = None
@@ -104,11 +108,30 @@ class Step:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int | float) or value < 0):
                 raise StepError(f"{name} must be a non-negative number")
+        for name in ("error_message", "error_body"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise StepError(f"{name} must be a string")
         if self.status is not None and not 100 <= self.status <= 599:
             raise StepError("status must be an HTTP status code")
         endings = [self.cut_after_chunks, self.malformed_after_chunks, self.error_after_chunks]
         if sum(e is not None for e in endings) > 1:
             raise StepError("use at most one of cut/malformed/error_after_chunks per step")
+
+    def echoing(self, key: str | None) -> Step:
+        """This step with the key placeholders of its error texts filled in."""
+
+        def fill(text: str | None) -> str | None:
+            if text is None:
+                return None
+            return text.replace("{api_key}", key or "").replace(
+                "{api_key_lower}", (key or "").lower()
+            )
+
+        if self.error_message is None and self.error_body is None:
+            return self
+        return replace(
+            self, error_message=fill(self.error_message), error_body=fill(self.error_body)
+        )
 
     def matches(self, path: str) -> bool:
         return path in GENERATION_PATHS if self.path is None else path == self.path

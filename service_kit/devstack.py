@@ -1,7 +1,8 @@
 """`make run`: the whole pair on one machine with development defaults.
 
-Creates development certificates and a development master key when missing, starts the
-embedded PostgreSQL when a service has no database URL, then runs both services in the
+Creates development certificates and a development master key when missing, allowlists
+loopback for provider calls (a local emulator) unless PROVIDER_ALLOWED_HOSTS is set, starts
+the embedded PostgreSQL when a service has no database URL, then runs both services in the
 foreground. Ctrl-C (or SIGTERM) drains both and stops the database.
 """
 
@@ -14,9 +15,12 @@ import sys
 from pathlib import Path
 
 from service_kit import devcerts, embedded_pg
+from service_kit.egress import ALLOWLIST_ENV
 from service_kit.settings import PROJECT_ROOT
 
 DEV_MASTER_KEY_FILE = PROJECT_ROOT / ".run" / "dev-master-keys"
+# Development keys may point at a local provider emulator or model server on loopback.
+DEV_ALLOWED_HOSTS = "127.0.0.1,::1,localhost"
 SERVICES = {
     "keyvault": ("keyvault_service", "KEYVAULT_DATABASE_URL"),
     "execution": ("execution_service", "EXECUTION_DATABASE_URL"),
@@ -41,6 +45,9 @@ async def prepare_environment(env: dict[str, str]) -> None:
     if not env.get("KEYVAULT_MASTER_KEYS") and not env.get("ENCRYPTION_KEY"):
         env["KEYVAULT_MASTER_KEYS"] = dev_master_keys()
         print(f"devstack: using the development master key in {DEV_MASTER_KEY_FILE}", flush=True)
+    if ALLOWLIST_ENV not in env:
+        env[ALLOWLIST_ENV] = DEV_ALLOWED_HOSTS
+        print(f"devstack: provider calls may reach loopback ({ALLOWLIST_ENV})", flush=True)
     missing = [var for _, var in SERVICES.values() if not env.get(var)]
     if missing:
         server = embedded_pg.start()

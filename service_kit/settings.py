@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from service_kit.egress import ALLOWLIST_ENV, EgressPolicy
 from service_kit.tls import TlsFiles
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +61,13 @@ class Env:
         if raw in ("0", "false", "no", "off"):
             return False
         raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+    def egress_policy(self) -> EgressPolicy:
+        """The provider egress allowlist, shared by both services."""
+        try:
+            return EgressPolicy.parse(self._environ.get(ALLOWLIST_ENV, ""))
+        except ValueError as exc:
+            raise SettingsError(f"{ALLOWLIST_ENV}: {exc}") from None
 
     def path(self, name: str, default: Path) -> Path:
         raw = self._environ.get(name, "").strip()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from service_kit.redaction import MAX_SCAN_CHARS
+
 from .errors import ErrorReason, ProviderError
 
 
@@ -47,8 +49,12 @@ def error_body(body: bytes) -> dict[str, Any]:
 
 
 def fallback_message(status: int, body: bytes) -> str:
-    """A message for an error body that is not the provider's JSON (a proxy's HTML page)."""
-    snippet = body[:200].decode("utf-8", "replace").strip()
+    """A message for an error body that is not the provider's JSON (a proxy's HTML page).
+
+    The whole (bounded) body goes into the message: `ProviderError` redacts the key before
+    it cuts the message to length, so a key near the cut cannot escape half-redacted.
+    """
+    snippet = " ".join(body[:MAX_SCAN_CHARS].decode("utf-8", "replace").split())
     if snippet and snippet.isprintable() and not snippet.startswith("<"):
         return f"HTTP {status}: {snippet}"
     return f"HTTP {status} from provider"

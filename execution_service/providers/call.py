@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import json
 import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -39,6 +40,7 @@ __all__ = ["KeyCheckResult", "check_key", "stream_chat"]
 # not unbounded. Reading stops at these sizes so a faulty endpoint cannot exhaust memory.
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_COMPLETE_BODY_BYTES = 16 * 1024 * 1024
+MAX_MODEL_LIST_BYTES = 1024 * 1024
 
 
 async def stream_chat(
@@ -252,7 +254,9 @@ async def _read_capped(response: httpx.Response, limit: int, *, strict: bool) ->
 class KeyCheckResult:
     """The provider's verdict on a key.
 
-    ``valid`` is True for a 2xx answer. A definitive refusal (any error the policy would not
+    ``valid`` is True for a 2xx answer shaped as the provider's model list (both providers
+    answer ``{"data": [...], ...}``): any other 2xx comes from something that is not the
+    provider, and says nothing about the key. A definitive refusal (any error the policy would not
     retry: 401, 403, 404, insufficient_quota, a malformed key) gives ``valid=False`` with its
     ``reason``. Transient failures (429, 5xx, network) are not a verdict: `check_key` raises
     ProviderError for them instead.
@@ -283,7 +287,17 @@ async def check_key(
             async with client.stream(spec.method, spec.url, headers=spec.all_headers()) as response:
                 response_started = True
                 if response.is_success:
-                    return KeyCheckResult(True, None, "the key was accepted", response.status_code)
+                    body = await _read_capped(response, MAX_MODEL_LIST_BYTES, strict=False)
+                    if _is_model_list(body):
+                        return KeyCheckResult(
+                            True, None, "the key was accepted", response.status_code
+                        )
+                    return KeyCheckResult(
+                        False,
+                        ErrorReason.PROVIDER_STREAM_ERROR,
+                        "the endpoint's answer is not the provider's model list",
+                        response.status_code,
+                    )
                 body = await _read_capped(response, MAX_ERROR_BODY_BYTES, strict=False)
                 raise provider.parse_error(
                     response.status_code, response.headers, body, wall_clock()
@@ -295,3 +309,11 @@ async def check_key(
         if err.retryable:
             raise
         return KeyCheckResult(False, err.reason, err.message, err.status)
+
+
+def _is_model_list(body: bytes) -> bool:
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("data"), list)

@@ -3,8 +3,8 @@
 Every failure of a provider call, whatever its origin (an HTTP error status, an error event
 inside a stream, a broken connection), surfaces as `ProviderError` with an UPPER_SNAKE
 `reason` that the service maps to a gRPC status. Messages are the provider's own words or a
-fixed text of ours; they never contain an API key (the caller scrubs the key it holds, see
-`call.py`, and `translate_transport_error` never quotes request headers).
+fixed text of ours; they never contain an API key (the caller redacts the key it holds,
+see `call.py`, and `translate_transport_error` never quotes request headers).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from enum import StrEnum
 import httpx
 
 from execution_service import retry
+from execution_service.http_transport import DestinationForbidden
+from service_kit.redaction import MAX_SCAN_CHARS, redact_secret
 
 __all__ = [
     "DeadlineExceeded",
@@ -26,8 +28,11 @@ __all__ = [
 ]
 
 # Provider messages are shown to callers and stored with the execution; a misbehaving
-# endpoint could send megabytes, so keep the useful head only.
+# endpoint could send megabytes, so keep the useful head only (cut after redaction).
 MAX_MESSAGE_CHARS = 1000
+# One text for every connection failure before an answer: refused, reset, no route, name
+# not found. Socket details would let a caller map ports and hosts the service can reach.
+UNREACHABLE_MESSAGE = "could not connect to the provider"
 
 
 class ErrorReason(StrEnum):
@@ -41,6 +46,7 @@ class ErrorReason(StrEnum):
     PROVIDER_OVERLOADED = "PROVIDER_OVERLOADED"
     PROVIDER_SERVER_ERROR = "PROVIDER_SERVER_ERROR"
     PROVIDER_UNREACHABLE = "PROVIDER_UNREACHABLE"
+    PROVIDER_DESTINATION_FORBIDDEN = "PROVIDER_DESTINATION_FORBIDDEN"
     PROVIDER_TIMEOUT = "PROVIDER_TIMEOUT"
     PROVIDER_STREAM_ERROR = "PROVIDER_STREAM_ERROR"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
@@ -73,22 +79,29 @@ class ProviderError(Exception):
         provider_code: str | None = None,
     ) -> None:
         self.reason = reason
-        self.message = message[:MAX_MESSAGE_CHARS]
+        # A bounded head of the provider's words, cut to MAX_MESSAGE_CHARS only when shown,
+        # so that `redact` sees a key that straddles the cut whole.
+        self._text = message[:MAX_SCAN_CHARS]
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
         self.provider_code = provider_code
         super().__init__(self.message)
 
+    @property
+    def message(self) -> str:
+        """The provider's message (or ours), at most MAX_MESSAGE_CHARS."""
+        return self._text[:MAX_MESSAGE_CHARS]
+
     def redact(self, secret: str) -> None:
-        """Remove every occurrence of ``secret`` from the message.
+        """Remove every trace of ``secret`` from the message (service_kit.redaction's rule).
 
         Providers echo at most a masked key, but a compatible endpoint might quote the whole
-        header back; the code that holds the key calls this before letting the error out.
+        header back, or part of it, in any case; the code that holds the key calls this
+        before letting the error out.
         """
-        if secret and secret in self.message:
-            self.message = self.message.replace(secret, "[REDACTED]")
-            self.args = (self.message,)
+        self._text = redact_secret(self._text, secret)
+        self.args = (self.message,)
 
     def __str__(self) -> str:
         status = f" (HTTP {self.status})" if self.status else ""
@@ -170,13 +183,17 @@ def translate_transport_error(exc: httpx.HTTPError, *, response_started: bool) -
 
     ``response_started`` tells whether the response's status line had arrived: a reset
     before it means the provider was not reached; a reset after it cuts the stream.
-    Messages name the exception class and, for network errors, the OS's words; they never
-    quote a request header (h11's protocol errors can echo header values, so those get a
-    fixed text).
+    Messages name the exception class; a failure to connect gets one fixed text whatever
+    the cause (no addresses, ports or OS words); they never quote a request header (h11's
+    protocol errors can echo header values, so those get a fixed text).
     """
     name = type(exc).__name__
+    if isinstance(exc, DestinationForbidden):
+        return ProviderError(ErrorReason.PROVIDER_DESTINATION_FORBIDDEN, str(exc))
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ProviderError(ErrorReason.PROVIDER_UNREACHABLE, UNREACHABLE_MESSAGE, retryable=True)
     if isinstance(exc, httpx.TimeoutException):
-        phase = "reading the response" if response_started else "connecting"
+        phase = "reading the response" if response_started else "waiting for the response"
         return ProviderError(
             ErrorReason.PROVIDER_TIMEOUT,
             f"timed out {phase} ({name})",
@@ -199,11 +216,7 @@ def translate_transport_error(exc: httpx.HTTPError, *, response_started: bool) -
                 f"connection to the provider broke during the response ({name}: {exc})",
                 retryable=True,
             )
-        return ProviderError(
-            ErrorReason.PROVIDER_UNREACHABLE,
-            f"could not reach the provider ({name}: {exc})",
-            retryable=True,
-        )
+        return ProviderError(ErrorReason.PROVIDER_UNREACHABLE, UNREACHABLE_MESSAGE, retryable=True)
     # DecodingError (a body that is not what its headers say), TooManyRedirects and the
     # rest: a deterministic fault in the answer, not worth repeating.
     return ProviderError(

@@ -21,7 +21,7 @@ from provider_emulator.server import RunningEmulator, start_emulator
 from service_kit.settings import ServerSettings
 from service_kit.tls import TlsFiles
 from tests.conftest import secure_channel
-from tests.keyvault.conftest import keyring_of, vault_settings
+from tests.keyvault.conftest import TEST_EGRESS, keyring_of, vault_settings
 
 # Fast but real backoff: the policy's shape is tested exactly in tests/providers.
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.02, max_delay=0.1, jitter=0.25)
@@ -72,6 +72,7 @@ def execution_settings(
                 default_max_tokens=64,
                 openai_base_url=emulator_url,
                 anthropic_base_url=emulator_url,
+                egress=TEST_EGRESS,
             ),
             **engine_changes,
         ),

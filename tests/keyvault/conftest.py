@@ -13,9 +13,13 @@ from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
 from keyvault_service.app import RunningKeyVault, start_keyvault
 from keyvault_service.keyring import Keyring, generate_master_key
 from keyvault_service.settings import DEFAULT_POLICY, KeyVaultSettings
+from service_kit.egress import EgressPolicy
 from service_kit.settings import ServerSettings
 from service_kit.tls import TlsFiles
 from tests.conftest import secure_channel
+
+# Keys in tests point at the provider emulator on loopback: an operator allowlist admits it.
+TEST_EGRESS = EgressPolicy.parse("127.0.0.1,localhost")
 
 
 def keyring_of(*versions: int, primary: int | None = None) -> Keyring:
@@ -41,6 +45,7 @@ def vault_settings(
         ),
         database_url=None,
         keyring=keyring,
+        egress=TEST_EGRESS,
     )
 
 

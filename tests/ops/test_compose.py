@@ -203,6 +203,15 @@ def test_service_environments_are_settings_the_services_read(compose: dict[str, 
         environment(services["execution"], OPENAI_BASE_URL="http://emulator:8089")
     )
     assert emulated.engine.openai_base_url == "http://emulator:8089"
+    assert not emulated.engine.egress.is_allowlisted("emulator")  # unless the host says so
+    allowing = {"PROVIDER_ALLOWED_HOSTS": "emulator"}
+    for settings in (
+        ExecutionSettings.from_env(environment(services["execution"], **allowing)).engine,
+        KeyVaultSettings.from_env(
+            environment(services["keyvault"], KEYVAULT_MASTER_KEYS=DUMMY_MASTER_KEYS, **allowing)
+        ),
+    ):
+        assert settings.egress.is_allowlisted("emulator")
 
     postgres = environment(services["postgres"])
     assert postgres["KEYVAULT_DB_PASSWORD"] == "keyvault-dev-only"  # what the init script reads

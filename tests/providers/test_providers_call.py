@@ -23,6 +23,7 @@ from execution_service.providers import (
     stream_chat,
 )
 from execution_service.retry import RetryPolicy
+from service_kit.redaction import MARKER
 from service_kit.secret import Secret
 
 KEY = Secret("sk-call-test-4f1c9a2b")
@@ -358,7 +359,7 @@ async def test_a_key_echoed_by_the_endpoint_is_redacted(
     assert error.reason == ErrorReason.PROVIDER_AUTH_FAILED
     for text in (str(error), repr(error), error.message, *map(str, error.args)):
         assert KEY.reveal() not in text
-    assert "[REDACTED]" in error.message
+    assert MARKER in error.message
 
 
 async def test_non_streamed_json_answer_is_accepted(

@@ -24,6 +24,7 @@ from execution_service.providers.anthropic import AnthropicProvider, AnthropicSt
 from execution_service.providers.errors import translate_transport_error
 from execution_service.providers.openai import OpenAIProvider, OpenAIStreamParser
 from execution_service.token_estimate import estimate_tokens, resolve_usage
+from service_kit.redaction import MARKER
 from service_kit.secret import Secret
 
 KEY = Secret("sk-canary-0123456789abcdef")
@@ -372,7 +373,7 @@ def test_redact_removes_the_key_from_the_message() -> None:
     err = ProviderError(ErrorReason.PROVIDER_AUTH_FAILED, f"bad key {KEY.reveal()}!")
     err.redact(KEY.reveal())
     assert KEY.reveal() not in str(err) and KEY.reveal() not in repr(err)
-    assert str(err.args[0]) == "bad key [REDACTED]!"
+    assert str(err.args[0]) == f"bad key {MARKER}!"
 
 
 # --- transport errors -----------------------------------------------------------------------
