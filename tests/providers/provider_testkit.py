@@ -11,23 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 from aiohttp import web
 
 from execution_service.providers import ProviderError, StreamEvent, TextDelta
-
-FIXTURES_DIR = Path(
-    os.environ.get(
-        "PROVIDER_FIXTURES_DIR",
-        Path(__file__).resolve().parents[3] / "shared" / "provider-fixtures",
-    )
-)
 
 # Headers the server computes itself; copying a recorded value would contradict the body
 # framing aiohttp chooses (chunked for streams).
