@@ -1,7 +1,7 @@
 """Retry policy for provider calls: pure functions, no I/O, no global clock or randomness.
 
-The policy follows DESIGN.md "Execution semantics" and REFERENCE.md "What the official SDKs
-retry", with this project's own delays:
+The policy retries the failures the official OpenAI and Anthropic SDKs treat as transient
+(except OpenAI's out-of-credit 429, see `classify`), with this project's own delays:
 
 - at most ``max_attempts`` attempts (3 by default: the first call and two retries);
 - backoff ``base_delay * 2**(attempt - 1)`` (1 s, 2 s, 4 s, ...) capped at ``max_delay``
@@ -32,7 +32,7 @@ __all__ = [
     "should_give_up",
 ]
 
-# Statuses that signal a transient condition (REFERENCE.md): request timeout, conflict
+# Statuses that signal a transient condition (as the SDKs treat them): request timeout, conflict
 # (lock contention at the provider), rate limiting. Every 5xx is added in `classify`,
 # which covers Anthropic's 529 "overloaded".
 _RETRY_STATUSES = frozenset({408, 409, 429})
@@ -164,7 +164,7 @@ def next_delay(
     most ``policy.max_retry_after``; a longer one is ignored, as the official SDKs do.
     Otherwise the delay is ``min(base_delay * 2**(attempt-1), max_delay)`` scaled by a factor
     in ``[1 - jitter, 1 + jitter]``: ``rand() == 0`` gives the lower bound, ``rand() == 1``
-    the upper bound. Jitter is symmetric (the seed says "jittered by up to 25 %"), and the
+    the upper bound. Jitter is symmetric ("jittered by up to 25 %" either way), and the
     result is clamped to ``max_delay`` so that the cap holds after jitter too.
     """
     if attempt < 1:

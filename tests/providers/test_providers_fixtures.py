@@ -174,7 +174,7 @@ def _check_error_answer(
     retryable = expected["retryable"]
     if expected.get("error_code") == "insufficient_quota":
         # The manifest records the SDK's behaviour (it retries) and notes that an adapter
-        # should not: out of credit is not transient (DESIGN.md).
+        # should not: out of credit is not transient.
         assert "non-retryable" in expected["retryable_note"]
         retryable = False
         assert error.reason == ErrorReason.PROVIDER_QUOTA_EXCEEDED

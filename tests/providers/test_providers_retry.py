@@ -155,7 +155,7 @@ def test_invalid_policies_are_refused(kwargs: dict[str, float]) -> None:
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 
-def test_default_policy_matches_the_design() -> None:
+def test_default_policy_is_three_attempts_1s_doubling_to_10s_with_a_quarter_jitter() -> None:
     p = DEFAULT_POLICY
     assert (p.max_attempts, p.base_delay, p.max_delay, p.jitter, p.max_retry_after) == (
         3,
