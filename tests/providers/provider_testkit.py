@@ -38,6 +38,8 @@ class Reply:
     """Abort the connection before sending any byte."""
     hold_open: bool = False
     """After the chunks, keep the stream open with SSE comments until the client leaves."""
+    pause: float = 0.0
+    """Seconds between two ``chunks`` writes, so that each arrives in a read of its own."""
 
 
 @dataclass
@@ -99,6 +101,8 @@ class ProviderServer:
         for index, chunk in enumerate(reply.chunks):
             if reply.cut_after is not None and index >= reply.cut_after:
                 break
+            if index and reply.pause:
+                await asyncio.sleep(reply.pause)
             await response.write(chunk)
         if reply.cut_after is not None:
             await asyncio.sleep(0.01)  # let the written bytes leave before the abort
