@@ -46,10 +46,10 @@ async def test_a_deadline_that_passes_mid_stream_is_failed_deadline_exceeded(
 ) -> None:
     key = anthropic_key()
     ws = await workspace(anthropic=key)
-    emulator.state.script({"chunk_delay_ms": 150}, key=key)  # 20 chunks: 3 s in all
+    emulator.state.script({"chunk_delay_ms": 250}, key=key)  # 20 chunks: 5 s in all
     stub = execution_stub()
 
-    outcome = await run(stub, request(ws, ANTHROPIC, "claude-3-5-sonnet-20241022"), timeout=1.0)
+    outcome = await run(stub, request(ws, ANTHROPIC, "claude-3-5-sonnet-20241022"), timeout=2.0)
 
     assert outcome.error is not None
     assert outcome.error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
