@@ -1,7 +1,7 @@
 """Retry policy for provider calls: pure functions, no I/O, no global clock or randomness.
 
-The policy follows DESIGN.md "Execution semantics" and REFERENCE.md "What the official SDKs
-retry", with this project's own delays:
+The policy retries the failures the official OpenAI and Anthropic SDKs treat as transient
+(except OpenAI's out-of-credit 429, see `classify`), with this project's own delays:
 
 - at most ``max_attempts`` attempts (3 by default: the first call and two retries);
 - backoff ``base_delay * 2**(attempt - 1)`` (1 s, 2 s, 4 s, ...) capped at ``max_delay``
@@ -32,7 +32,7 @@ __all__ = [
     "should_give_up",
 ]
 
-# Statuses that signal a transient condition (REFERENCE.md): request timeout, conflict
+# Statuses that signal a transient condition (as the SDKs treat them): request timeout, conflict
 # (lock contention at the provider), rate limiting. Every 5xx is added in `classify`,
 # which covers Anthropic's 529 "overloaded".
 _RETRY_STATUSES = frozenset({408, 409, 429})
@@ -107,16 +107,14 @@ def classify(status: int | None, headers: Mapping[str, str], error_code: str | N
     return status in _RETRY_STATUSES or status >= 500
 
 
-def parse_retry_after(
-    headers: Mapping[str, str], now: float, *, max_seconds: float = 60.0
-) -> float | None:
-    """The server's requested wait in seconds, or None when absent, unparseable or out of range.
+def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """The server's requested wait in seconds, or None when absent, unparseable or negative.
 
-    Headers are read in the SDKs' order: ``retry-after-ms`` (milliseconds), then
-    ``retry-after`` as seconds (a float is accepted), then ``retry-after`` as an HTTP date,
-    measured from ``now`` (seconds since the epoch, wall clock). A value is honoured only
-    when ``0 <= value <= max_seconds``; anything else returns None so that the computed
-    backoff applies (REFERENCE.md: "honoured when between 0 and 60 s").
+    The only reader of these headers. They are read in the official SDKs' order:
+    ``retry-after-ms`` (milliseconds), then ``retry-after`` as seconds (a float is
+    accepted), then ``retry-after`` as an HTTP date, measured from ``now`` (seconds since
+    the epoch, wall clock). The value is not capped here: whether it is honoured is the
+    policy's decision, in `next_delay`.
     """
     value: float | None = None
     raw_ms = _header(headers, "retry-after-ms")
@@ -130,7 +128,7 @@ def parse_retry_after(
             value = _finite_float(raw)
             if value is None:
                 value = _seconds_until_http_date(raw, now)
-    if value is None or not 0 <= value <= max_seconds:
+    if value is None or value < 0:
         return None
     return value
 
@@ -162,15 +160,16 @@ def next_delay(
 ) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based) before the next one.
 
-    ``retry_after`` (already validated by `parse_retry_after`) replaces the computed delay.
+    ``retry_after`` (from `parse_retry_after`) replaces the computed delay when it is at
+    most ``policy.max_retry_after``; a longer one is ignored, as the official SDKs do.
     Otherwise the delay is ``min(base_delay * 2**(attempt-1), max_delay)`` scaled by a factor
     in ``[1 - jitter, 1 + jitter]``: ``rand() == 0`` gives the lower bound, ``rand() == 1``
-    the upper bound. Jitter is symmetric (the seed says "jittered by up to 25 %"), and the
+    the upper bound. Jitter is symmetric ("jittered by up to 25 %" either way), and the
     result is clamped to ``max_delay`` so that the cap holds after jitter too.
     """
     if attempt < 1:
         raise ValueError("attempt numbers start at 1")
-    if retry_after is not None:
+    if retry_after is not None and 0 <= retry_after <= policy.max_retry_after:
         return retry_after
     # Cap the exponent before computing 2**n so that a large attempt number cannot overflow.
     exponent = min(attempt - 1, 62)

@@ -13,8 +13,20 @@ from service_kit.egress import NO_ALLOWLIST, EgressPolicy
 from service_kit.settings import Env, ServerSettings
 from service_kit.tls import TlsFiles
 
+# Every default is written once, here; the dataclasses and from_env both use these.
 DEFAULT_ADDRESS = "127.0.0.1:50052"
 DEFAULT_POLICY = Path(__file__).with_name("authz_policy.json")
+DEFAULT_METRICS_PORT = 9452
+DEFAULT_KEYVAULT_ADDRESS = "localhost:50051"
+# Anthropic requires max_tokens; OpenAI gets none unless the request asks.
+DEFAULT_MAX_TOKENS = 1024
+DEFAULT_STORE_OUTPUT = True
+DEFAULT_KEY_CACHE_TTL = 30.0  # seconds; 0 disables the cache
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_SWEEP_INTERVAL = 10.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 600.0  # between bytes of a provider's answer
+# The retry defaults are RetryPolicy's own (execution_service/retry.py).
 
 
 @dataclass(frozen=True)
@@ -22,13 +34,13 @@ class EngineSettings:
     """How executions run."""
 
     retry: RetryPolicy = DEFAULT_RETRY_POLICY
-    default_max_tokens: int = 1024  # Anthropic requires max_tokens; OpenAI gets none unless asked
-    store_output: bool = True
-    key_cache_ttl: float = 30.0  # seconds; 0 disables the cache
-    lease_seconds: float = 30.0
-    sweep_interval: float = 10.0
-    connect_timeout: float = 5.0
-    read_timeout: float = 600.0  # between bytes of a provider's answer
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
+    store_output: bool = DEFAULT_STORE_OUTPUT
+    key_cache_ttl: float = DEFAULT_KEY_CACHE_TTL
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    sweep_interval: float = DEFAULT_SWEEP_INTERVAL
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
     openai_base_url: str | None = None  # None: https://api.openai.com
     anthropic_base_url: str | None = None  # None: https://api.anthropic.com
     pricing_file: Path | None = None  # None: the packaged execution_service/pricing.json
@@ -60,30 +72,41 @@ class ExecutionSettings:
             workload="execution",
             default_address=DEFAULT_ADDRESS,
             default_policy=DEFAULT_POLICY,
-            default_metrics_port=9452,
+            default_metrics_port=DEFAULT_METRICS_PORT,
         )
         pricing = env.optional("PRICING_FILE")
+        retry_defaults = DEFAULT_RETRY_POLICY
         return cls(
             server=server,
             database_url=env.optional("EXECUTION_DATABASE_URL"),
-            keyvault_address=env.string("KEYVAULT_ADDRESS", "localhost:50051"),
+            keyvault_address=env.string("KEYVAULT_ADDRESS", DEFAULT_KEYVAULT_ADDRESS),
             keyvault_tls=server.tls,
             engine=EngineSettings(
                 retry=RetryPolicy(
-                    max_attempts=env.integer("RETRY_MAX_ATTEMPTS", 3, minimum=1, maximum=10),
-                    base_delay=env.number("RETRY_BASE_DELAY_SECONDS", 1.0),
-                    max_delay=env.number("RETRY_MAX_DELAY_SECONDS", 10.0),
-                    jitter=min(env.number("RETRY_JITTER", 0.25), 1.0),
+                    max_attempts=env.integer(
+                        "RETRY_MAX_ATTEMPTS", retry_defaults.max_attempts, minimum=1, maximum=10
+                    ),
+                    base_delay=env.number("RETRY_BASE_DELAY_SECONDS", retry_defaults.base_delay),
+                    max_delay=env.number("RETRY_MAX_DELAY_SECONDS", retry_defaults.max_delay),
+                    jitter=min(env.number("RETRY_JITTER", retry_defaults.jitter), 1.0),
                 ),
                 default_max_tokens=env.integer(
-                    "DEFAULT_MAX_TOKENS", 1024, minimum=1, maximum=200_000
+                    "DEFAULT_MAX_TOKENS", DEFAULT_MAX_TOKENS, minimum=1, maximum=200_000
                 ),
-                store_output=env.flag("STORE_OUTPUT", True),
-                key_cache_ttl=env.number("KEY_CACHE_TTL_SECONDS", 30.0),
-                lease_seconds=env.number("EXECUTION_LEASE_SECONDS", 30.0, minimum=1.0),
-                sweep_interval=env.number("EXECUTION_SWEEP_INTERVAL_SECONDS", 10.0, minimum=0.1),
-                connect_timeout=env.number("PROVIDER_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.1),
-                read_timeout=env.number("PROVIDER_READ_TIMEOUT_SECONDS", 600.0, minimum=1.0),
+                store_output=env.flag("STORE_OUTPUT", DEFAULT_STORE_OUTPUT),
+                key_cache_ttl=env.number("KEY_CACHE_TTL_SECONDS", DEFAULT_KEY_CACHE_TTL),
+                lease_seconds=env.number(
+                    "EXECUTION_LEASE_SECONDS", DEFAULT_LEASE_SECONDS, minimum=1.0
+                ),
+                sweep_interval=env.number(
+                    "EXECUTION_SWEEP_INTERVAL_SECONDS", DEFAULT_SWEEP_INTERVAL, minimum=0.1
+                ),
+                connect_timeout=env.number(
+                    "PROVIDER_CONNECT_TIMEOUT_SECONDS", DEFAULT_CONNECT_TIMEOUT, minimum=0.1
+                ),
+                read_timeout=env.number(
+                    "PROVIDER_READ_TIMEOUT_SECONDS", DEFAULT_READ_TIMEOUT, minimum=1.0
+                ),
                 openai_base_url=env.optional("OPENAI_BASE_URL"),
                 anthropic_base_url=env.optional("ANTHROPIC_BASE_URL"),
                 pricing_file=Path(pricing) if pricing else None,

@@ -1,6 +1,6 @@
 """Token counts when the provider never reported them (a stream cut before its usage).
 
-DESIGN.md: "tokens that streamed are never counted as zero". The estimate is the common
+Tokens that streamed are never counted as zero: their cost was incurred. The estimate is the common
 rule of thumb of about four characters per token for English text, rounded up; it is marked
 as an estimate wherever it is used (`ResolvedUsage.estimated`).
 """

@@ -25,7 +25,7 @@ __all__ = ["Keyring", "KeyringError", "generate_master_key"]
 
 MASTER_KEYS_ENV: Final = "KEYVAULT_MASTER_KEYS"
 PRIMARY_VERSION_ENV: Final = "KEYVAULT_PRIMARY_KEY_VERSION"
-LEGACY_KEY_ENV: Final = "ENCRYPTION_KEY"  # the seed's single key; becomes version 1
+LEGACY_KEY_ENV: Final = "ENCRYPTION_KEY"  # the older single-key setting; becomes version 1
 
 _HEX_LENGTH: Final = crypto.KEY_SIZE * 2
 _VERSION_RE: Final = re.compile(r"[0-9]{1,10}")  # ASCII digits only; int() accepts more

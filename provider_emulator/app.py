@@ -7,6 +7,7 @@ at the next write."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from aiohttp import web
 from . import control
 from .anthropic_wire import WIRE as ANTHROPIC
 from .config import EmulatorConfig
+from .framing import reframe, reframe_events
 from .openai_wire import WIRE as OPENAI
 from .responder import (
     Ending,
@@ -178,15 +180,20 @@ class ProviderEndpoints:
         answer = self._make_answer(wire, key, parsed, step, record)
         if parsed.stream:
             events = wire.stream_events(answer)
+            ending = self._ending(wire, step, answer.count, events.tail)
+            if step.line_ending is not None:
+                events = reframe_events(events, step.line_ending)
+                ending = dataclasses.replace(ending, data=reframe(ending.data, step.line_ending))
             return await send_stream(
                 request,
                 record,
                 events,
-                self._ending(wire, step, answer.count, events.tail),
+                ending,
                 wire.stream_content_type,
                 headers,
                 self._first_delay(step),
                 self.config.chunk_delay_ms if step.chunk_delay_ms is None else step.chunk_delay_ms,
+                split_writes_ms=step.split_writes_ms,
             )
         return await self._send_whole(request, wire, step, answer, record, headers)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from .framing import torn_parts
 from .state import Outcome, RecordedRequest
 from .wire import ErrorReply, StreamEvents
 
@@ -102,16 +103,31 @@ async def send_stream(
     headers: Mapping[str, str],
     first_delay_ms: float,
     chunk_delay_ms: float,
+    *,
+    split_writes_ms: float | None = None,
 ) -> web.StreamResponse:
     """An SSE stream: headers at once, then (after `first_delay_ms`) the events.
 
     Without a chunk delay the whole stream goes out in one write, which keeps the
-    benchmarks' hot path to a couple of syscalls per request."""
+    benchmarks' hot path to a couple of syscalls per request. With `split_writes_ms`, each
+    write is further cut by `framing.torn_parts`, its parts sent that many ms apart."""
     response = web.StreamResponse(
         status=200,
         headers={**headers, "Content-Type": content_type, "Cache-Control": "no-cache"},
     )
     content = events.content
+
+    async def write(data: bytes, *, eof: bool = False) -> None:
+        if split_writes_ms is None:
+            await (response.write_eof(data) if eof else response.write(data))
+            return
+        for index, part in enumerate(torn_parts(data)):
+            if index:
+                await sleep_ms(split_writes_ms)
+            await response.write(part)
+        if eof:
+            await response.write_eof()
+
     try:
         await response.prepare(request)
         record.status = 200
@@ -119,19 +135,16 @@ async def send_stream(
         if chunk_delay_ms <= 0:
             payload = b"".join((events.head, *content[: ending.stop], ending.data))
             record.chunks_sent = ending.stop
-            if ending.abort:
-                await response.write(payload)
-            else:
-                await response.write_eof(payload)
+            await write(payload, eof=not ending.abort)
         else:
-            await response.write(events.head + (content[0] if ending.stop else b""))
+            await write(events.head + (content[0] if ending.stop else b""))
             record.chunks_sent = min(ending.stop, 1)
             for chunk in content[1 : ending.stop]:
                 await sleep_ms(chunk_delay_ms)
-                await response.write(chunk)
+                await write(chunk)
                 record.chunks_sent += 1
             if not ending.abort:
-                await response.write_eof(ending.data)
+                await write(ending.data, eof=True)
     except ConnectionError:
         record.mark_disconnected()
         return response

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from .config import EmulatorConfig
+from .framing import LINE_ENDINGS
 
 GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/messages"})
 _AUTH_HEADERS = frozenset({"authorization", "x-api-key"})
@@ -41,7 +42,10 @@ class Step:
     for a plain-text body instead of the provider's JSON); `headers` are added to whatever
     answer the request gets. In `error_message` and `error_body`, `{api_key}` and
     `{api_key_lower}` stand for the request's key (an endpoint that echoes the key back).
-    Timing: `delay_before_first_ms`, `chunk_delay_ms`. Ending a stream early (at most one):
+    Timing: `delay_before_first_ms`, `chunk_delay_ms`. Stream framing: `line_ending` ("lf",
+    "crlf" or "cr") ends every SSE line so; `split_writes_ms` cuts the stream inside every
+    multi-byte UTF-8 character and between every CR and LF, writing each part separately that
+    many ms apart (see `framing.torn_parts`). Ending a stream early (at most one):
     `cut_after_chunks`, `malformed_after_chunks`, `error_after_chunks` (alias
     `anthropic_error_after_chunks`; error type from `error_type`). `reset` closes the
     connection before any byte. Answer override: `chunks`, `text`, `cache_read_tokens`,
@@ -57,6 +61,8 @@ class Step:
     headers: Mapping[str, str] = field(default_factory=dict)
     delay_before_first_ms: float | None = None
     chunk_delay_ms: float | None = None
+    line_ending: str | None = None
+    split_writes_ms: float | None = None
     cut_after_chunks: int | None = None
     malformed_after_chunks: int | None = None
     error_after_chunks: int | None = None
@@ -104,7 +110,9 @@ class Step:
                 not isinstance(value, int) or isinstance(value, bool) or value < 0
             ):
                 raise StepError(f"{name} must be a non-negative integer")
-        for name in ("delay_before_first_ms", "chunk_delay_ms"):
+        if self.line_ending is not None and self.line_ending not in LINE_ENDINGS:
+            raise StepError(f"line_ending must be one of {sorted(LINE_ENDINGS)}")
+        for name in ("delay_before_first_ms", "chunk_delay_ms", "split_writes_ms"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int | float) or value < 0):
                 raise StepError(f"{name} must be a non-negative number")

@@ -8,6 +8,7 @@ import zlib
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
+from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -19,7 +20,18 @@ Executor = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
 
 log = logging.getLogger(__name__)
 
-# The database cannot be reached right now: the caller may retry, it is not an internal error.
+
+class DatabaseUnreachable(ConnectionError):
+    """Opening a connection to PostgreSQL failed below the protocol: refused, no route, a
+    name that does not resolve, no server socket in the Unix socket folder (a stopped local
+    server removes it), and so on. `connect` raises it in place of the OSError."""
+
+
+# The database cannot be reached right now: the caller may retry, it is not an internal
+# error. Deliberately no bare OSError, so that a file error is never reported as an outage:
+# socket errors while connecting arrive as DatabaseUnreachable (see `connect`), and a
+# connection that breaks later surfaces as asyncpg's ConnectionDoesNotExistError (an
+# InterfaceError) or as a ConnectionError.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
@@ -31,10 +43,28 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     # to state 12; another operation is in progress"): the connection is dead, not our bug.
     asyncpg.InternalClientError,
     asyncpg.TooManyConnectionsError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
+    ConnectionError,  # DatabaseUnreachable, and resets or refusals seen outside asyncpg
+    TimeoutError,  # connecting, or waiting for a pooled connection, took too long
 )
+
+
+async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """`asyncpg.connect`, with the OS's errors while connecting raised as DatabaseUnreachable.
+
+    Every OSError raised while the socket is opened means the server cannot be reached
+    (asyncpg tries each address and raises the last error: ConnectionRefusedError,
+    socket.gaierror, FileNotFoundError for a Unix socket, a plain OSError for no route).
+    Only here is a FileNotFoundError known to be about the database.
+    """
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except TimeoutError:
+        raise
+    except OSError as exc:
+        raise DatabaseUnreachable(
+            f"cannot connect to PostgreSQL ({type(exc).__name__}: {exc.strerror or exc})"
+        ) from exc
+
 
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 
@@ -108,6 +138,7 @@ async def create_pool(
     acknowledged then ask for it per transaction."""
     pool = await asyncpg.create_pool(
         dsn,
+        connect=connect,
         min_size=min_size,
         max_size=max_size,
         command_timeout=command_timeout,
@@ -118,10 +149,15 @@ async def create_pool(
     return pool
 
 
+_NOT_ANSWERING: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+
 async def ping(pool: asyncpg.Pool, *, timeout: float = 2.0) -> bool:
+    """Whether the database answers `SELECT 1`: False while it is unavailable, and also
+    when the server refuses the query (a dropped database, a revoked login)."""
     try:
         async with pool.acquire(timeout=timeout) as conn:
             await conn.fetchval("SELECT 1", timeout=timeout)
         return True
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except _NOT_ANSWERING:
         return False

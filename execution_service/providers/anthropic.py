@@ -1,6 +1,6 @@
 """Anthropic messages API: request building and stream folding.
 
-Wire format: REFERENCE.md "Provider wire formats". ``POST {base}/v1/messages`` with
+Wire format: ``POST {base}/v1/messages`` with
 ``x-api-key`` and ``anthropic-version: 2023-06-01``. System messages go into the top-level
 ``system`` field (joined by blank lines, in order); ``max_tokens`` is required, so the
 configured default fills in when the request has none. The base URL rule is `base.api_url`'s.
@@ -37,7 +37,7 @@ __all__ = ["AnthropicProvider", "AnthropicStreamParser"]
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
 
-# Error types (REFERENCE.md) and the HTTP status each stands for; used to classify an
+# Anthropic's documented error types and the HTTP status each stands for; used to classify an
 # `error` event that arrives inside a 200 stream.
 _STATUS_OF_ERROR_TYPE = {
     "invalid_request_error": 400,

@@ -81,7 +81,7 @@ async def stream_chat(
         held: list[StreamEvent] = []
         delivered = False
         try:
-            events = _attempt_events(client, provider, spec, policy, wall_clock)
+            events = _attempt_events(client, provider, spec, wall_clock)
             async with aclosing(events):
                 async for event in events:
                     if delivered:
@@ -124,7 +124,6 @@ async def _attempt_events(
     client: httpx.AsyncClient,
     provider: Provider,
     spec: RequestSpec,
-    policy: retry.RetryPolicy,
     wall_clock: Callable[[], float],
 ) -> AsyncGenerator[StreamEvent, None]:
     """One HTTP attempt, as events; every failure surfaces as ProviderError."""
@@ -135,7 +134,7 @@ async def _attempt_events(
         ) as response:
             response_started = True
             if not response.is_success:
-                raise await _status_error(provider, response, policy, wall_clock)
+                raise await _status_error(provider, response, wall_clock)
             content_type = response.headers.get("content-type", "").partition(";")[0]
             content_type = content_type.strip().lower()
             if content_type == "application/json":
@@ -212,7 +211,6 @@ def _coalesce(events: list[StreamEvent]) -> list[StreamEvent]:
 async def _status_error(
     provider: Provider,
     response: httpx.Response,
-    policy: retry.RetryPolicy,
     wall_clock: Callable[[], float],
 ) -> ProviderError:
     try:
@@ -220,13 +218,7 @@ async def _status_error(
     except httpx.HTTPError:
         # The status already tells what happened; a body cut short only loses the message.
         body = b""
-    now = wall_clock()
-    error = provider.parse_error(response.status_code, response.headers, body, now)
-    # The policy, not the provider module, bounds how long a retry-after may be.
-    error.retry_after = retry.parse_retry_after(
-        response.headers, now, max_seconds=policy.max_retry_after
-    )
-    return error
+    return provider.parse_error(response.status_code, response.headers, body, wall_clock())
 
 
 async def _read_capped(response: httpx.Response, limit: int, *, strict: bool) -> bytes:

@@ -63,7 +63,8 @@ class ProviderError(Exception):
         retryable: whether the failure is transient by the retry policy. Whether a retry is
             still *allowed* (output already sent, attempts left, deadline) is the caller's
             decision.
-        retry_after: seconds the provider asked us to wait, if it said and it is in range.
+        retry_after: seconds the provider asked us to wait, if it said; the retry policy
+            decides whether to honour it (`retry.next_delay`).
         provider_code: the provider's machine-readable error code or type, if any
             (``insufficient_quota``, ``overloaded_error``, ...).
     """
@@ -161,7 +162,6 @@ def http_error(
     error_code: str | None,
     message: str,
     now: float,
-    max_retry_after: float = 60.0,
 ) -> ProviderError:
     """Build the ProviderError for an HTTP error answer, classifying it by the retry policy.
 
@@ -173,7 +173,7 @@ def http_error(
         message or f"HTTP {status} from provider",
         status=status,
         retryable=retry.classify(status, headers, code),
-        retry_after=retry.parse_retry_after(headers, now, max_seconds=max_retry_after),
+        retry_after=retry.parse_retry_after(headers, now),
         provider_code=code,
     )
 

@@ -1,6 +1,6 @@
 """OpenAI chat completions (and compatible endpoints): request building and stream folding.
 
-Wire format: REFERENCE.md "Provider wire formats". ``POST {base}/v1/chat/completions`` with
+Wire format: ``POST {base}/v1/chat/completions`` with
 ``Authorization: Bearer <key>``, ``stream: true`` and ``stream_options.include_usage`` so the
 last chunk before ``data: [DONE]`` carries the usage. The base URL rule is `base.api_url`'s.
 

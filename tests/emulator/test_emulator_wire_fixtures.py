@@ -1,10 +1,9 @@
-"""The emulator's answers have the shapes of recorded real provider traffic
-(../shared/provider-fixtures/, read at test time, never copied into the project)."""
+"""The emulator's answers have the shapes of recorded real provider traffic (located by
+tests/recorded_fixtures.py, read at test time, never copied into the project)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,11 +18,15 @@ from emulator_helpers import (
 )
 
 from provider_emulator import RunningEmulator
+from tests.recorded_fixtures import fixtures_dir, require_fixtures
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "provider-fixtures"
-pytestmark = pytest.mark.skipif(
-    not FIXTURES.is_dir(), reason=f"provider fixtures not found at {FIXTURES}"
-)
+FIXTURES = fixtures_dir()
+
+
+@pytest.fixture(autouse=True)
+def _fixtures_present() -> None:
+    """Skip without the recordings, or fail under CI=true."""
+    require_fixtures()
 
 
 def fixture_events(name: str) -> list[SseEvent]:

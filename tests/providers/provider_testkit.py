@@ -11,23 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 from aiohttp import web
 
 from execution_service.providers import ProviderError, StreamEvent, TextDelta
-
-FIXTURES_DIR = Path(
-    os.environ.get(
-        "PROVIDER_FIXTURES_DIR",
-        Path(__file__).resolve().parents[3] / "shared" / "provider-fixtures",
-    )
-)
 
 # Headers the server computes itself; copying a recorded value would contradict the body
 # framing aiohttp chooses (chunked for streams).
@@ -47,6 +38,8 @@ class Reply:
     """Abort the connection before sending any byte."""
     hold_open: bool = False
     """After the chunks, keep the stream open with SSE comments until the client leaves."""
+    pause: float = 0.0
+    """Seconds between two ``chunks`` writes, so that each arrives in a read of its own."""
 
 
 @dataclass
@@ -108,6 +101,8 @@ class ProviderServer:
         for index, chunk in enumerate(reply.chunks):
             if reply.cut_after is not None and index >= reply.cut_after:
                 break
+            if index and reply.pause:
+                await asyncio.sleep(reply.pause)
             await response.write(chunk)
         if reply.cut_after is not None:
             await asyncio.sleep(0.01)  # let the written bytes leave before the abort

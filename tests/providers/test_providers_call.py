@@ -254,6 +254,28 @@ async def test_retry_after_above_the_cap_is_ignored_for_the_backoff(
     assert sleep.delays == [1.0]
 
 
+@pytest.mark.parametrize(
+    ("cap", "retry_after", "expected_delay"),
+    [(20.0, "30", 1.0), (20.0, "15", 15.0), (90.0, "75", 75.0), (60.0, "61", 1.0)],
+)
+async def test_the_policys_cap_alone_decides_whether_retry_after_is_honoured(
+    provider_server: ProviderServer,
+    http_client: httpx.AsyncClient,
+    cap: float,
+    retry_after: str,
+    expected_delay: float,
+) -> None:
+    provider_server.script(
+        Reply(status=429, headers={"retry-after": retry_after}),
+        Reply(headers=SSE, chunks=OPENAI_OK),
+    )
+    sleep = RecordingSleep()
+    policy = RetryPolicy(max_retry_after=cap, jitter=0.0)
+    outcome = await collect(_stream(provider_server, http_client, sleep=sleep, policy=policy))
+    assert outcome.error is None
+    assert sleep.delays == [expected_delay]
+
+
 async def test_retry_after_ms_sets_the_delay(
     provider_server: ProviderServer, http_client: httpx.AsyncClient
 ) -> None:

@@ -1,4 +1,4 @@
-"""Pricing: the packaged table against REFERENCE.md, family lookup, exact nano-dollar costs."""
+"""Pricing: the packaged table against the list prices, family lookup, exact nano-dollar costs."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 from execution_service.pricing import PricingError, cost_nanos, load_prices, parse_prices
 from execution_service.token_estimate import ResolvedUsage
 
-# REFERENCE.md "List prices", typed in by hand so that the data file is checked against the
-# source: input / output / cache read / cache write, USD per million tokens; None = "-".
-REFERENCE_PRICES: dict[str, tuple[str, str, str | None, str | None]] = {
+# The providers' published list prices, typed in by hand so that the data file is checked
+# against a second copy: input / output / cache read / cache write, USD per million tokens;
+# None = not listed.
+LIST_PRICES: dict[str, tuple[str, str, str | None, str | None]] = {
     "gpt-4o": ("2.50", "10.00", "1.25", None),
     "gpt-4o-mini": ("0.15", "0.60", "0.075", None),
     "gpt-4.1": ("2.00", "8.00", "0.50", None),
@@ -44,17 +45,17 @@ class Usage:
 
 def _nanos_per_token(usd_per_million: str) -> int:
     value = Decimal(usd_per_million) * 1000
-    assert value == value.to_integral_value(), "REFERENCE says every price is whole nanos"
+    assert value == value.to_integral_value(), "every list price is whole nanos"
     return int(value)
 
 
-def test_packaged_table_lists_exactly_the_reference_models() -> None:
-    assert set(PRICES.families) == set(REFERENCE_PRICES)
+def test_packaged_table_lists_exactly_the_listed_models() -> None:
+    assert set(PRICES.families) == set(LIST_PRICES)
 
 
-@pytest.mark.parametrize("family", sorted(REFERENCE_PRICES))
-def test_every_family_costs_exactly_its_reference_price(family: str) -> None:
-    inp, out, cache_read, cache_write = REFERENCE_PRICES[family]
+@pytest.mark.parametrize("family", sorted(LIST_PRICES))
+def test_every_family_costs_exactly_its_list_price(family: str) -> None:
+    inp, out, cache_read, cache_write = LIST_PRICES[family]
     usage = Usage(
         input_tokens=1_000, output_tokens=2_000, cache_read_tokens=300, cache_write_tokens=40
     )

@@ -78,14 +78,33 @@ def test_retry_after_http_date_in_the_past_is_ignored() -> None:
     assert parse_retry_after({"retry-after": date}, NOW) is None
 
 
-@pytest.mark.parametrize("value", ["61", "-1", "3600", "nan", "inf", "soon", ""])
-def test_retry_after_out_of_range_or_garbage_is_ignored(value: str) -> None:
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "-inf", "soon", ""])
+def test_negative_or_garbage_retry_after_is_ignored(value: str) -> None:
     assert parse_retry_after({"retry-after": value}, NOW) is None
 
 
-def test_retry_after_at_the_cap_is_honoured_and_the_cap_is_configurable() -> None:
-    assert parse_retry_after({"retry-after": "60"}, NOW) == 60.0
-    assert parse_retry_after({"retry-after": "30"}, NOW, max_seconds=20) is None
+def test_a_long_retry_after_is_read_as_sent() -> None:
+    # Reading is not deciding: the policy's cap applies in next_delay.
+    assert parse_retry_after({"retry-after": "3600"}, NOW) == 3600.0
+    assert parse_retry_after({"retry-after-ms": "61000"}, NOW) == 61.0
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "honoured"), [(60.0, True), (60.5, False), (3600.0, False)]
+)
+def test_retry_after_up_to_the_policy_cap_is_honoured(retry_after: float, honoured: bool) -> None:
+    assert DEFAULT_POLICY.max_retry_after == 60.0
+    backoff = next_delay(DEFAULT_POLICY, 2, None, lambda: 0.5)
+    expected = retry_after if honoured else backoff
+    assert next_delay(DEFAULT_POLICY, 2, retry_after, lambda: 0.5) == expected
+
+
+def test_the_retry_after_cap_is_the_policys() -> None:
+    strict = RetryPolicy(max_retry_after=20.0, jitter=0.0)
+    assert next_delay(strict, 1, 30.0, lambda: 0.5) == 1.0  # ignored: the backoff applies
+    assert next_delay(strict, 1, 20.0, lambda: 0.5) == 20.0
+    patient = RetryPolicy(max_retry_after=120.0)
+    assert next_delay(patient, 1, 90.0, lambda: 0.5) == 90.0
 
 
 def test_no_retry_after_header() -> None:
@@ -136,7 +155,7 @@ def test_invalid_policies_are_refused(kwargs: dict[str, float]) -> None:
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 
-def test_default_policy_matches_the_design() -> None:
+def test_default_policy_is_three_attempts_1s_doubling_to_10s_with_a_quarter_jitter() -> None:
     p = DEFAULT_POLICY
     assert (p.max_attempts, p.base_delay, p.max_delay, p.jitter, p.max_retry_after) == (
         3,
