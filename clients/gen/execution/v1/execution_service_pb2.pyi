@@ -7,7 +7,9 @@ from collections import abc as _abc
 from clients.gen.execution.v1 import resources_pb2 as _resources_pb2_1
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from clients.gen.keyvault.v1 import resources_pb2 as _resources_pb2
@@ -56,6 +58,10 @@ class ExecuteRequest(_message.Message):
     GENERATION_CONFIG_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    INPUT_JSON_FIELD_NUMBER: _builtins.int
+    OUTPUT_SCHEMA_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """`workspaces/{workspace}`."""
     agent_id: _builtins.str
@@ -66,6 +72,13 @@ class ExecuteRequest(_message.Message):
     """The provider's model id, e.g. `gpt-4o-mini` or `claude-3-5-sonnet-20241022`."""
     request_id: _builtins.str
     """Optional idempotency key (1 to 128 characters), unique per workspace."""
+    agent: _builtins.str
+    """Run this agent, `workspaces/{workspace}/agents/{agent}`, instead of the ad hoc form:
+    then agent_id, provider, model, messages, generation_config and output_schema stay unset,
+    and the input goes in `input` or `input_json`.
+    """
+    input_json: _builtins.str
+    """The input as JSON text (any JSON value, exact numbers)."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2_1.Message]:
         """The conversation, at least one non-system message."""
@@ -78,6 +91,16 @@ class ExecuteRequest(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional labels stored with the execution (at most 16)."""
 
+    @_builtins.property
+    def input(self) -> _struct_pb2.Struct:
+        """The input as a JSON object."""
+
+    @_builtins.property
+    def output_schema(self) -> _struct_pb2.Struct:
+        """Ad hoc form only: a JSON Schema (draft 2020-12, object root) the output must match,
+        requested from the provider in its structured-output mode.
+        """
+
     def __init__(
         self,
         *,
@@ -89,18 +112,24 @@ class ExecuteRequest(_message.Message):
         generation_config: _resources_pb2_1.GenerationConfig | None = ...,
         request_id: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        agent: _builtins.str = ...,
+        input: _struct_pb2.Struct | None = ...,
+        input_json: _builtins.str = ...,
+        output_schema: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_input", b"agent_input", "generation_config", b"generation_config", "input", b"input", "input_json", b"input_json", "output_schema", b"output_schema"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "generation_config", b"generation_config", "labels", b"labels", "messages", b"messages", "model", b"model", "parent", b"parent", "provider", b"provider", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_id", b"agent_id", "agent_input", b"agent_input", "generation_config", b"generation_config", "input", b"input", "input_json", b"input_json", "labels", b"labels", "messages", b"messages", "model", b"model", "output_schema", b"output_schema", "parent", b"parent", "provider", b"provider", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_agent_input: _TypeAlias = _typing.Literal["input", "input_json"]  # noqa: Y015
+    _WhichOneofArgType_agent_input: _TypeAlias = _typing.Literal["agent_input", b"agent_input"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_agent_input) -> _WhichOneofReturnType_agent_input | None: ...
 
 Global___ExecuteRequest: _TypeAlias = ExecuteRequest  # noqa: Y015
 
 @_typing.final
 class TextDelta(_message.Message):
-    """Output text as it arrives from the provider."""
+    """Output text as it arrives from the provider (with an output schema: the JSON text)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -413,3 +442,264 @@ class TestApiKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TestApiKeyResponse: _TypeAlias = TestApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class CreateAgentRequest(_message.Message):
+    """Request of CreateAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`workspaces/{workspace}`."""
+    agent_id: _builtins.str
+    """The new agent's id (1 to 128 characters of [A-Za-z0-9._-]); ALREADY_EXISTS when taken."""
+    @_builtins.property
+    def agent(self) -> _resources_pb2_1.Agent:
+        """The agent; `name`, `create_time`, `update_time` and `etag` are ignored."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        agent: _resources_pb2_1.Agent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_id", b"agent_id", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAgentRequest: _TypeAlias = CreateAgentRequest  # noqa: Y015
+
+@_typing.final
+class CreateAgentResponse(_message.Message):
+    """Response of CreateAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agent(self) -> _resources_pb2_1.Agent:
+        """The agent as stored."""
+
+    def __init__(
+        self,
+        *,
+        agent: _resources_pb2_1.Agent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAgentResponse: _TypeAlias = CreateAgentResponse  # noqa: Y015
+
+@_typing.final
+class GetAgentRequest(_message.Message):
+    """Request of GetAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`workspaces/{workspace}/agents/{agent}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAgentRequest: _TypeAlias = GetAgentRequest  # noqa: Y015
+
+@_typing.final
+class GetAgentResponse(_message.Message):
+    """Response of GetAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agent(self) -> _resources_pb2_1.Agent:
+        """The agent."""
+
+    def __init__(
+        self,
+        *,
+        agent: _resources_pb2_1.Agent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAgentResponse: _TypeAlias = GetAgentResponse  # noqa: Y015
+
+@_typing.final
+class ListAgentsRequest(_message.Message):
+    """Request of ListAgents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`workspaces/{workspace}`."""
+    page_size: _builtins.int
+    """Maximum results per page, 0 for the default (50); a larger value than 1000 means 1000."""
+    page_token: _builtins.str
+    """`next_page_token` of a previous call."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAgentsRequest: _TypeAlias = ListAgentsRequest  # noqa: Y015
+
+@_typing.final
+class ListAgentsResponse(_message.Message):
+    """Response of ListAgents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def agents(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2_1.Agent]:
+        """Agents, by id."""
+
+    def __init__(
+        self,
+        *,
+        agents: _abc.Iterable[_resources_pb2_1.Agent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAgentsResponse: _TypeAlias = ListAgentsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateAgentRequest(_message.Message):
+    """Request of UpdateAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agent(self) -> _resources_pb2_1.Agent:
+        """The agent's new values; `name` says which agent. With `etag` set, the update applies
+        only if the agent is still at that version (ABORTED otherwise).
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to change: display_name, description, instructions, routes, input_schema,
+        output_schema, labels. Empty or `*` replaces all of them.
+        """
+
+    def __init__(
+        self,
+        *,
+        agent: _resources_pb2_1.Agent | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAgentRequest: _TypeAlias = UpdateAgentRequest  # noqa: Y015
+
+@_typing.final
+class UpdateAgentResponse(_message.Message):
+    """Response of UpdateAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agent(self) -> _resources_pb2_1.Agent:
+        """The agent as stored."""
+
+    def __init__(
+        self,
+        *,
+        agent: _resources_pb2_1.Agent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAgentResponse: _TypeAlias = UpdateAgentResponse  # noqa: Y015
+
+@_typing.final
+class DeleteAgentRequest(_message.Message):
+    """Request of DeleteAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`workspaces/{workspace}/agents/{agent}`."""
+    etag: _builtins.str
+    """When set, delete only if the agent is still at this version (ABORTED otherwise)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAgentRequest: _TypeAlias = DeleteAgentRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAgentResponse(_message.Message):
+    """Response of DeleteAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAgentResponse: _TypeAlias = DeleteAgentResponse  # noqa: Y015

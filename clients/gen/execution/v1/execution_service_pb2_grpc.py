@@ -61,6 +61,31 @@ class ExecutionServiceStub:
                 request_serializer=execution_dot_v1_dot_execution__service__pb2.TestApiKeyRequest.SerializeToString,
                 response_deserializer=execution_dot_v1_dot_execution__service__pb2.TestApiKeyResponse.FromString,
                 _registered_method=True)
+        self.CreateAgent = channel.unary_unary(
+                '/execution.v1.ExecutionService/CreateAgent',
+                request_serializer=execution_dot_v1_dot_execution__service__pb2.CreateAgentRequest.SerializeToString,
+                response_deserializer=execution_dot_v1_dot_execution__service__pb2.CreateAgentResponse.FromString,
+                _registered_method=True)
+        self.GetAgent = channel.unary_unary(
+                '/execution.v1.ExecutionService/GetAgent',
+                request_serializer=execution_dot_v1_dot_execution__service__pb2.GetAgentRequest.SerializeToString,
+                response_deserializer=execution_dot_v1_dot_execution__service__pb2.GetAgentResponse.FromString,
+                _registered_method=True)
+        self.ListAgents = channel.unary_unary(
+                '/execution.v1.ExecutionService/ListAgents',
+                request_serializer=execution_dot_v1_dot_execution__service__pb2.ListAgentsRequest.SerializeToString,
+                response_deserializer=execution_dot_v1_dot_execution__service__pb2.ListAgentsResponse.FromString,
+                _registered_method=True)
+        self.UpdateAgent = channel.unary_unary(
+                '/execution.v1.ExecutionService/UpdateAgent',
+                request_serializer=execution_dot_v1_dot_execution__service__pb2.UpdateAgentRequest.SerializeToString,
+                response_deserializer=execution_dot_v1_dot_execution__service__pb2.UpdateAgentResponse.FromString,
+                _registered_method=True)
+        self.DeleteAgent = channel.unary_unary(
+                '/execution.v1.ExecutionService/DeleteAgent',
+                request_serializer=execution_dot_v1_dot_execution__service__pb2.DeleteAgentRequest.SerializeToString,
+                response_deserializer=execution_dot_v1_dot_execution__service__pb2.DeleteAgentResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutionServiceServicer:
@@ -103,6 +128,41 @@ class ExecutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAgent(self, request, context):
+        """Creates an agent with a caller-chosen id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAgent(self, request, context):
+        """Returns one agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgents(self, request, context):
+        """Lists a workspace's agents by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAgent(self, request, context):
+        """Changes the fields named in `update_mask`; with `agent.etag` set, only if unchanged since.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAgent(self, request, context):
+        """Deletes an agent; its executions stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +190,31 @@ def add_ExecutionServiceServicer_to_server(servicer, server):
                     servicer.TestApiKey,
                     request_deserializer=execution_dot_v1_dot_execution__service__pb2.TestApiKeyRequest.FromString,
                     response_serializer=execution_dot_v1_dot_execution__service__pb2.TestApiKeyResponse.SerializeToString,
+            ),
+            'CreateAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAgent,
+                    request_deserializer=execution_dot_v1_dot_execution__service__pb2.CreateAgentRequest.FromString,
+                    response_serializer=execution_dot_v1_dot_execution__service__pb2.CreateAgentResponse.SerializeToString,
+            ),
+            'GetAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgent,
+                    request_deserializer=execution_dot_v1_dot_execution__service__pb2.GetAgentRequest.FromString,
+                    response_serializer=execution_dot_v1_dot_execution__service__pb2.GetAgentResponse.SerializeToString,
+            ),
+            'ListAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgents,
+                    request_deserializer=execution_dot_v1_dot_execution__service__pb2.ListAgentsRequest.FromString,
+                    response_serializer=execution_dot_v1_dot_execution__service__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'UpdateAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAgent,
+                    request_deserializer=execution_dot_v1_dot_execution__service__pb2.UpdateAgentRequest.FromString,
+                    response_serializer=execution_dot_v1_dot_execution__service__pb2.UpdateAgentResponse.SerializeToString,
+            ),
+            'DeleteAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAgent,
+                    request_deserializer=execution_dot_v1_dot_execution__service__pb2.DeleteAgentRequest.FromString,
+                    response_serializer=execution_dot_v1_dot_execution__service__pb2.DeleteAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +354,141 @@ class ExecutionService:
             '/execution.v1.ExecutionService/TestApiKey',
             execution_dot_v1_dot_execution__service__pb2.TestApiKeyRequest.SerializeToString,
             execution_dot_v1_dot_execution__service__pb2.TestApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execution.v1.ExecutionService/CreateAgent',
+            execution_dot_v1_dot_execution__service__pb2.CreateAgentRequest.SerializeToString,
+            execution_dot_v1_dot_execution__service__pb2.CreateAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execution.v1.ExecutionService/GetAgent',
+            execution_dot_v1_dot_execution__service__pb2.GetAgentRequest.SerializeToString,
+            execution_dot_v1_dot_execution__service__pb2.GetAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execution.v1.ExecutionService/ListAgents',
+            execution_dot_v1_dot_execution__service__pb2.ListAgentsRequest.SerializeToString,
+            execution_dot_v1_dot_execution__service__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execution.v1.ExecutionService/UpdateAgent',
+            execution_dot_v1_dot_execution__service__pb2.UpdateAgentRequest.SerializeToString,
+            execution_dot_v1_dot_execution__service__pb2.UpdateAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execution.v1.ExecutionService/DeleteAgent',
+            execution_dot_v1_dot_execution__service__pb2.DeleteAgentRequest.SerializeToString,
+            execution_dot_v1_dot_execution__service__pb2.DeleteAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,16 @@ class ExecutionServiceStub:
     """Aggregates one agent's executions over a time window."""
     TestApiKey: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.TestApiKeyRequest, _execution_service_pb2.TestApiKeyResponse]
     """Checks a stored or a candidate key against the provider with a cheap call."""
+    CreateAgent: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.CreateAgentRequest, _execution_service_pb2.CreateAgentResponse]
+    """Creates an agent with a caller-chosen id."""
+    GetAgent: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.GetAgentRequest, _execution_service_pb2.GetAgentResponse]
+    """Returns one agent."""
+    ListAgents: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.ListAgentsRequest, _execution_service_pb2.ListAgentsResponse]
+    """Lists a workspace's agents by id."""
+    UpdateAgent: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.UpdateAgentRequest, _execution_service_pb2.UpdateAgentResponse]
+    """Changes the fields named in `update_mask`; with `agent.etag` set, only if unchanged since."""
+    DeleteAgent: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.DeleteAgentRequest, _execution_service_pb2.DeleteAgentResponse]
+    """Deletes an agent; its executions stay."""
 
 @_typing.type_check_only
 class ExecutionServiceAsyncStub(ExecutionServiceStub):
@@ -63,6 +73,16 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     """Aggregates one agent's executions over a time window."""
     TestApiKey: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.TestApiKeyRequest, _execution_service_pb2.TestApiKeyResponse]  # type: ignore[assignment]
     """Checks a stored or a candidate key against the provider with a cheap call."""
+    CreateAgent: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.CreateAgentRequest, _execution_service_pb2.CreateAgentResponse]  # type: ignore[assignment]
+    """Creates an agent with a caller-chosen id."""
+    GetAgent: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.GetAgentRequest, _execution_service_pb2.GetAgentResponse]  # type: ignore[assignment]
+    """Returns one agent."""
+    ListAgents: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.ListAgentsRequest, _execution_service_pb2.ListAgentsResponse]  # type: ignore[assignment]
+    """Lists a workspace's agents by id."""
+    UpdateAgent: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.UpdateAgentRequest, _execution_service_pb2.UpdateAgentResponse]  # type: ignore[assignment]
+    """Changes the fields named in `update_mask`; with `agent.etag` set, only if unchanged since."""
+    DeleteAgent: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.DeleteAgentRequest, _execution_service_pb2.DeleteAgentResponse]  # type: ignore[assignment]
+    """Deletes an agent; its executions stay."""
 
 class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs agents' requests against AI providers with the workspace's stored key, streams the
@@ -108,5 +128,45 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_execution_service_pb2.TestApiKeyResponse, _abc.Awaitable[_execution_service_pb2.TestApiKeyResponse]]:
         """Checks a stored or a candidate key against the provider with a cheap call."""
+
+    @_abc_1.abstractmethod
+    def CreateAgent(
+        self,
+        request: _execution_service_pb2.CreateAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.CreateAgentResponse, _abc.Awaitable[_execution_service_pb2.CreateAgentResponse]]:
+        """Creates an agent with a caller-chosen id."""
+
+    @_abc_1.abstractmethod
+    def GetAgent(
+        self,
+        request: _execution_service_pb2.GetAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.GetAgentResponse, _abc.Awaitable[_execution_service_pb2.GetAgentResponse]]:
+        """Returns one agent."""
+
+    @_abc_1.abstractmethod
+    def ListAgents(
+        self,
+        request: _execution_service_pb2.ListAgentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.ListAgentsResponse, _abc.Awaitable[_execution_service_pb2.ListAgentsResponse]]:
+        """Lists a workspace's agents by id."""
+
+    @_abc_1.abstractmethod
+    def UpdateAgent(
+        self,
+        request: _execution_service_pb2.UpdateAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.UpdateAgentResponse, _abc.Awaitable[_execution_service_pb2.UpdateAgentResponse]]:
+        """Changes the fields named in `update_mask`; with `agent.etag` set, only if unchanged since."""
+
+    @_abc_1.abstractmethod
+    def DeleteAgent(
+        self,
+        request: _execution_service_pb2.DeleteAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.DeleteAgentResponse, _abc.Awaitable[_execution_service_pb2.DeleteAgentResponse]]:
+        """Deletes an agent; its executions stay."""
 
 def add_ExecutionServiceServicer_to_server(servicer: ExecutionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,11 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from clients.gen.keyvault.v1 import resources_pb2 as keyvault_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65xecution/v1/resources.proto\x12\x0c\x65xecution.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bkeyvault/v1/resources.proto\"C\n\x07Message\x12\'\n\x04role\x18\x01 \x01(\x0e\x32\x19.execution.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x9a\x01\n\x10GenerationConfig\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x04 \x03(\tB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_p\"~\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63\x61\x63he_read_tokens\x18\x03 \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x04 \x01(\x03\x12\x11\n\testimated\x18\x05 \x01(\x08\"J\n\x0e\x45xecutionError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x17\n\x0fprovider_status\x18\x03 \x01(\x05\"\xb8\x05\n\tExecution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\'\n\x08provider\x18\x03 \x01(\x0e\x32\x15.keyvault.v1.Provider\x12\r\n\x05model\x18\x04 \x01(\t\x12+\n\x05state\x18\x05 \x01(\x0e\x32\x1c.execution.v1.ExecutionState\x12\"\n\x05usage\x18\x06 \x01(\x0b\x32\x13.execution.v1.Usage\x12\x17\n\ncost_nanos\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12+\n\x05\x65rror\x18\t \x01(\x0b\x32\x1c.execution.v1.ExecutionError\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x66irst_token_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07latency\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13time_to_first_token\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nrequest_id\x18\x0f \x01(\t\x12\x33\n\x06labels\x18\x10 \x03(\x0b\x32#.execution.v1.Execution.LabelsEntry\x12\x13\n\x0boutput_text\x18\x11 \x01(\t\x12\x15\n\rfinish_reason\x18\x12 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_cost_nanos\"\x94\x04\n\nAgentStats\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0btotal_count\x18\x02 \x01(\x03\x12\x15\n\rrunning_count\x18\x03 \x01(\x03\x12\x17\n\x0fsucceeded_count\x18\x04 \x01(\x03\x12\x14\n\x0c\x66\x61iled_count\x18\x05 \x01(\x03\x12\x17\n\x0f\x63\x61ncelled_count\x18\x06 \x01(\x03\x12\x14\n\x0csuccess_rate\x18\x07 \x01(\x01\x12\x14\n\x0cinput_tokens\x18\x08 \x01(\x03\x12\x15\n\routput_tokens\x18\t \x01(\x03\x12\x19\n\x11\x63\x61\x63he_read_tokens\x18\n \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x0b \x01(\x03\x12\x12\n\ncost_nanos\x18\x0c \x01(\x03\x12\x1a\n\x12unknown_cost_count\x18\r \x01(\x03\x12.\n\x0blatency_p50\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0blatency_p95\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x17time_to_first_token_p50\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x17time_to_first_token_p95\x18\x11 \x01(\x0b\x32\x19.google.protobuf.Duration*\xa8\x01\n\x0e\x45xecutionState\x12\x1f\n\x1b\x45XECUTION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XECUTION_STATE_RUNNING\x10\x01\x12\x1d\n\x19\x45XECUTION_STATE_SUCCEEDED\x10\x02\x12\x1a\n\x16\x45XECUTION_STATE_FAILED\x10\x03\x12\x1d\n\x19\x45XECUTION_STATE_CANCELLED\x10\x04*w\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_ROLE_SYSTEM\x10\x01\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x02\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65xecution/v1/resources.proto\x12\x0c\x65xecution.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bkeyvault/v1/resources.proto\"C\n\x07Message\x12\'\n\x04role\x18\x01 \x01(\x0e\x32\x19.execution.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x9a\x01\n\x10GenerationConfig\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x04 \x03(\tB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_p\"~\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63\x61\x63he_read_tokens\x18\x03 \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x04 \x01(\x03\x12\x11\n\testimated\x18\x05 \x01(\x08\"}\n\x0e\x45xecutionError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x17\n\x0fprovider_status\x18\x03 \x01(\x05\x12\x31\n\nviolations\x18\x04 \x03(\x0b\x32\x1d.execution.v1.SchemaViolation\"7\n\x0fSchemaViolation\x12\x0f\n\x07pointer\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xb0\x06\n\tExecution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\'\n\x08provider\x18\x03 \x01(\x0e\x32\x15.keyvault.v1.Provider\x12\r\n\x05model\x18\x04 \x01(\t\x12+\n\x05state\x18\x05 \x01(\x0e\x32\x1c.execution.v1.ExecutionState\x12\"\n\x05usage\x18\x06 \x01(\x0b\x32\x13.execution.v1.Usage\x12\x17\n\ncost_nanos\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12+\n\x05\x65rror\x18\t \x01(\x0b\x32\x1c.execution.v1.ExecutionError\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x66irst_token_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07latency\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13time_to_first_token\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nrequest_id\x18\x0f \x01(\t\x12\x33\n\x06labels\x18\x10 \x03(\x0b\x32#.execution.v1.Execution.LabelsEntry\x12\x13\n\x0boutput_text\x18\x11 \x01(\t\x12\x15\n\rfinish_reason\x18\x12 \x01(\t\x12\r\n\x05\x61gent\x18\x13 \x01(\t\x12\x12\n\nagent_etag\x18\x14 \x01(\t\x12\'\n\x06output\x18\x15 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x19\n\x0coutput_valid\x18\x16 \x01(\x08H\x01\x88\x01\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_cost_nanosB\x0f\n\r_output_valid\"z\n\x05Route\x12\'\n\x08provider\x18\x01 \x01(\x0e\x32\x15.keyvault.v1.Provider\x12\r\n\x05model\x18\x02 \x01(\t\x12\x39\n\x11generation_config\x18\x03 \x01(\x0b\x32\x1e.execution.v1.GenerationConfig\"\xaa\x03\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0cinstructions\x18\x04 \x01(\t\x12#\n\x06routes\x18\x05 \x03(\x0b\x32\x13.execution.v1.Route\x12-\n\x0cinput_schema\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\routput_schema\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x06labels\x18\x08 \x03(\x0b\x32\x1f.execution.v1.Agent.LabelsEntry\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb2\x04\n\nAgentStats\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0btotal_count\x18\x02 \x01(\x03\x12\x15\n\rrunning_count\x18\x03 \x01(\x03\x12\x17\n\x0fsucceeded_count\x18\x04 \x01(\x03\x12\x14\n\x0c\x66\x61iled_count\x18\x05 \x01(\x03\x12\x17\n\x0f\x63\x61ncelled_count\x18\x06 \x01(\x03\x12\x14\n\x0csuccess_rate\x18\x07 \x01(\x01\x12\x14\n\x0cinput_tokens\x18\x08 \x01(\x03\x12\x15\n\routput_tokens\x18\t \x01(\x03\x12\x19\n\x11\x63\x61\x63he_read_tokens\x18\n \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x0b \x01(\x03\x12\x12\n\ncost_nanos\x18\x0c \x01(\x03\x12\x1a\n\x12unknown_cost_count\x18\r \x01(\x03\x12.\n\x0blatency_p50\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0blatency_p95\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x17time_to_first_token_p50\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x17time_to_first_token_p95\x18\x11 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1c\n\x14output_invalid_count\x18\x12 \x01(\x03*\xa8\x01\n\x0e\x45xecutionState\x12\x1f\n\x1b\x45XECUTION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XECUTION_STATE_RUNNING\x10\x01\x12\x1d\n\x19\x45XECUTION_STATE_SUCCEEDED\x10\x02\x12\x1a\n\x16\x45XECUTION_STATE_FAILED\x10\x03\x12\x1d\n\x19\x45XECUTION_STATE_CANCELLED\x10\x04*w\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_ROLE_SYSTEM\x10\x01\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x02\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,22 +37,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXECUTION_LABELSENTRY']._loaded_options = None
   _globals['_EXECUTION_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_EXECUTIONSTATE']._serialized_start=1805
-  _globals['_EXECUTIONSTATE']._serialized_end=1973
-  _globals['_MESSAGEROLE']._serialized_start=1975
-  _globals['_MESSAGEROLE']._serialized_end=2094
-  _globals['_MESSAGE']._serialized_start=140
-  _globals['_MESSAGE']._serialized_end=207
-  _globals['_GENERATIONCONFIG']._serialized_start=210
-  _globals['_GENERATIONCONFIG']._serialized_end=364
-  _globals['_USAGE']._serialized_start=366
-  _globals['_USAGE']._serialized_end=492
-  _globals['_EXECUTIONERROR']._serialized_start=494
-  _globals['_EXECUTIONERROR']._serialized_end=568
-  _globals['_EXECUTION']._serialized_start=571
-  _globals['_EXECUTION']._serialized_end=1267
-  _globals['_EXECUTION_LABELSENTRY']._serialized_start=1207
-  _globals['_EXECUTION_LABELSENTRY']._serialized_end=1252
-  _globals['_AGENTSTATS']._serialized_start=1270
-  _globals['_AGENTSTATS']._serialized_end=1802
+  _globals['_AGENT_LABELSENTRY']._loaded_options = None
+  _globals['_AGENT_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_EXECUTIONSTATE']._serialized_start=2646
+  _globals['_EXECUTIONSTATE']._serialized_end=2814
+  _globals['_MESSAGEROLE']._serialized_start=2816
+  _globals['_MESSAGEROLE']._serialized_end=2935
+  _globals['_MESSAGE']._serialized_start=170
+  _globals['_MESSAGE']._serialized_end=237
+  _globals['_GENERATIONCONFIG']._serialized_start=240
+  _globals['_GENERATIONCONFIG']._serialized_end=394
+  _globals['_USAGE']._serialized_start=396
+  _globals['_USAGE']._serialized_end=522
+  _globals['_EXECUTIONERROR']._serialized_start=524
+  _globals['_EXECUTIONERROR']._serialized_end=649
+  _globals['_SCHEMAVIOLATION']._serialized_start=651
+  _globals['_SCHEMAVIOLATION']._serialized_end=706
+  _globals['_EXECUTION']._serialized_start=709
+  _globals['_EXECUTION']._serialized_end=1525
+  _globals['_EXECUTION_LABELSENTRY']._serialized_start=1448
+  _globals['_EXECUTION_LABELSENTRY']._serialized_end=1493
+  _globals['_ROUTE']._serialized_start=1527
+  _globals['_ROUTE']._serialized_end=1649
+  _globals['_AGENT']._serialized_start=1652
+  _globals['_AGENT']._serialized_end=2078
+  _globals['_AGENT_LABELSENTRY']._serialized_start=1448
+  _globals['_AGENT_LABELSENTRY']._serialized_end=1493
+  _globals['_AGENTSTATS']._serialized_start=2081
+  _globals['_AGENTSTATS']._serialized_end=2643
 # @@protoc_insertion_point(module_scope)

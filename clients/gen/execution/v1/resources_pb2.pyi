@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -202,26 +203,60 @@ class ExecutionError(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     PROVIDER_STATUS_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
     """Machine-readable UPPER_SNAKE reason, e.g. PROVIDER_RATE_LIMITED, INTERRUPTED."""
     message: _builtins.str
     """Human-readable explanation; never contains a key."""
     provider_status: _builtins.int
     """HTTP status of the provider's last answer, 0 when there was none."""
+    @_builtins.property
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___SchemaViolation]:
+        """For OUTPUT_SCHEMA_VIOLATION: where the output broke its schema, one entry per error."""
+
     def __init__(
         self,
         *,
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
         provider_status: _builtins.int = ...,
+        violations: _abc.Iterable[Global___SchemaViolation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "provider_status", b"provider_status", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "provider_status", b"provider_status", "reason", b"reason", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecutionError: _TypeAlias = ExecutionError  # noqa: Y015
+
+@_typing.final
+class SchemaViolation(_message.Message):
+    """One way a JSON document breaks its JSON Schema."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTER_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    pointer: _builtins.str
+    """JSON pointer into the document, prefixed with the field it came from
+    (`input/customer/email`, `output/items/0/price`; `output` for the whole document).
+    """
+    description: _builtins.str
+    """What is wrong there."""
+    def __init__(
+        self,
+        *,
+        pointer: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "pointer", b"pointer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchemaViolation: _TypeAlias = SchemaViolation  # noqa: Y015
 
 @_typing.final
 class Execution(_message.Message):
@@ -267,6 +302,10 @@ class Execution(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     OUTPUT_TEXT_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    AGENT_ETAG_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_VALID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`workspaces/{workspace}/executions/{execution}`."""
     agent_id: _builtins.str
@@ -287,6 +326,14 @@ class Execution(_message.Message):
     """The output text, when the service stores output (the default)."""
     finish_reason: _builtins.str
     """The provider's finish reason (`stop`, `length`, `end_turn`, ...)."""
+    agent: _builtins.str
+    """The agent run, `workspaces/{workspace}/agents/{agent}`; empty for an ad hoc execution."""
+    agent_etag: _builtins.str
+    """The agent's etag when the execution started (which version of the agent ran)."""
+    output_valid: _builtins.bool
+    """Whether the output matched its schema; unset when no output schema applied or the
+    execution ended before its output was complete.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Token counts."""
@@ -319,6 +366,10 @@ class Execution(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-supplied labels."""
 
+    @_builtins.property
+    def output(self) -> _struct_pb2.Struct:
+        """The parsed structured output, when an output schema applied and the output was JSON."""
+
     def __init__(
         self,
         *,
@@ -340,16 +391,161 @@ class Execution(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         output_text: _builtins.str = ...,
         finish_reason: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        agent_etag: _builtins.str = ...,
+        output: _struct_pb2.Struct | None = ...,
+        output_valid: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "cost_nanos", b"cost_nanos", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "first_token_time", b"first_token_time", "latency", b"latency", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "_output_valid", b"_output_valid", "cost_nanos", b"cost_nanos", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "first_token_time", b"first_token_time", "latency", b"latency", "output", b"output", "output_valid", b"output_valid", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "agent_id", b"agent_id", "attempts", b"attempts", "cost_nanos", b"cost_nanos", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "finish_reason", b"finish_reason", "first_token_time", b"first_token_time", "labels", b"labels", "latency", b"latency", "model", b"model", "name", b"name", "output_text", b"output_text", "provider", b"provider", "request_id", b"request_id", "state", b"state", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "_output_valid", b"_output_valid", "agent", b"agent", "agent_etag", b"agent_etag", "agent_id", b"agent_id", "attempts", b"attempts", "cost_nanos", b"cost_nanos", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "finish_reason", b"finish_reason", "first_token_time", b"first_token_time", "labels", b"labels", "latency", b"latency", "model", b"model", "name", b"name", "output", b"output", "output_text", b"output_text", "output_valid", b"output_valid", "provider", b"provider", "request_id", b"request_id", "state", b"state", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_nanos: _TypeAlias = _typing.Literal["cost_nanos"]  # noqa: Y015
     _WhichOneofArgType__cost_nanos: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos"]  # noqa: Y015
+    _WhichOneofReturnType__output_valid: _TypeAlias = _typing.Literal["output_valid"]  # noqa: Y015
+    _WhichOneofArgType__output_valid: _TypeAlias = _typing.Literal["_output_valid", b"_output_valid"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_nanos) -> _WhichOneofReturnType__cost_nanos | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output_valid) -> _WhichOneofReturnType__output_valid | None: ...
 
 Global___Execution: _TypeAlias = Execution  # noqa: Y015
+
+@_typing.final
+class Route(_message.Message):
+    """A provider and model to run, with generation settings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    GENERATION_CONFIG_FIELD_NUMBER: _builtins.int
+    provider: _resources_pb2.Provider.ValueType
+    """The provider to call."""
+    model: _builtins.str
+    """The provider's model id, e.g. `gpt-4o-mini` or `claude-3-5-sonnet-20241022`."""
+    @_builtins.property
+    def generation_config(self) -> Global___GenerationConfig:
+        """Generation settings."""
+
+    def __init__(
+        self,
+        *,
+        provider: _resources_pb2.Provider.ValueType = ...,
+        model: _builtins.str = ...,
+        generation_config: Global___GenerationConfig | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config", "model", b"model", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Route: _TypeAlias = Route  # noqa: Y015
+
+@_typing.final
+class Agent(_message.Message):
+    """An agent defined once and run by name: instructions, where it runs, and the JSON Schemas
+    (draft 2020-12) its input and output must match.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
+    INPUT_SCHEMA_FIELD_NUMBER: _builtins.int
+    OUTPUT_SCHEMA_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`workspaces/{workspace}/agents/{agent}`; the agent id follows the agent_id rule
+    (1 to 128 characters of [A-Za-z0-9._-]) and is the `agent_id` of its executions.
+    """
+    display_name: _builtins.str
+    """Human-readable name, up to 256 characters."""
+    description: _builtins.str
+    """What the agent is for, up to 4096 characters."""
+    instructions: _builtins.str
+    """The system prompt sent with every execution."""
+    etag: _builtins.str
+    """Changes with every update; send it back with UpdateAgent or DeleteAgent to change only
+    the version you read.
+    """
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Route]:
+        """Where the agent runs, in order of preference. Exactly one route for now; later
+        versions fall back along the list.
+        """
+
+    @_builtins.property
+    def input_schema(self) -> _struct_pb2.Struct:
+        """JSON Schema the execution input must match; unset accepts any JSON object."""
+
+    @_builtins.property
+    def output_schema(self) -> _struct_pb2.Struct:
+        """JSON Schema the output must match, requested from the provider in its structured-output
+        mode; unset means free text. The root must be an object schema.
+        """
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Caller-supplied labels (at most 16)."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the agent was created."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the agent was last changed."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        instructions: _builtins.str = ...,
+        routes: _abc.Iterable[Global___Route] | None = ...,
+        input_schema: _struct_pb2.Struct | None = ...,
+        output_schema: _struct_pb2.Struct | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "input_schema", b"input_schema", "output_schema", b"output_schema", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "display_name", b"display_name", "etag", b"etag", "input_schema", b"input_schema", "instructions", b"instructions", "labels", b"labels", "name", b"name", "output_schema", b"output_schema", "routes", b"routes", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Agent: _TypeAlias = Agent  # noqa: Y015
 
 @_typing.final
 class AgentStats(_message.Message):
@@ -374,6 +570,7 @@ class AgentStats(_message.Message):
     LATENCY_P95_FIELD_NUMBER: _builtins.int
     TIME_TO_FIRST_TOKEN_P50_FIELD_NUMBER: _builtins.int
     TIME_TO_FIRST_TOKEN_P95_FIELD_NUMBER: _builtins.int
+    OUTPUT_INVALID_COUNT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent."""
     total_count: _builtins.int
@@ -400,6 +597,10 @@ class AgentStats(_message.Message):
     """Sum of known costs, nano-dollars."""
     unknown_cost_count: _builtins.int
     """Executions whose cost is unknown (not included in cost_nanos)."""
+    output_invalid_count: _builtins.int
+    """Of the failed executions, those whose output was refused or broke its output schema
+    (OUTPUT_REFUSED, OUTPUT_SCHEMA_VIOLATION) rather than a provider or service failure.
+    """
     @_builtins.property
     def latency_p50(self) -> _duration_pb2.Duration:
         """Median latency of finished executions."""
@@ -436,10 +637,11 @@ class AgentStats(_message.Message):
         latency_p95: _duration_pb2.Duration | None = ...,
         time_to_first_token_p50: _duration_pb2.Duration | None = ...,
         time_to_first_token_p95: _duration_pb2.Duration | None = ...,
+        output_invalid_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "time_to_first_token_p50", b"time_to_first_token_p50", "time_to_first_token_p95", b"time_to_first_token_p95"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "cancelled_count", b"cancelled_count", "cost_nanos", b"cost_nanos", "failed_count", b"failed_count", "input_tokens", b"input_tokens", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "output_tokens", b"output_tokens", "running_count", b"running_count", "succeeded_count", b"succeeded_count", "success_rate", b"success_rate", "time_to_first_token_p50", b"time_to_first_token_p50", "time_to_first_token_p95", b"time_to_first_token_p95", "total_count", b"total_count", "unknown_cost_count", b"unknown_cost_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "cancelled_count", b"cancelled_count", "cost_nanos", b"cost_nanos", "failed_count", b"failed_count", "input_tokens", b"input_tokens", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "output_invalid_count", b"output_invalid_count", "output_tokens", b"output_tokens", "running_count", b"running_count", "succeeded_count", b"succeeded_count", "success_rate", b"success_rate", "time_to_first_token_p50", b"time_to_first_token_p50", "time_to_first_token_p95", b"time_to_first_token_p95", "total_count", b"total_count", "unknown_cost_count", b"unknown_cost_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
