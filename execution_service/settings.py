@@ -13,6 +13,9 @@ from service_kit.tls import TlsFiles
 
 DEFAULT_ADDRESS = "127.0.0.1:50052"
 DEFAULT_POLICY = Path(__file__).with_name("authz_policy.json")
+# Retrying a terminal record during a database outage: 0.5 s, 1 s, 2 s ... capped at 5 s, so
+# the record lands within about 5 s of the database's return.
+FINISH_RETRY_BACKOFF = RetryPolicy(base_delay=0.5, max_delay=5.0)
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,9 @@ class EngineSettings:
     key_cache_ttl: float = 30.0  # seconds; 0 disables the cache
     lease_seconds: float = 30.0
     sweep_interval: float = 10.0
+    # A terminal record the database refused is retried with this backoff for this long.
+    finish_retry_seconds: float = 600.0
+    finish_retry_backoff: RetryPolicy = FINISH_RETRY_BACKOFF
     connect_timeout: float = 5.0
     read_timeout: float = 600.0  # between bytes of a provider's answer
     openai_base_url: str | None = None  # None: https://api.openai.com
@@ -71,6 +77,7 @@ class ExecutionSettings:
                 key_cache_ttl=env.number("KEY_CACHE_TTL_SECONDS", 30.0),
                 lease_seconds=env.number("EXECUTION_LEASE_SECONDS", 30.0, minimum=1.0),
                 sweep_interval=env.number("EXECUTION_SWEEP_INTERVAL_SECONDS", 10.0, minimum=0.1),
+                finish_retry_seconds=env.number("EXECUTION_FINISH_RETRY_SECONDS", 600.0),
                 connect_timeout=env.number("PROVIDER_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.1),
                 read_timeout=env.number("PROVIDER_READ_TIMEOUT_SECONDS", 600.0, minimum=1.0),
                 openai_base_url=env.optional("OPENAI_BASE_URL"),
