@@ -382,7 +382,9 @@ class ExecutionEngine:
 
     async def sweep_once(self) -> int:
         swept = await repo.fail_expired_leases(
-            self._pool, "the process running this execution stopped before it finished"
+            self._pool,
+            "the process running this execution stopped before it finished",
+            spare=self._records.pending_ids(),
         )
         if swept:
             log.warning("marked interrupted executions failed", extra={"count": swept})

@@ -295,12 +295,18 @@ async def renew_leases(
     return int(status.split()[-1])
 
 
-async def fail_expired_leases(db: Executor, message: str) -> int:
-    """The sweeper: executions whose owner stopped renewing (it crashed) become FAILED."""
+async def fail_expired_leases(
+    db: Executor, message: str, *, spare: list[uuid.UUID] | None = None
+) -> int:
+    """The sweeper: executions whose owner stopped renewing (it crashed, or gave up on their
+    record) become FAILED, except `spare` (the sweeping process's own records that wait for
+    the database: it knows their real outcome)."""
     status = await db.execute(
         f"""UPDATE executions SET state = '{FAILED}', error_reason = '{INTERRUPTED}',
                 error_message = $1, end_time = now(), lease_owner = NULL, lease_expires_at = NULL
-            WHERE state = '{RUNNING}' AND lease_expires_at < now()""",
+            WHERE state = '{RUNNING}' AND lease_expires_at < now()
+              AND NOT (id = ANY($2::uuid[]))""",
         message,
+        spare or [],
     )
     return int(status.split()[-1])

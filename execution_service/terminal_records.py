@@ -72,9 +72,8 @@ class TerminalRecords:
         self._pending: dict[uuid.UUID, TerminalRecord] = {}
         self._retries: dict[uuid.UUID, asyncio.Task[None]] = {}
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
+    def pending_ids(self) -> list[uuid.UUID]:
+        return list(self._pending)
 
     async def record(self, record: TerminalRecord) -> Execution | None:
         """The execution as recorded, or None when the database is unavailable: the record
