@@ -159,7 +159,9 @@ class ExecutionEngine:
         self, cmd: ExecuteCommand, *, deadline: float | None, request_id: str
     ) -> AsyncGenerator[Event, None]:
         """Started, then Deltas, then Completed; a failure raises a ServiceError naming the
-        execution after its FAILED row is written."""
+        execution after its FAILED row is written. When the database cannot take the terminal
+        record, the stream ends UNAVAILABLE naming the execution instead, and the record is
+        retried in the background."""
         if cmd.request_id:
             existing = await repo.get_by_request_id(self._pool, cmd.workspace, cmd.request_id)
             if existing is not None:
@@ -214,7 +216,7 @@ class ExecutionEngine:
         except Exception:
             log.exception("execution failed unexpectedly", extra={"execution": execution.name})
             error = ExecutionError("INTERNAL", "internal error")
-            await asyncio.shield(self._recorded(execution, cmd, progress, FAILED, error))
+            await self._recorded(execution, cmd, progress, FAILED, error)
             raise
         yield Completed(await self._recorded(execution, cmd, progress, SUCCEEDED, None))
 
@@ -278,8 +280,8 @@ class ExecutionEngine:
         error: ExecutionError | None,
     ) -> Execution:
         """The execution as recorded; raises UNAVAILABLE naming it when the record waits for
-        the database."""
-        finished = await self._finish(execution, cmd, progress, state, error)
+        the database. Shielded: a cancel arriving during the write must not leave it undone."""
+        finished = await asyncio.shield(self._finish(execution, cmd, progress, state, error))
         if finished is None:
             raise record_pending(execution, state)
         return finished
