@@ -40,8 +40,8 @@ from tests.execution.support import (
 
 PROMPT = "Say hello to the team"
 INPUT_TOKENS = count_input_tokens([{"content": PROMPT}])
-CHUNKS = 8
-SLOW = {"chunks": CHUNKS, "chunk_delay_ms": 400}  # streams still running when PostgreSQL stops
+CHUNKS = 10
+SLOW = {"chunks": CHUNKS, "chunk_delay_ms": 500}  # still streaming when PostgreSQL stops
 FAST_BACKOFF = RetryPolicy(base_delay=0.1, max_delay=0.5)
 LEASE_SECONDS = 1.0
 
@@ -69,6 +69,9 @@ class StoppablePostgres:
     """A dedicated embedded PostgreSQL that a test may stop and start again (same socket,
     same data)."""
 
+    def __init__(self) -> None:
+        self.databases: list[str] = []  # dropped at the end
+
     async def start(self) -> None:
         env = {**os.environ}
         env.setdefault("XDG_RUNTIME_DIR", str(DATA_DIR.parent / "xdg-runtime"))
@@ -92,17 +95,21 @@ class StoppablePostgres:
         info.process.send_signal(signal.SIGINT)
         await asyncio.to_thread(info.process.wait, 30)
 
+    async def fresh_database(self) -> str:
+        name = f"ex_outage_{uuid.uuid4().hex[:10]}"
+        self.databases.append(name)
+        return await embedded_pg.ensure_database(self.uri, name)
+
 
 @pytest.fixture(scope="module")
 async def outage_pg() -> AsyncIterator[StoppablePostgres]:
     pg = StoppablePostgres()
     await pg.start()
     yield pg
+    await pg.start()  # a failed test may have left it stopped
+    for name in pg.databases:
+        await embedded_pg.drop_database(pg.uri, name)
     await pg.stop()
-
-
-async def fresh_database(pg: StoppablePostgres) -> str:
-    return await embedded_pg.ensure_database(pg.uri, f"ex_outage_{uuid.uuid4().hex[:10]}")
 
 
 def sample(name: str, **labels: str) -> float:
@@ -128,7 +135,7 @@ async def test_streams_in_flight_during_an_outage_end_with_their_real_records(
     emulator: RunningEmulator,
 ) -> None:
     service = await start_execution_service(
-        database_url=await fresh_database(outage_pg),
+        database_url=await outage_pg.fresh_database(),
         background=True,
         lease_seconds=LEASE_SECONDS,
         sweep_interval=0.2,
@@ -201,7 +208,7 @@ async def test_a_record_past_its_retry_bound_is_logged_and_left_to_the_sweeper(
 ) -> None:
     caplog.set_level(logging.ERROR, logger="execution_service.terminal_records")
     service = await start_execution_service(
-        database_url=await fresh_database(outage_pg),
+        database_url=await outage_pg.fresh_database(),
         background=True,
         lease_seconds=LEASE_SECONDS,
         sweep_interval=3600.0,  # swept below, once the renewals have had their chance
