@@ -14,20 +14,24 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from prometheus_client import REGISTRY
 
 from clients.gen.execution.v1 import resources_pb2 as res
+from execution_service.app import start_execution
 from execution_service.retry import RetryPolicy
+from keyvault_service.app import RunningKeyVault
 from provider_emulator.server import RunningEmulator
 from provider_emulator.textgen import count_input_tokens
 from service_kit import embedded_pg
+from service_kit.tls import TlsFiles
 from tests.conftest import PROJECT_ROOT
-from tests.execution.conftest import StartExecution
+from tests.execution.conftest import StartExecution, execution_settings
 from tests.execution.support import (
     Stub,
     Workspace,
@@ -252,6 +256,56 @@ async def test_a_record_past_its_retry_bound_is_logged_and_left_to_the_sweeper(
     record = await get_execution(stub, name)
     assert record.state == res.EXECUTION_STATE_FAILED
     assert record.error.reason == "INTERRUPTED"
+
+
+async def test_stopping_the_service_gives_pending_records_a_last_chance(
+    outage_pg: StoppablePostgres,
+    workspace: Workspace,
+    execution_stub: Stub,
+    tls_for: Callable[[str], TlsFiles],
+    pair_vault: RunningKeyVault,
+    emulator: RunningEmulator,
+) -> None:
+    url = await outage_pg.fresh_database()
+    settings = execution_settings(
+        tls_for("execution"),
+        pair_vault.port,
+        emulator.base_url,
+        # No background retry within this test: only the stop can write the record.
+        finish_retry_backoff=RetryPolicy(base_delay=600.0, max_delay=600.0),
+    )
+    service = await start_execution(settings, url, background=False)
+    stopped = False
+    try:
+        stub = execution_stub(port=service.port)
+        key = openai_key()
+        ws = await workspace(openai=key)
+        emulator.state.script(SLOW, key=key)
+        call = stub.Execute(request(ws, prompt=PROMPT))
+        name = (await call.read()).started.name
+        assert (await call.read()).WhichOneof("event") == "delta"
+        await outage_pg.stop()
+        _, error = await _rest(call)
+        assert error is not None and error_info(error).metadata["execution"] == name
+        await outage_pg.start()
+
+        await service.stop(grace=0.5)
+        stopped = True
+    finally:
+        if not stopped:
+            await service.stop(grace=0.5)
+
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT state, output_text, output_tokens, cost_nanos FROM executions WHERE id = $1",
+            uuid.UUID(name.rsplit("/", 1)[1]),
+        )
+    finally:
+        await conn.close()
+    assert row is not None and row["state"] == "SUCCEEDED"
+    assert row["output_tokens"] == CHUNKS and row["output_text"].startswith("word0")
+    assert row["cost_nanos"] == INPUT_TOKENS * 150 + CHUNKS * 600
 
 
 async def _rest(call: Any) -> tuple[list[str], grpc.aio.AioRpcError | None]:
