@@ -1,5 +1,6 @@
-"""The services as an operator runs them: real processes, SIGTERM drains in-flight streams,
-worker processes share one port, and replicas starting together migrate once."""
+"""The services as an operator runs them: real processes, SIGTERM drains in-flight streams
+(health answers NOT_SERVING first; streams outliving the grace are recorded SHUTDOWN), worker
+processes share one port, and replicas starting together migrate once."""
 
 from __future__ import annotations
 
