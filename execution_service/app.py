@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -31,6 +32,10 @@ from service_kit.tls import channel_credentials
 
 log = logging.getLogger(__name__)
 
+# What is left of the grace after the drain, but at least this, is how long the records of
+# cut streams, and those waiting for the database, get to be written before the process exits.
+LAST_CHANCE_SECONDS = 2.0
+
 
 @dataclass
 class RunningExecution:
@@ -48,8 +53,13 @@ class RunningExecution:
         return self.server.port
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Drain streams within `grace`, then stop background work and close I/O."""
+        """Drain streams within `grace` (the server cuts those still running then: FAILED,
+        SHUTDOWN), give terminal records waiting for the database a last chance, then stop
+        background work and close I/O."""
+        cut_at = time.monotonic() + grace
+        self.engine.shutting_down(cut_at)
         await self.server.stop(grace)
+        await self.engine.close(timeout=max(cut_at - time.monotonic(), LAST_CHANCE_SECONDS))
         for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -2,12 +2,15 @@
 
 The row is written before the provider is called and always ends terminal: SUCCEEDED,
 FAILED with a reason, or CANCELLED when the caller goes away (the provider request is then
-closed at once, because closing this generator closes the HTTP response).
+closed at once, because closing this generator closes the HTTP response). When the database
+cannot take the terminal record, the caller is told so (UNAVAILABLE naming the execution)
+and the record is retried in the background (`terminal_records`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -20,13 +23,13 @@ import asyncpg
 import httpx
 
 from execution_service import repository as repo
-from execution_service import telemetry
 from execution_service.errors import ExecutionInProgress, execution_failed
 from execution_service.keys import KeySource
 from execution_service.model import (
     CANCELLED,
     FAILED,
     RUNNING,
+    SHUTDOWN,
     SUCCEEDED,
     Execution,
     ExecutionError,
@@ -39,10 +42,12 @@ from execution_service.providers.call import stream_chat
 from execution_service.providers.errors import ErrorReason, ProviderError
 from execution_service.providers.registry import get_provider
 from execution_service.settings import EngineSettings
+from execution_service.terminal_records import TerminalRecord, TerminalRecords
 from execution_service.token_estimate import resolve_usage
 from execution_service.validation import ExecuteCommand
 from service_kit import metrics
-from service_kit.errors import ServiceError
+from service_kit.db import UNAVAILABLE_ERRORS
+from service_kit.errors import ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,31 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def cut_short(
+    now: float, *, deadline: float | None, cut_at: float | None
+) -> tuple[str, ExecutionError]:
+    """How an execution whose stream was cancelled ends: the server's drain ran out (the
+    server cut it), the caller's deadline passed, or the caller cancelled. `now`, `deadline`
+    and `cut_at` are on one monotonic clock."""
+    if cut_at is not None and now >= cut_at - DEADLINE_SLACK:
+        return FAILED, ExecutionError(
+            SHUTDOWN, "the server shut down before the execution finished"
+        )
+    if deadline is not None and now >= deadline - DEADLINE_SLACK:
+        return FAILED, ExecutionError("DEADLINE_EXCEEDED", "the caller's deadline passed")
+    return CANCELLED, ExecutionError("CANCELLED", "the caller cancelled the call")
+
+
+def record_pending(execution: Execution, state: str) -> Unavailable:
+    """What the caller is told when the execution ended but its record could not be written."""
+    return Unavailable(
+        f"{execution.name} ended {state}, but the database is unavailable; its record is "
+        "kept and written when the database is back",
+        reason="DATABASE_UNAVAILABLE",
+        metadata={"execution": execution.name},
+    )
+
+
 class ExecutionEngine:
     def __init__(
         self,
@@ -113,6 +143,15 @@ class ExecutionEngine:
             "openai": settings.openai_base_url,
             "anthropic": settings.anthropic_base_url,
         }
+        self._records = TerminalRecords(
+            pool, retry_for=settings.finish_retry_seconds, backoff=settings.finish_retry_backoff
+        )
+        # Executions this process is running (their leases are renewed), until their
+        # terminal record is written or handed to `_records`.
+        self._running: set[uuid.UUID] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._cut_at: float | None = None  # when the server's drain cuts remaining streams
 
     # --- Execute ----------------------------------------------------------------------------
 
@@ -120,7 +159,9 @@ class ExecutionEngine:
         self, cmd: ExecuteCommand, *, deadline: float | None, request_id: str
     ) -> AsyncGenerator[Event, None]:
         """Started, then Deltas, then Completed; a failure raises a ServiceError naming the
-        execution after its FAILED row is written."""
+        execution after its FAILED row is written. When the database cannot take the terminal
+        record, the stream ends UNAVAILABLE naming the execution instead, and the record is
+        retried in the background."""
         if cmd.request_id:
             existing = await repo.get_by_request_id(self._pool, cmd.workspace, cmd.request_id)
             if existing is not None:
@@ -152,35 +193,32 @@ class ExecutionEngine:
             return
 
         metrics.EXECUTIONS_IN_FLIGHT.inc()  # until _finish, which every path below reaches
+        self._running.add(execution.id)
+        self._idle.clear()
         progress = _Progress()
         try:
             yield Started(execution)
             async for text in self._stream(cmd, progress, deadline, request_id):
                 yield Delta(text)
         except (asyncio.CancelledError, GeneratorExit):
-            if deadline is not None and self._clock() >= deadline - DEADLINE_SLACK:
-                error = ExecutionError("DEADLINE_EXCEEDED", "the caller's deadline passed")
-                await asyncio.shield(self._finish(execution, cmd, progress, FAILED, error))
-            else:
-                error = ExecutionError("CANCELLED", "the caller cancelled the call")
-                await asyncio.shield(self._finish(execution, cmd, progress, CANCELLED, error))
+            state, error = cut_short(self._clock(), deadline=deadline, cut_at=self._cut_at)
+            await asyncio.shield(self._finish(execution, cmd, progress, state, error))
             raise
         except ProviderError as err:
             error = ExecutionError(str(err.reason), err.message, err.status)
-            await self._finish(execution, cmd, progress, FAILED, error)
+            await self._recorded(execution, cmd, progress, FAILED, error)
             raise execution_failed(error.reason, error.message, execution.name) from None
         except ServiceError as err:  # key vault unavailable, key not configured
             error = ExecutionError(err.reason, err.message)
-            await self._finish(execution, cmd, progress, FAILED, error)
+            await self._recorded(execution, cmd, progress, FAILED, error)
             err.metadata["execution"] = execution.name
             raise
         except Exception:
             log.exception("execution failed unexpectedly", extra={"execution": execution.name})
             error = ExecutionError("INTERNAL", "internal error")
-            await asyncio.shield(self._finish(execution, cmd, progress, FAILED, error))
+            await self._recorded(execution, cmd, progress, FAILED, error)
             raise
-        finished = await self._finish(execution, cmd, progress, SUCCEEDED, None)
-        yield Completed(finished)
+        yield Completed(await self._recorded(execution, cmd, progress, SUCCEEDED, None))
 
     async def _stream(
         self, cmd: ExecuteCommand, progress: _Progress, deadline: float | None, request_id: str
@@ -233,7 +271,7 @@ class ExecutionEngine:
                     continue
                 raise
 
-    async def _finish(
+    async def _recorded(
         self,
         execution: Execution,
         cmd: ExecuteCommand,
@@ -241,15 +279,33 @@ class ExecutionEngine:
         state: str,
         error: ExecutionError | None,
     ) -> Execution:
+        """The execution as recorded; raises UNAVAILABLE naming it when the record waits for
+        the database. Shielded: a cancel arriving during the write must not leave it undone."""
+        finished = await asyncio.shield(self._finish(execution, cmd, progress, state, error))
+        if finished is None:
+            raise record_pending(execution, state)
+        return finished
+
+    async def _finish(
+        self,
+        execution: Execution,
+        cmd: ExecuteCommand,
+        progress: _Progress,
+        state: str,
+        error: ExecutionError | None,
+    ) -> Execution | None:
+        """Record the end; None when the database is unavailable and the record is kept for
+        retry (from then on its lease is no longer renewed)."""
         try:
             outcome = self._outcome(cmd, progress, state, error)
             price = self._prices.lookup(cmd.chat.model)
-            telemetry.execution_finished(
-                execution, outcome, model_family=price.family if price else None
-            )
-            return await repo.finish(self._pool, execution, outcome)
+            family = price.family if price else None
+            return await self._records.record(TerminalRecord(execution, outcome, family))
         finally:
             metrics.EXECUTIONS_IN_FLIGHT.dec()
+            self._running.discard(execution.id)
+            if not self._running:
+                self._idle.set()
 
     def _outcome(
         self,
@@ -291,7 +347,28 @@ class ExecutionEngine:
             yield Delta(existing.output_text)
         yield Completed(existing)
 
+    # --- shutdown ---------------------------------------------------------------------------
+
+    def shutting_down(self, cut_at: float) -> None:
+        """The server drains; streams still running at `cut_at` (monotonic) are cut by it and
+        recorded FAILED with reason SHUTDOWN."""
+        self._cut_at = cut_at
+
+    async def close(self, timeout: float) -> None:
+        """After the server stopped: let the records of cut streams be written, then give
+        every record still waiting for the database one last attempt, within `timeout`."""
+        ends = self._clock() + timeout
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        await self._records.close(ends - self._clock())
+
     # --- leases -----------------------------------------------------------------------------
+
+    async def renew_leases(self) -> int:
+        """Renew the leases of the executions this process is running."""
+        return await repo.renew_leases(
+            self._pool, self.owner, list(self._running), self._settings.lease_seconds
+        )
 
     async def keep_leases(self) -> None:
         """Renew this process's running executions' leases, forever."""
@@ -299,13 +376,17 @@ class ExecutionEngine:
         while True:
             await asyncio.sleep(interval)
             try:
-                await repo.renew_leases(self._pool, self.owner, self._settings.lease_seconds)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                await self.renew_leases()
+            except UNAVAILABLE_ERRORS as exc:
                 log.warning("lease renewal failed", extra={"error": type(exc).__name__})
+            except Exception:  # the loop must outlive any one failure
+                log.exception("lease renewal failed")
 
     async def sweep_once(self) -> int:
         swept = await repo.fail_expired_leases(
-            self._pool, "the process running this execution stopped before it finished"
+            self._pool,
+            "the process running this execution stopped before it finished",
+            spare=self._records.pending_ids(),
         )
         if swept:
             log.warning("marked interrupted executions failed", extra={"count": swept})
@@ -316,5 +397,7 @@ class ExecutionEngine:
             await asyncio.sleep(self._settings.sweep_interval)
             try:
                 await self.sweep_once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except UNAVAILABLE_ERRORS as exc:
                 log.warning("sweep failed", extra={"error": type(exc).__name__})
+            except Exception:
+                log.exception("sweep failed")

@@ -9,6 +9,12 @@ from dataclasses import dataclass, field
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
+# Reasons the service itself gives a FAILED execution. INTERRUPTED is the sweeper's verdict on
+# a row whose owner stopped renewing its lease; the owner's own record replaces it if it lands
+# later. SHUTDOWN: the stream was still running when the server's drain period ended.
+INTERRUPTED = "INTERRUPTED"
+SHUTDOWN = "SHUTDOWN"
+
 
 @dataclass(frozen=True)
 class Usage:

@@ -10,6 +10,8 @@ import uuid
 import asyncpg
 
 from execution_service.model import (
+    FAILED,
+    INTERRUPTED,
     RUNNING,
     AgentStats,
     Execution,
@@ -96,17 +98,20 @@ async def insert_running(
     return execution if inserted else None
 
 
-async def finish(db: Executor, execution: Execution, outcome: Outcome) -> Execution:
-    """Record a RUNNING execution's terminal state (on a durably committing pool).
+async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[Execution, bool]:
+    """Record a RUNNING execution's terminal state (on a durably committing pool): the
+    execution as recorded, and whether this outcome is what was recorded.
 
     An upsert: the RUNNING row commits asynchronously (see `execution_service.app`), so one
-    committed just before a PostgreSQL crash may be gone. The sweeper's verdict on a row it
-    already failed stays (returned unchanged).
+    committed just before a PostgreSQL crash may be gone. A row the sweeper failed as
+    INTERRUPTED takes this outcome instead (the process that ran the execution knows better
+    than the sweeper, e.g. a record written late after a database outage); any other
+    terminal state stays, returned unchanged.
     """
     u = outcome.usage
     error = outcome.error or ExecutionError("", "", 0)
     recorded = await db.fetchval(
-        """
+        f"""
         INSERT INTO executions AS e (id, workspace, agent_id, provider, model, request_id,
             labels, create_time, state, input_tokens, output_tokens, cache_read_tokens,
             cache_write_tokens, usage_estimated, cost_nanos, attempts, error_reason,
@@ -125,7 +130,7 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> Execut
             finish_reason = EXCLUDED.finish_reason, output_text = EXCLUDED.output_text,
             first_token_time = EXCLUDED.first_token_time, end_time = EXCLUDED.end_time,
             lease_owner = NULL, lease_expires_at = NULL
-        WHERE e.state = 'RUNNING'
+        WHERE e.state = '{RUNNING}' OR (e.state = '{FAILED}' AND e.error_reason = '{INTERRUPTED}')
         RETURNING true""",
         *_start_columns(execution),
         outcome.state,
@@ -145,7 +150,7 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> Execut
         outcome.end_time,
     )
     if recorded:
-        return dataclasses.replace(
+        mine = dataclasses.replace(
             execution,
             state=outcome.state,
             usage=outcome.usage,
@@ -157,9 +162,10 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> Execut
             first_token_time=outcome.first_token_time,
             end_time=outcome.end_time,
         )
+        return mine, True
     row = await db.fetchrow(f"SELECT {_COLUMNS} FROM executions WHERE id = $1", execution.id)
     assert row is not None
-    return _from_row(row)
+    return _from_row(row), False
 
 
 async def get(db: Executor, workspace: str, execution_id: uuid.UUID) -> Execution | None:
@@ -271,23 +277,36 @@ async def agent_stats(
     )
 
 
-async def renew_leases(db: Executor, owner: str, lease_seconds: float) -> int:
-    """One statement renews every running execution this process owns."""
+async def renew_leases(
+    db: Executor, owner: str, execution_ids: list[uuid.UUID], lease_seconds: float
+) -> int:
+    """One statement renews the leases of the given executions, those this process is still
+    running; a row whose record waits for the database is not among them, so the sweeper can
+    take it over if that record never lands."""
+    if not execution_ids:
+        return 0
     status = await db.execute(
-        f"""UPDATE executions SET lease_expires_at = now() + make_interval(secs => $2::float8)
-            WHERE lease_owner = $1 AND state = '{RUNNING}'""",
+        f"""UPDATE executions SET lease_expires_at = now() + make_interval(secs => $3::float8)
+            WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND state = '{RUNNING}'""",
         owner,
+        execution_ids,
         lease_seconds,
     )
     return int(status.split()[-1])
 
 
-async def fail_expired_leases(db: Executor, message: str) -> int:
-    """The sweeper: executions whose owner stopped renewing (it crashed) become FAILED."""
+async def fail_expired_leases(
+    db: Executor, message: str, *, spare: list[uuid.UUID] | None = None
+) -> int:
+    """The sweeper: executions whose owner stopped renewing (it crashed, or gave up on their
+    record) become FAILED, except `spare` (the sweeping process's own records that wait for
+    the database: it knows their real outcome)."""
     status = await db.execute(
-        f"""UPDATE executions SET state = 'FAILED', error_reason = 'INTERRUPTED',
+        f"""UPDATE executions SET state = '{FAILED}', error_reason = '{INTERRUPTED}',
                 error_message = $1, end_time = now(), lease_owner = NULL, lease_expires_at = NULL
-            WHERE state = '{RUNNING}' AND lease_expires_at < now()""",
+            WHERE state = '{RUNNING}' AND lease_expires_at < now()
+              AND NOT (id = ANY($2::uuid[]))""",
         message,
+        spare or [],
     )
     return int(status.split()[-1])

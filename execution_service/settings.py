@@ -26,7 +26,12 @@ DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_SWEEP_INTERVAL = 10.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 600.0  # between bytes of a provider's answer
+# A terminal record the database refused is retried with FINISH_RETRY_BACKOFF for this long.
+DEFAULT_FINISH_RETRY_SECONDS = 600.0
 # The retry defaults are RetryPolicy's own (execution_service/retry.py).
+# Retrying a terminal record during a database outage: 0.5 s, 1 s, 2 s ... capped at 5 s, so
+# the record lands within about 5 s of the database's return.
+FINISH_RETRY_BACKOFF = RetryPolicy(base_delay=0.5, max_delay=5.0)
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class EngineSettings:
     key_cache_ttl: float = DEFAULT_KEY_CACHE_TTL
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     sweep_interval: float = DEFAULT_SWEEP_INTERVAL
+    finish_retry_seconds: float = DEFAULT_FINISH_RETRY_SECONDS
+    finish_retry_backoff: RetryPolicy = FINISH_RETRY_BACKOFF
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
     openai_base_url: str | None = None  # None: https://api.openai.com
@@ -100,6 +107,9 @@ class ExecutionSettings:
                 ),
                 sweep_interval=env.number(
                     "EXECUTION_SWEEP_INTERVAL_SECONDS", DEFAULT_SWEEP_INTERVAL, minimum=0.1
+                ),
+                finish_retry_seconds=env.number(
+                    "EXECUTION_FINISH_RETRY_SECONDS", DEFAULT_FINISH_RETRY_SECONDS
                 ),
                 connect_timeout=env.number(
                     "PROVIDER_CONNECT_TIMEOUT_SECONDS", DEFAULT_CONNECT_TIMEOUT, minimum=0.1

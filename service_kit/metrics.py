@@ -71,6 +71,16 @@ EXECUTIONS_FINISHED = Counter(
     "Executions finished, by provider, state (SUCCEEDED, FAILED, CANCELLED) and failure reason.",
     ["provider", "state", "reason"],
 )
+EXECUTION_RECORDS_PENDING = Gauge(
+    "execution_records_pending",
+    "Finished executions whose terminal record the database refused, being retried.",
+)
+EXECUTION_RECORDS_LOST = Counter(
+    "execution_records_lost_total",
+    "Terminal records given up after EXECUTION_FINISH_RETRY_SECONDS or at shutdown, by the "
+    "state they would have recorded; their rows are left to the sweeper (INTERRUPTED).",
+    ["provider", "state"],
+)
 TIME_TO_FIRST_TOKEN = Histogram(
     "execution_time_to_first_token_seconds",
     "From an execution's acceptance to its first output text, by provider.",

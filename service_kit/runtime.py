@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 from service_kit import embedded_pg
 from service_kit.logs import configure_logging
-from service_kit.server import wait_for_shutdown_signal
+from service_kit.server import GrpcServer, wait_for_shutdown_signal
 from service_kit.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ class _Settings(Protocol):
 
 
 class _Running(Protocol):
+    @property
+    def server(self) -> GrpcServer: ...
     async def stop(self, grace: float = ...) -> None: ...
 
 
@@ -124,8 +126,13 @@ async def serve(
     log.info(f"{service} serving", extra={"address": settings.server.listen_address})
     signal_name = await wait_for_shutdown_signal()
     grace = settings.server.grace_seconds
-    log.info("draining", extra={"signal": signal_name, "grace_seconds": grace})
-    await running.stop(grace)
+    announce = min(settings.server.announce_seconds, grace)
+    log.info(
+        "draining",
+        extra={"signal": signal_name, "grace_seconds": grace, "announce_seconds": announce},
+    )
+    await running.server.announce_draining(announce)  # part of the grace period
+    await running.stop(grace - announce)
     log.info("stopped")
 
 

@@ -95,15 +95,28 @@ class GrpcServer:
                 serving = now_serving
             await asyncio.sleep(interval)
 
+    async def announce_draining(self, seconds: float) -> None:
+        """Answer health checks NOT_SERVING while still serving every call, for `seconds`:
+        load balancers and health-watching clients stop sending calls here before the
+        listener closes (once it has, a check gets no answer at all)."""
+        await self._stop_watch()
+        await self.set_serving(False)
+        await asyncio.sleep(seconds)
+
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let in-flight ones (streams included) finish within `grace`."""
+        await self._stop_watch()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self._stop_metrics()
+
+    async def _stop_watch(self) -> None:
+        """The database watch would turn health back to SERVING during a drain."""
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
-        await self._stop_metrics()
+            self._watch = None
 
     async def _stop_metrics(self) -> None:
         if self.metrics is not None:

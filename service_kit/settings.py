@@ -87,6 +87,8 @@ class ServerSettings:
     db_pool_min: int
     db_pool_max: int
     workers: int = 1  # processes serving the port together (SO_REUSEPORT)
+    # At the start of a drain: answer health checks NOT_SERVING while still serving calls.
+    announce_seconds: float = 1.0
     reuse_port: bool = False  # set in worker processes so that they can share the port
 
     @classmethod
@@ -116,4 +118,5 @@ class ServerSettings:
             db_pool_min=env.integer(f"{prefix}_DB_POOL_MIN", 2, minimum=1),
             db_pool_max=env.integer(f"{prefix}_DB_POOL_MAX", 10, minimum=1),
             workers=env.integer(f"{prefix}_WORKERS", 1, minimum=1, maximum=64),
+            announce_seconds=env.number("SHUTDOWN_ANNOUNCE_SECONDS", 1.0),
         )

@@ -89,11 +89,16 @@ async def start_execution_service(
     pair_vault: RunningKeyVault,
     emulator: RunningEmulator,
 ) -> AsyncIterator[StartExecution]:
-    """Starts execution services with engine settings changed as asked; stops them after."""
+    """Starts execution services with engine settings changed as asked (lease renewal and the
+    sweeper off unless `background=True`); stops them after."""
     running: list[RunningExecution] = []
 
     async def start(
-        *, database_url: str | None = None, vault_port: int | None = None, **engine_changes: Any
+        *,
+        database_url: str | None = None,
+        vault_port: int | None = None,
+        background: bool = False,
+        **engine_changes: Any,
     ) -> RunningExecution:
         settings = execution_settings(
             tls_for("execution"),
@@ -102,7 +107,7 @@ async def start_execution_service(
             **engine_changes,
         )
         service = await start_execution(
-            settings, database_url or await make_database("ex"), background=False
+            settings, database_url or await make_database("ex"), background=background
         )
         running.append(service)
         return service

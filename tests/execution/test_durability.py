@@ -1,6 +1,7 @@
 """The RUNNING row goes through a pool that commits without waiting for the disk; the
 terminal record (on the durable pool) stands even when the RUNNING row it finishes was lost
-to a PostgreSQL crash in between."""
+to a PostgreSQL crash in between, and replaces the sweeper's INTERRUPTED verdict, but no
+other terminal state."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def _outcome(state: str) -> Outcome:
     )
 
 
-async def test_finish_recreates_a_lost_running_row_and_keeps_the_sweepers_verdict(
+async def test_finish_recreates_a_lost_running_row_and_replaces_only_the_sweepers_verdict(
     make_database: Callable[[str], Awaitable[str]],
 ) -> None:
     url = await make_database("ex")
@@ -65,7 +66,8 @@ async def test_finish_recreates_a_lost_running_row_and_keeps_the_sweepers_verdic
 
             # Never inserted (as if PostgreSQL lost the RUNNING row): finishing records it whole.
             lost = _started()
-            finished = await repo.finish(conn, lost, _outcome(SUCCEEDED))
+            finished, ours = await repo.finish(conn, lost, _outcome(SUCCEEDED))
+            assert ours
             assert (finished.state, finished.request_id, finished.labels) == (
                 SUCCEEDED,
                 lost.request_id,
@@ -73,13 +75,23 @@ async def test_finish_recreates_a_lost_running_row_and_keeps_the_sweepers_verdic
             )
             assert finished.usage.output_tokens == 20 and finished.cost_nanos == 13_500
 
-            # Inserted, then failed by the sweeper: a late finish does not overwrite it.
+            # Inserted, then failed by the sweeper (its owner's record was late, e.g. waiting
+            # out a database outage): the real outcome replaces the INTERRUPTED verdict.
             swept = _started()
             assert await repo.insert_running(conn, swept, lease_owner="gone", lease_seconds=0.0)
             assert await repo.fail_expired_leases(conn, "owner stopped") >= 1
-            after = await repo.finish(conn, swept, _outcome(SUCCEEDED))
-            assert after.state == FAILED and after.error is not None
-            assert after.error.reason == "INTERRUPTED"
+            interrupted = await repo.get(conn, swept.workspace, swept.id)
+            assert interrupted is not None and interrupted.error is not None
+            assert interrupted.error.reason == "INTERRUPTED"
+            late, ours = await repo.finish(conn, swept, _outcome(SUCCEEDED))
+            assert ours and late.state == SUCCEEDED and late.output_text == "hello"
+            stored = await repo.get(conn, swept.workspace, swept.id)
+            assert stored is not None and stored.state == SUCCEEDED and stored.error is None
+            assert stored.usage.output_tokens == 20 and stored.cost_nanos == 13_500
+
+            # Any other terminal state stays: a second record does not overwrite the first.
+            again, ours = await repo.finish(conn, swept, _outcome(FAILED))
+            assert not ours and again.state == SUCCEEDED
     finally:
         await pool.close()
         await start_pool.close()

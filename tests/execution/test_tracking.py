@@ -12,7 +12,6 @@ import grpc
 from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import execution_service_pb2_grpc as ex_grpc
 from clients.gen.execution.v1 import resources_pb2 as res
-from execution_service import repository as repo
 from provider_emulator.server import RunningEmulator
 from provider_emulator.textgen import count_input_tokens
 from tests.execution.conftest import StartExecution
@@ -139,7 +138,7 @@ async def test_sweeper_fails_expired_leases_and_spares_renewed_ones(
         await conn.execute("UPDATE executions SET lease_expires_at = now() - interval '1 second'")
     finally:
         await conn.close()
-    assert await repo.renew_leases(service.pool, service.engine.owner, 30) == 1
+    assert await service.engine.renew_leases() == 1
 
     assert await service.engine.sweep_once() == 1
 

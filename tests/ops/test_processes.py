@@ -1,5 +1,6 @@
-"""The services as an operator runs them: real processes, SIGTERM drains in-flight streams,
-worker processes share one port, and replicas starting together migrate once."""
+"""The services as an operator runs them: real processes, SIGTERM drains in-flight streams
+(health answers NOT_SERVING first; streams outliving the grace are recorded SHUTDOWN), worker
+processes share one port, and replicas starting together migrate once."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import os
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -121,6 +123,88 @@ async def test_sigterm_drains_a_running_stream_then_exits(
         text = "".join(e.delta.text for e in events if e.HasField("delta"))
         assert text.split() == [f"word{i}" for i in range(10)]
     assert await asyncio.wait_for(execution.wait(), timeout=15) == 0
+    vault.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(vault.wait(), timeout=15) == 0
+
+
+async def test_drain_answers_health_not_serving_then_records_cut_streams_as_shutdown(
+    spawn: Spawn,
+    pki: Path,
+    make_database: Callable[[str], Awaitable[str]],
+    slow_emulator: RunningEmulator,
+) -> None:
+    vault_port, exec_port = free_port(), free_port()
+    execution_db = await make_database("ex")
+    env = {
+        "CERTS_DIR": str(pki),
+        "KEYVAULT_MASTER_KEYS": f"1:{generate_master_key()}",
+        "KEYVAULT_DATABASE_URL": await make_database("kv"),
+        "EXECUTION_DATABASE_URL": execution_db,
+        "KEYVAULT_LISTEN_ADDRESS": f"127.0.0.1:{vault_port}",
+        "EXECUTION_LISTEN_ADDRESS": f"127.0.0.1:{exec_port}",
+        "KEYVAULT_ADDRESS": f"localhost:{vault_port}",
+        "KEYVAULT_METRICS_PORT": "0",
+        "EXECUTION_METRICS_PORT": "0",
+        "SHUTDOWN_GRACE_SECONDS": "4",
+        "SHUTDOWN_ANNOUNCE_SECONDS": "2",
+        "OPENAI_BASE_URL": slow_emulator.base_url,
+    }
+    vault = await spawn("keyvault_service", env)
+    await until_serving(vault_port, pki, vault)
+    execution = await spawn("execution_service", env)
+    await until_serving(exec_port, pki, execution)
+    key = "sk-cut-0123456789abcdef"
+    async with secure_channel(vault_port, _tls(pki)) as ch:
+        await kv_grpc.KeyVaultServiceStub(ch).SetApiKey(
+            kv.SetApiKeyRequest(name="workspaces/cut/apiKeys/openai", api_key=key)
+        )
+    slow_emulator.state.script({"chunks": 60, "chunk_delay_ms": 250}, key=key)  # 15 s
+
+    async with secure_channel(exec_port, _tls(pki)) as ch:
+        call = ex_grpc.ExecutionServiceStub(ch).Execute(
+            ex.ExecuteRequest(
+                parent="workspaces/cut",
+                agent_id="cutter",
+                provider=kv_res.PROVIDER_OPENAI,
+                model="gpt-4o-mini",
+                messages=[res.Message(role=res.MESSAGE_ROLE_USER, content="a long answer")],
+            )
+        )
+        name = (await call.read()).started.name
+        assert (await call.read()).HasField("delta")
+        execution.send_signal(signal.SIGTERM)
+
+        # Health checks, on new connections as a load balancer's prober makes them, keep
+        # being answered while the drain begins: NOT_SERVING.
+        statuses = []
+        for _ in range(20):
+            async with secure_channel(exec_port, _tls(pki)) as probe:
+                reply = await health_pb2_grpc.HealthStub(probe).Check(
+                    health_pb2.HealthCheckRequest(), timeout=2.0
+                )
+            statuses.append(reply.status)
+            if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.05)
+        assert statuses[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        # The stream outlives the grace period: the server cuts it.
+        with pytest.raises(grpc.aio.AioRpcError):
+            while (event := await call.read()) is not grpc.aio.EOF:
+                assert event.HasField("delta")
+    assert await asyncio.wait_for(execution.wait(), timeout=15) == 0
+
+    conn = await asyncpg.connect(execution_db)
+    try:
+        row = await conn.fetchrow(
+            "SELECT state, error_reason, output_text, output_tokens FROM executions WHERE id = $1",
+            uuid.UUID(name.rsplit("/", 1)[1]),
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    assert (row["state"], row["error_reason"]) == ("FAILED", "SHUTDOWN")
+    assert row["output_text"].startswith("word0") and row["output_tokens"] > 0
     vault.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(vault.wait(), timeout=15) == 0
 
