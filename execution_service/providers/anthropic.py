@@ -18,9 +18,11 @@ Structured output, two modes chosen by model (`structured_output_mode`):
   ``tool_choice`` forcing it; the output is that tool call's input, streamed as
   ``input_json_delta.partial_json`` pieces (non-streamed: the block's ``input`` object). Only
   the first ``tool_use`` block counts. A text block the model writes before the call is
-  commentary, not output: it is dropped (it would make the output invalid JSON).
+  commentary, not output (it would make the output invalid JSON): it is dropped, unless the
+  answer ends with ``stop_reason: "refusal"``, when it becomes the refusal's text.
 
-``stop_reason: "refusal"`` becomes a `Refusal` event, in every mode.
+``stop_reason: "refusal"`` becomes a `Refusal` event, in every mode (in ``output_config``
+mode its text is empty: text already streamed went out as output).
 """
 
 from __future__ import annotations
@@ -181,17 +183,16 @@ class AnthropicProvider:
         events: list[StreamEvent] = []
         raw_blocks = message.get("content")
         blocks = [_wire.obj(b) for b in (raw_blocks if isinstance(raw_blocks, list) else [])]
+        texts = "".join(_wire.text(b.get("text")) or "" for b in blocks if b.get("type") == "text")
+        text, commentary = texts, ""
         if self.structured_mode(request) == "tool":
             tool_input = next((b.get("input") for b in blocks if b.get("type") == "tool_use"), None)
             text = "" if tool_input is None else _compact_json(tool_input)
-        else:
-            text = "".join(
-                _wire.text(b.get("text")) or "" for b in blocks if b.get("type") == "text"
-            )
+            commentary = texts  # not output; the refusal's words if it is one
         if text:
             events.append(TextDelta(text))
         if message.get("stop_reason") == "refusal":
-            events.append(Refusal(""))
+            events.append(Refusal(commentary))
         usage = _wire.obj(message.get("usage"))
         input_tokens = _wire.count(usage.get("input_tokens"))
         if input_tokens is not None:
@@ -224,12 +225,14 @@ class AnthropicStreamParser:
     """Folds message stream events; ``Finish`` is emitted on ``message_stop``.
 
     With ``tool_mode`` the output is the partial JSON of the first ``tool_use`` block, and
-    text blocks are dropped; otherwise the output is the text blocks.
+    text blocks are held back (the text of a refusal, should the answer be one); otherwise
+    the output is the text blocks.
     """
 
     def __init__(self, *, tool_mode: bool = False) -> None:
         self._tool_mode = tool_mode
         self._tool_block: int | None = None  # index of the tool_use block read, in tool mode
+        self._commentary: list[str] = []  # text blocks in tool mode (not output)
         self._input: int | None = None
         self._output: int | None = None
         self._cache_read = 0
@@ -257,7 +260,7 @@ class AnthropicStreamParser:
             if reason:
                 self._stop_reason = reason
                 if reason == "refusal":
-                    events.append(Refusal(""))
+                    events.append(Refusal("".join(self._commentary)))
             return events + self._usage(_wire.obj(payload.get("usage")), False)
         if kind == "message_stop":
             self._done = True
@@ -274,7 +277,10 @@ class AnthropicStreamParser:
             ours = self._tool_block is not None and payload.get("index") == self._tool_block
             if delta.get("type") == "input_json_delta" and ours and piece:
                 return [TextDelta(piece)]
-            return []  # the text before the call, and anything else: not the output
+            text = _wire.text(delta.get("text"))
+            if delta.get("type") == "text_delta" and text:
+                self._commentary.append(text)  # the refusal's words, if it turns out one
+            return []  # not the output
         text = _wire.text(delta.get("text"))
         if delta.get("type") == "text_delta" and text:
             return [TextDelta(text)]

@@ -110,8 +110,9 @@ class Refusal:
 
     ``text`` is a piece of the provider's refusal message, in order (OpenAI sends it in
     ``refusal`` fields, possibly over several events: join them). Anthropic signals a refusal
-    only by its stop reason ``refusal``: then one ``Refusal("")`` comes before `Finish`, and
-    any text streamed before it has already gone out as `TextDelta`. A stream with a
+    only by its stop reason ``refusal``: then one ``Refusal`` comes before `Finish`, with the
+    text the model wrote in forced-tool mode (which is never output there), or empty when the
+    text already went out as `TextDelta`. A stream with a
     ``Refusal`` still ends with usage and `Finish`; the caller decides that the answer
     failed.
     """

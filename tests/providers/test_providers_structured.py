@@ -284,6 +284,23 @@ def test_anthropic_provider_picks_the_parser_mode_from_the_request() -> None:
     ]
 
 
+def test_anthropic_refusal_in_tool_mode_carries_the_text_the_model_wrote() -> None:
+    stream = [
+        _START,
+        _event("content_block_delta", index=0, delta={"type": "text_delta", "text": "I can"}),
+        _event("content_block_delta", index=0, delta={"type": "text_delta", "text": "not."}),
+        _event("message_delta", delta={"stop_reason": "refusal"}, usage={"output_tokens": 2}),
+        _event("message_stop"),
+    ]
+    events = _fold(AnthropicStreamParser(tool_mode=True), stream)
+    assert events == [
+        UsageReport(20, None),
+        Refusal("I cannot."),
+        UsageReport(20, 2),
+        Finish("refusal"),
+    ]
+
+
 def test_anthropic_refusal_stop_reason_is_a_refusal_event() -> None:
     stream = [
         _START,
