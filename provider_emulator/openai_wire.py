@@ -179,8 +179,13 @@ class OpenAIWire:
         kind = value.get("type") if isinstance(value, dict) else None
         if kind == "text":
             return None
+        if kind == "json_object":  # JSON mode: any object will do
+            return StructuredOutput.for_schema({"type": "object"})
         if kind != "json_schema":
-            message = f"Invalid value: {kind!r}. Supported values are: 'text' and 'json_schema'."
+            message = (
+                f"Invalid value: {kind!r}. Supported values are: 'text', 'json_object' and "
+                "'json_schema'."
+            )
             return self._reply(400, message, bad, "response_format.type", "invalid_value")
         spec = value.get("json_schema")
         name = spec.get("name") if isinstance(spec, dict) else None

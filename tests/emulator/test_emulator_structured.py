@@ -459,6 +459,39 @@ async def test_non_streamed_faults(
         assert not _valid(json.loads(content))
 
 
+async def test_output_fault_through_the_control_plane(
+    emulator: RunningEmulator, http: httpx.AsyncClient
+) -> None:
+    bad = await http.post(
+        emulator.base_url + "/_emulator/script", json={"steps": [{"output_fault": "nope"}]}
+    )
+    assert bad.status_code == 400
+    assert "output_fault" in bad.json()["error"]
+    queued = await http.post(
+        emulator.base_url + "/_emulator/script",
+        json={"key": OPENAI_KEY, "steps": [{"output_fault": "schema_violation"}]},
+    )
+    assert queued.json()["queued"] == 1
+    response = await http.post(
+        emulator.base_url + "/v1/chat/completions",
+        json=openai_body(response_format=RESPONSE_FORMAT),
+        headers=openai_headers(),
+    )
+    assert not _valid(json.loads(response.json()["choices"][0]["message"]["content"]))
+    assert emulator.state.requests[-1].step is not None
+
+
+async def test_openai_json_mode_answers_an_object(
+    emulator: RunningEmulator, http: httpx.AsyncClient
+) -> None:
+    response = await http.post(
+        emulator.base_url + "/v1/chat/completions",
+        json=openai_body(response_format={"type": "json_object"}),
+        headers=openai_headers(),
+    )
+    assert isinstance(json.loads(response.json()["choices"][0]["message"]["content"]), dict)
+
+
 def test_an_unknown_output_fault_is_refused(emulator: RunningEmulator) -> None:
     from provider_emulator import StepError
 
