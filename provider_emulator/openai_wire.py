@@ -51,6 +51,39 @@ def _limit(body: dict[str, Any]) -> tuple[str, Any] | None:
     return None
 
 
+def strict_schema_problem(schema: Any, context: tuple[str, ...] = ()) -> str | None:
+    """Why strict mode refuses ``schema``, or None: every object must list all its
+    properties in ``required`` and set ``additionalProperties: false``."""
+    if isinstance(schema, list):
+        for index, item in enumerate(schema):
+            if problem := strict_schema_problem(item, (*context, str(index))):
+                return problem
+        return None
+    if not isinstance(schema, dict):
+        return None
+    declared = schema.get("type")
+    types = declared if isinstance(declared, list) else [declared]
+    if "object" in types or "properties" in schema:
+        where = f"In context={context!r}"
+        if schema.get("additionalProperties") is not False:
+            return f"{where}, 'additionalProperties' is required to be supplied and to be false."
+        required = schema.get("required") or []
+        missing = [name for name in schema.get("properties") or {} if name not in required]
+        if missing:
+            return (
+                f"{where}, 'required' is required to be supplied and to be an array including "
+                f"every key in properties. Missing '{missing[0]}'."
+            )
+    for key in ("properties", "$defs", "definitions"):
+        for name, sub in (schema.get(key) or {}).items():
+            if problem := strict_schema_problem(sub, (*context, key, name)):
+                return problem
+    for key in ("items", "anyOf", "oneOf", "allOf", "prefixItems"):
+        if key in schema and (problem := strict_schema_problem(schema[key], (*context, key))):
+            return problem
+    return None
+
+
 class OpenAIWire:
     """`POST /v1/chat/completions`, `Authorization: Bearer <key>`."""
 
@@ -205,9 +238,12 @@ class OpenAIWire:
         try:
             if not isinstance(schema, dict):
                 raise SchemaGenError("a schema must be an object")
+            problem = strict_schema_problem(schema) if spec.get("strict") is True else None
+            if problem is not None:
+                raise SchemaGenError(problem)
             return StructuredOutput.for_schema(schema)
         except SchemaGenError as exc:
-            message = f"Invalid schema for response_format '{name}': {exc}."
+            message = f"Invalid schema for response_format '{name}': {exc}"
             return self._reply(400, message, bad, "response_format", None)
 
     def error(

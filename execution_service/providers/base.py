@@ -51,8 +51,9 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 class OutputSchema:
     """The JSON Schema the answer must follow, asked of the provider's structured-output mode.
 
-    Kept as canonical JSON text so that the request stays immutable and hashable; `schema`
-    gives a fresh dict each time. ``name`` becomes OpenAI's ``json_schema.name`` and the
+    Kept as compact JSON text so that the request stays immutable and hashable; `schema`
+    gives a fresh dict each time. Key order is kept: providers emit properties in the order
+    the schema lists them. ``name`` becomes OpenAI's ``json_schema.name`` and the
     forced tool's name in Anthropic's tool mode: 1 to 64 letters, digits, ``_`` or ``-``
     (`OutputSchema.create` derives one from any text).
     """
@@ -68,7 +69,7 @@ class OutputSchema:
     def create(cls, schema: Mapping[str, object], name: str = "output") -> OutputSchema:
         """From a JSON Schema dict; ``name`` is cleaned to the allowed characters."""
         cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:64] or "output"
-        return cls(cleaned, json.dumps(schema, sort_keys=True, separators=(",", ":")))
+        return cls(cleaned, json.dumps(schema, separators=(",", ":")))
 
     @property
     def schema(self) -> dict[str, object]:

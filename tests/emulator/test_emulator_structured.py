@@ -428,6 +428,44 @@ async def test_openai_bad_response_format_is_a_400(
     assert param in (response.json()["error"]["param"] or "")
 
 
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [
+        (
+            {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+            "additionalProperties",
+        ),
+        (
+            {**SCHEMA, "$defs": {"item": {**SCHEMA["$defs"]["item"], "required": ["sku"]}}},
+            "Missing 'qty'",
+        ),
+    ],
+)
+async def test_openai_strict_mode_refuses_a_schema_it_cannot_enforce(
+    emulator: RunningEmulator, http: httpx.AsyncClient, schema: dict[str, Any], says: str
+) -> None:
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "x", "strict": True, "schema": schema},
+    }
+    response = await http.post(
+        emulator.base_url + "/v1/chat/completions",
+        json=openai_body(response_format=response_format),
+        headers=openai_headers(),
+    )
+    assert response.status_code == 400
+    assert says in response.json()["error"]["message"]
+    # Without strict, the same schema is accepted (and followed).
+    response_format["json_schema"]["strict"] = False  # type: ignore[index]
+    lax = await http.post(
+        emulator.base_url + "/v1/chat/completions",
+        json=openai_body(response_format=response_format),
+        headers=openai_headers(),
+    )
+    assert lax.status_code == 200
+    assert _valid(json.loads(lax.json()["choices"][0]["message"]["content"]), schema)
+
+
 async def test_anthropic_tool_schema_must_be_an_object(
     emulator: RunningEmulator, http: httpx.AsyncClient
 ) -> None:

@@ -54,6 +54,11 @@ def test_output_schema_is_immutable_and_gives_fresh_copies() -> None:
     assert hash(OUTPUT) == hash(OutputSchema.create(dict(SCHEMA), "Location"))
 
 
+def test_output_schema_keeps_the_property_order() -> None:
+    schema = {"type": "object", "properties": {"z": {}, "a": {}}}
+    assert list(OutputSchema.create(schema).schema["properties"]) == ["z", "a"]
+
+
 @pytest.mark.parametrize(
     ("given", "cleaned"),
     [
