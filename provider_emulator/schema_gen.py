@@ -68,8 +68,9 @@ def violate(schema: Any) -> Any:
 
 
 # Never valid where an object, string, number or boolean is expected; for an array schema
-# `violate` returns an object instead (see above).
-_OTHER_TYPE: list[Any] = [[["not", "expected"]]]
+# `violate` returns an object instead (see above). A tuple, so callers cannot change it
+# (JSON encodes it as an array).
+_OTHER_TYPE: tuple[Any, ...] = (("not", "expected"),)
 
 
 class _Generator:
