@@ -52,9 +52,9 @@ def violate(schema: Any) -> Any:
     gen = _Generator(schema)
     node = gen.resolve(schema, 0)
     if not isinstance(node, Mapping):
-        return None if node is False else _OTHER_TYPE  # `true` accepts everything
+        return None if node is False else _other_type()  # `true` accepts everything
     if "const" in node or "enum" in node:
-        return _OTHER_TYPE
+        return _other_type()
     valid = gen.value(node, 0, 0)
     if isinstance(valid, dict):
         required = [name for name in node.get("required", ()) if name in valid]
@@ -64,13 +64,13 @@ def violate(schema: Any) -> Any:
         if node.get("additionalProperties") is False:
             valid["unexpected_property"] = 1
             return valid
-    return {"unexpected": "document"} if not isinstance(valid, dict) else _OTHER_TYPE
+    return {"unexpected": "document"} if not isinstance(valid, dict) else _other_type()
 
 
-# Never valid where an object, string, number or boolean is expected; for an array schema
-# `violate` returns an object instead (see above). A tuple, so callers cannot change it
-# (JSON encodes it as an array).
-_OTHER_TYPE: tuple[Any, ...] = (("not", "expected"),)
+def _other_type() -> list[Any]:
+    """Never valid where an object, string, number or boolean is expected (for an array
+    schema `violate` returns an object instead); a fresh list for each caller."""
+    return [["not", "expected"]]
 
 
 class _Generator:
