@@ -52,7 +52,7 @@ def violate(schema: Any) -> Any:
     gen = _Generator(schema)
     node = gen.resolve(schema, 0)
     if not isinstance(node, Mapping):
-        return None if node is False else _other_type()  # `true` accepts everything
+        return None if node is False else _other_type()  # nothing can break `true`
     if "const" in node or "enum" in node:
         return _other_type()
     valid = gen.value(node, 0, 0)
