@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+from .schema_gen import SchemaGenError
 from .textgen import Pieces, count_input_tokens
-from .wire import Answer, ErrorReply, GenRequest, StreamEvents
+from .wire import Answer, ErrorReply, GenRequest, StreamEvents, StructuredOutput
 
 STATUS_OF_TYPE: dict[str, int] = {
     "invalid_request_error": 400,
@@ -38,25 +39,53 @@ _MODELS = (
 )
 _NO_RETRY = {"x-should-retry": "false"}
 
+_PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 _BLOCK_START = (
     b"event: content_block_start\n"
     b'data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'
-    b"\n\n"
-    b'event: ping\ndata: {"type": "ping"}\n\n'
+    b"\n\n" + _PING
 )
 _BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
 _MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 
 
 @lru_cache(maxsize=256)
-def _delta_events(pieces: Pieces) -> tuple[bytes, ...]:
+def _delta_events(pieces: Pieces, tool: bool = False) -> tuple[bytes, ...]:
+    """One content_block_delta per piece: text, or (in tool mode) the tool's partial JSON."""
+    kind = b'"input_json_delta","partial_json":' if tool else b'"text_delta","text":'
     return tuple(
         b"event: content_block_delta\n"
-        b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
-        + piece
-        + b"}}\n\n"
+        b'data: {"type":"content_block_delta","index":0,"delta":{"type":' + kind + piece + b"}}\n\n"
         for piece in pieces.json
     )
+
+
+def _tool_block_start(answer: Answer) -> bytes:
+    block: dict[str, Any] = {
+        "type": "tool_use",
+        "id": _tool_use_id(answer),
+        "name": answer.tool_name,
+        "input": {},
+    }
+    start = {"type": "content_block_start", "index": 0, "content_block": block}
+    first = {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "input_json_delta", "partial_json": ""},
+    }
+    return (
+        b"event: content_block_start\ndata: "
+        + _compact(start)
+        + b"\n\n"
+        + _PING
+        + b"event: content_block_delta\ndata: "
+        + _compact(first)
+        + b"\n\n"
+    )
+
+
+def _tool_use_id(answer: Answer) -> str:
+    return "toolu_" + answer.message_id.removeprefix("msg_")
 
 
 def _compact(value: Any) -> bytes:
@@ -156,12 +185,61 @@ class AnthropicWire:
         system = body.get("system")
         if system is not None and not isinstance(system, str | list):
             return self._invalid("system: Input should be a valid string", request_id)
+        output = self._structured(body, request_id)
+        if isinstance(output, ErrorReply):
+            return output
         return GenRequest(
             model=model,
             stream=body.get("stream") is True,
             max_tokens=max_tokens,
             input_tokens=count_input_tokens(messages, system),
+            output=output,
         )
+
+    def _structured(
+        self, body: dict[str, Any], request_id: str
+    ) -> StructuredOutput | ErrorReply | None:
+        """JSON asked for by ``output_config.format`` (or the beta ``output_format``), or a
+        tool call forced by ``tool_choice`` (``{"type": "tool", "name"}``, or ``any`` with a
+        single tool)."""
+        config = body.get("output_config")
+        fmt = config.get("format") if isinstance(config, dict) else None
+        where = "output_config.format"
+        if fmt is None and body.get("output_format") is not None:
+            fmt, where = body["output_format"], "output_format"
+        if fmt is not None:
+            if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+                return self._invalid(f"{where}.type: Input should be 'json_schema'", request_id)
+            return self._schema_output(fmt.get("schema"), None, f"{where}.schema", request_id)
+        tools = body.get("tools")
+        choice = body.get("tool_choice")
+        if not isinstance(choice, dict) or not isinstance(tools, list):
+            return None
+        named = {t.get("name"): t for t in tools if isinstance(t, dict)}
+        if choice.get("type") == "tool":
+            name = choice.get("name")
+        elif choice.get("type") == "any" and len(named) == 1:
+            name = next(iter(named))
+        else:
+            return None
+        if name not in named:
+            return self._invalid(f"tool_choice.name: tool {name!r} is not in tools", request_id)
+        schema = named[name].get("input_schema")
+        if not isinstance(schema, dict) or schema.get("type") != "object":
+            return self._invalid(
+                "tools.0.custom.input_schema.type: Input should be 'object'", request_id
+            )
+        return self._schema_output(schema, name, "input_schema", request_id)
+
+    def _schema_output(
+        self, schema: Any, tool_name: str | None, where: str, request_id: str
+    ) -> StructuredOutput | ErrorReply:
+        if not isinstance(schema, dict):
+            return self._invalid(f"{where}: Input should be a valid dictionary", request_id)
+        try:
+            return StructuredOutput.for_schema(schema, tool_name)
+        except SchemaGenError as exc:
+            return self._invalid(f"{where}: {exc}", request_id)
 
     def error(
         self,
@@ -197,7 +275,23 @@ class AnthropicWire:
         }
 
     def _stop_reason(self, answer: Answer) -> str:
-        return "max_tokens" if answer.truncated else "end_turn"
+        if answer.truncated:
+            return "max_tokens"
+        if answer.refusal:
+            return "refusal"
+        return "tool_use" if answer.tool_name else "end_turn"
+
+    def _content(self, answer: Answer) -> list[dict[str, Any]]:
+        if answer.tool_name is None:
+            return [{"type": "text", "text": answer.text}]
+        # The input is an object on the wire: a cut or invalid document cannot be sent as
+        # one, so it becomes an empty object (which the schema will usually reject).
+        try:
+            tool_input = json.loads(answer.text) if not answer.truncated else {}
+        except ValueError:
+            tool_input = {}
+        block = {"type": "tool_use", "id": _tool_use_id(answer), "name": answer.tool_name}
+        return [{**block, "input": tool_input}]
 
     def completion_body(self, answer: Answer) -> bytes:
         return _compact(
@@ -206,7 +300,7 @@ class AnthropicWire:
                 "id": answer.message_id,
                 "type": "message",
                 "role": "assistant",
-                "content": [{"type": "text", "text": answer.text}],
+                "content": self._content(answer),
                 "stop_reason": self._stop_reason(answer),
                 "stop_sequence": None,
                 "usage": self._usage(answer, answer.count),
@@ -228,7 +322,7 @@ class AnthropicWire:
             b"event: message_start\ndata: "
             + _compact({"type": "message_start", "message": message})
             + b"\n\n"
-            + _BLOCK_START
+            + (_BLOCK_START if answer.tool_name is None else _tool_block_start(answer))
         )
         usage = {
             "input_tokens": answer.input_tokens,
@@ -237,14 +331,17 @@ class AnthropicWire:
             "output_tokens": answer.count,
         }
         delta = {"stop_reason": self._stop_reason(answer), "stop_sequence": None}
+        # A tool input cut by max_tokens never gets its content_block_stop (recorded traffic).
+        block_stop = b"" if answer.tool_name and answer.truncated else _BLOCK_STOP
         tail = (
-            _BLOCK_STOP
+            block_stop
             + b"event: message_delta\ndata: "
             + _compact({"type": "message_delta", "delta": delta, "usage": usage})
             + b"\n\n"
             + _MESSAGE_STOP
         )
-        return StreamEvents(head, _delta_events(answer.pieces)[: answer.count], tail)
+        deltas = _delta_events(answer.pieces, answer.tool_name is not None)
+        return StreamEvents(head, deltas[: answer.count], tail)
 
     def stream_error_event(self, error_type: str | None, message: str | None) -> bytes:
         type_ = error_type or "overloaded_error"

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from . import control
 from .anthropic_wire import WIRE as ANTHROPIC
-from .config import EmulatorConfig
+from .config import DEFAULT_CHUNKS, EmulatorConfig
 from .framing import reframe, reframe_events
 from .openai_wire import WIRE as OPENAI
 from .responder import (
@@ -33,6 +33,7 @@ from .textgen import pieces
 from .wire import Answer, ErrorReply, GenRequest, WireFormat, new_id
 
 STATE_KEY = web.AppKey("provider_emulator_state", EmulatorState)
+REFUSAL_TEXT = "I'm sorry, but I can't help with that request."
 _INVALID_JSON = object()
 
 
@@ -205,13 +206,7 @@ class ProviderEndpoints:
         step: Step,
         record: RecordedRequest,
     ) -> Answer:
-        text: str | None
-        if step.text is not None:
-            text, chunks = step.text, step.chunks
-        elif step.chunks is not None:
-            text, chunks = self.config.text, step.chunks
-        else:
-            text, chunks = self.config.text, self.config.chunks
+        text, chunks = self._answer_text(request, step)
         answer_pieces = pieces(text, chunks)
         count = len(answer_pieces)
         if request.max_tokens is not None:
@@ -239,7 +234,30 @@ class ProviderEndpoints:
             cache_read=cache_read,
             cache_write=cache_write,
             include_usage=request.include_usage,
+            output=request.output,
+            refusal=step.output_fault == "refusal",
         )
+
+    def _answer_text(self, request: GenRequest, step: Step) -> tuple[str | None, int | None]:
+        """The answer text and its chunk count: a refusal, the JSON of a structured answer
+        (in `chunks` slices cut anywhere, escape sequences included), or plain text."""
+        if step.output_fault == "refusal":
+            return step.text or REFUSAL_TEXT, step.chunks
+        if request.output is not None:
+            chunks = step.chunks if step.chunks is not None else self.config.chunks
+            chunks = DEFAULT_CHUNKS if chunks is None else chunks
+            if step.text is not None:
+                return step.text, chunks
+            if step.output_fault == "schema_violation":
+                return request.output.violation(), chunks
+            if step.output_fault == "invalid_json":
+                return invalid_json(request.output.document), chunks
+            return request.output.document, chunks
+        if step.text is not None:
+            return step.text, step.chunks
+        if step.chunks is not None:
+            return self.config.text, step.chunks
+        return self.config.text, self.config.chunks
 
     def _validate(
         self,
@@ -290,6 +308,13 @@ class ProviderEndpoints:
             body, outcome = body[: len(body) // 2], "malformed"
         record.chunks_sent = answer.count
         return await send_body(request, record, 200, body, wire.json_content_type, headers, outcome)
+
+
+def invalid_json(document: str) -> str:
+    """The document made invalid (a trailing comma; or trailing text for a scalar)."""
+    if document[-1:] in ("}", "]") and len(document) > 2:
+        return document[:-1] + "," + document[-1]
+    return document + ","
 
 
 def create_app(config: EmulatorConfig | None = None) -> web.Application:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
+from .schema_gen import SchemaGenError
 from .textgen import count_input_tokens
-from .wire import Answer, ErrorReply, GenRequest, StreamEvents
+from .wire import Answer, ErrorReply, GenRequest, StreamEvents, StructuredOutput
 
 _ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _FINGERPRINT = b"fp_emulator"
@@ -33,6 +35,7 @@ _DEFAULTS: dict[int, tuple[str, str | None, str]] = {
     503: ("server_error", None, "The engine is currently overloaded, please try again later."),
 }
 _MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-3.5-turbo")
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _mask(key: str) -> str:
@@ -45,6 +48,39 @@ def _limit(body: dict[str, Any]) -> tuple[str, Any] | None:
     for name in ("max_completion_tokens", "max_tokens"):
         if body.get(name) is not None:
             return name, body[name]
+    return None
+
+
+def strict_schema_problem(schema: Any, context: tuple[str, ...] = ()) -> str | None:
+    """Why strict mode refuses ``schema``, or None: every object must list all its
+    properties in ``required`` and set ``additionalProperties: false``."""
+    if isinstance(schema, list):
+        for index, item in enumerate(schema):
+            if problem := strict_schema_problem(item, (*context, str(index))):
+                return problem
+        return None
+    if not isinstance(schema, dict):
+        return None
+    declared = schema.get("type")
+    types = declared if isinstance(declared, list) else [declared]
+    if "object" in types or "properties" in schema:
+        where = f"In context={context!r}"
+        if schema.get("additionalProperties") is not False:
+            return f"{where}, 'additionalProperties' is required to be supplied and to be false."
+        required = schema.get("required") or []
+        missing = [name for name in schema.get("properties") or {} if name not in required]
+        if missing:
+            return (
+                f"{where}, 'required' is required to be supplied and to be an array including "
+                f"every key in properties. Missing '{missing[0]}'."
+            )
+    for key in ("properties", "$defs", "definitions"):
+        for name, sub in (schema.get(key) or {}).items():
+            if problem := strict_schema_problem(sub, (*context, key, name)):
+                return problem
+    for key in ("items", "anyOf", "oneOf", "allOf", "prefixItems"):
+        if key in schema and (problem := strict_schema_problem(schema[key], (*context, key))):
+            return problem
     return None
 
 
@@ -155,13 +191,60 @@ class OpenAIWire:
         if options is not None and not stream:
             message = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
             return self._reply(400, message, bad, "stream_options", None)
+        output = self._response_format(body.get("response_format"))
+        if isinstance(output, ErrorReply):
+            return output
         return GenRequest(
             model=model,
             stream=stream,
             max_tokens=None if limit is None else limit[1],
             input_tokens=count_input_tokens(messages),
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            output=output,
         )
+
+    def _response_format(self, value: Any) -> StructuredOutput | ErrorReply | None:
+        """``{"type": "json_schema", "json_schema": {"name", "strict"?, "schema"}}``;
+        ``text`` (and absence) ask for plain text."""
+        bad = "invalid_request_error"
+        if value is None:
+            return None
+        kind = value.get("type") if isinstance(value, dict) else None
+        if kind == "text":
+            return None
+        if kind == "json_object":  # JSON mode: any object will do
+            return StructuredOutput.for_schema({"type": "object"})
+        if kind != "json_schema":
+            message = (
+                f"Invalid value: {kind!r}. Supported values are: 'text', 'json_object' and "
+                "'json_schema'."
+            )
+            return self._reply(400, message, bad, "response_format.type", "invalid_value")
+        spec = value.get("json_schema")
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if not isinstance(name, str):
+            message = "Missing required parameter: 'response_format.json_schema.name'."
+            param = "response_format.json_schema.name"
+            return self._reply(400, message, bad, param, "missing_required_parameter")
+        if not _SCHEMA_NAME.fullmatch(name):
+            message = (
+                "Invalid 'response_format.json_schema.name': string does not match pattern. "
+                "Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'."
+            )
+            param = "response_format.json_schema.name"
+            return self._reply(400, message, bad, param, "invalid_value")
+        assert isinstance(spec, dict)
+        schema = spec.get("schema", {})
+        try:
+            if not isinstance(schema, dict):
+                raise SchemaGenError("a schema must be an object")
+            problem = strict_schema_problem(schema) if spec.get("strict") is True else None
+            if problem is not None:
+                raise SchemaGenError(problem)
+            return StructuredOutput.for_schema(schema)
+        except SchemaGenError as exc:
+            message = f"Invalid schema for response_format '{name}': {exc}"
+            return self._reply(400, message, bad, "response_format", None)
 
     def error(
         self,
@@ -216,8 +299,8 @@ class OpenAIWire:
                     "index": 0,
                     "message": {
                         "role": "assistant",
-                        "content": answer.text,
-                        "refusal": None,
+                        "content": None if answer.refusal else answer.text,
+                        "refusal": answer.text if answer.refusal else None,
                         "annotations": [],
                     },
                     "logprobs": None,
@@ -243,13 +326,18 @@ class OpenAIWire:
             )
         )
         end = b"]" + usage_null + b"}\n\n"
+        # A refusal comes in `refusal` pieces instead of `content` (recorded traffic starts
+        # it with content null and refusal "").
+        first = b'"content":null,"refusal":""' if answer.refusal else b'"content":"","refusal":null'
         head = (
             prefix
-            + b'{"index":0,"delta":{"role":"assistant","content":"","refusal":null},'
-            + b'"logprobs":null,"finish_reason":null}'
+            + b'{"index":0,"delta":{"role":"assistant",'
+            + first
+            + b'},"logprobs":null,"finish_reason":null}'
             + end
         )
-        before = prefix + b'{"index":0,"delta":{"content":'
+        field = b"refusal" if answer.refusal else b"content"
+        before = prefix + b'{"index":0,"delta":{"' + field + b'":'
         after = b'},"logprobs":null,"finish_reason":null}' + end
         content = [before + piece + after for piece in answer.pieces.json[: answer.count]]
         tail = (

@@ -28,6 +28,8 @@ Outcome = Literal[
     "stream_error",  # scripted: an error event ended the stream
     "disconnected",  # the client went away before the answer was finished
 ]
+OutputFault = Literal["invalid_json", "schema_violation", "refusal"]
+OUTPUT_FAULTS: frozenset[str] = frozenset(("invalid_json", "schema_violation", "refusal"))
 
 
 class StepError(ValueError):
@@ -49,7 +51,9 @@ class Step:
     `cut_after_chunks`, `malformed_after_chunks`, `error_after_chunks` (alias
     `anthropic_error_after_chunks`; error type from `error_type`). `reset` closes the
     connection before any byte. Answer override: `chunks`, `text`, `cache_read_tokens`,
-    `cache_write_tokens`. `path` limits the step to one endpoint (default: the two
+    `cache_write_tokens`. `output_fault` spoils a structured answer: ``invalid_json``,
+    ``schema_violation`` (valid JSON that breaks the schema) or ``refusal`` (any request;
+    `text` is then the refusal message). `path` limits the step to one endpoint (default: the two
     generation endpoints, never `/v1/models`).
     """
 
@@ -71,6 +75,7 @@ class Step:
     text: str | None = None
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
+    output_fault: OutputFault | None = None
     path: str | None = None
 
     @classmethod
@@ -110,6 +115,8 @@ class Step:
                 not isinstance(value, int) or isinstance(value, bool) or value < 0
             ):
                 raise StepError(f"{name} must be a non-negative integer")
+        if self.output_fault is not None and self.output_fault not in OUTPUT_FAULTS:
+            raise StepError(f"output_fault must be one of {sorted(OUTPUT_FAULTS)}")
         if self.line_ending is not None and self.line_ending not in LINE_ENDINGS:
             raise StepError(f"line_ending must be one of {sorted(LINE_ENDINGS)}")
         for name in ("delay_before_first_ms", "chunk_delay_ms", "split_writes_ms"):

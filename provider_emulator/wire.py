@@ -4,11 +4,13 @@ them and the interface each format module implements."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .schema_gen import generate, violate
 from .textgen import Pieces
 
 _ID_PREFIX = os.urandom(5).hex()
@@ -31,6 +33,27 @@ class ErrorReply:
 
 
 @dataclass(frozen=True, slots=True)
+class StructuredOutput:
+    """A request for JSON following a schema (OpenAI ``response_format`` json_schema;
+    Anthropic ``output_config`` / ``output_format``, or a forced tool call when `tool_name`
+    is set). `document` is the valid answer `schema_gen` made for it, as compact JSON."""
+
+    schema_json: str
+    document: str
+    tool_name: str | None = None
+
+    @classmethod
+    def for_schema(cls, schema: Any, tool_name: str | None = None) -> StructuredOutput:
+        """Raises SchemaGenError for a schema no document can be made for."""
+        document = json.dumps(generate(schema), separators=(",", ":"), ensure_ascii=False)
+        return cls(json.dumps(schema), document, tool_name)
+
+    def violation(self) -> str:
+        """Valid JSON that breaks the schema (the schema-violation fault)."""
+        return json.dumps(violate(json.loads(self.schema_json)), separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
 class GenRequest:
     """The parts of a valid generation request the emulator acts on."""
 
@@ -39,6 +62,7 @@ class GenRequest:
     max_tokens: int | None
     input_tokens: int
     include_usage: bool = False
+    output: StructuredOutput | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +80,13 @@ class Answer:
     cache_read: int
     cache_write: int
     include_usage: bool
+    output: StructuredOutput | None = None  # the answer is JSON for this request
+    refusal: bool = False  # the pieces are a refusal, not an answer
+
+    @property
+    def tool_name(self) -> str | None:
+        """The forced tool whose input carries the answer (Anthropic tool mode)."""
+        return None if self.output is None or self.refusal else self.output.tool_name
 
     @property
     def text(self) -> str:

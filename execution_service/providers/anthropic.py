@@ -9,12 +9,28 @@ Usage: ``message_start`` carries the input figures (``input_tokens`` excludes ca
 ``cache_read_input_tokens`` and ``cache_creation_input_tokens`` are separate) and an output
 placeholder that must not be counted; each ``message_delta`` carries the cumulative
 ``output_tokens`` (and, in newer API versions, repeated input figures), so the last one wins.
+
+Structured output, two modes chosen by model (`structured_output_mode`):
+
+* ``output_config``: ``"output_config": {"format": {"type": "json_schema", "schema": ...}}``
+  for the models listed in ``structured_outputs.json``; the JSON arrives as ordinary text.
+* ``tool``: every other model gets one tool whose ``input_schema`` is the output schema and
+  ``tool_choice`` forcing it; the output is that tool call's input, streamed as
+  ``input_json_delta.partial_json`` pieces (non-streamed: the block's ``input`` object). Only
+  the first ``tool_use`` block counts. A text block the model writes before the call is
+  commentary, not output (it would make the output invalid JSON): it is dropped, unless the
+  answer ends with ``stop_reason: "refusal"``, when it becomes the refusal's text.
+
+``stop_reason: "refusal"`` becomes a `Refusal` event, in every mode (in ``output_config``
+mode its text is empty: text already streamed went out as output).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import json
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from typing import Any, Literal
 
 from execution_service import retry
 from service_kit.secret import Secret
@@ -23,6 +39,7 @@ from . import _wire
 from .base import (
     ChatRequest,
     Finish,
+    Refusal,
     RequestSpec,
     StreamEvent,
     TextDelta,
@@ -32,7 +49,13 @@ from .base import (
 )
 from .errors import ErrorReason, ProviderError, http_error
 
-__all__ = ["AnthropicProvider", "AnthropicStreamParser"]
+__all__ = [
+    "OUTPUT_CONFIG_MODELS",
+    "AnthropicProvider",
+    "AnthropicStreamParser",
+    "StructuredMode",
+    "structured_output_mode",
+]
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -53,9 +76,45 @@ _STATUS_OF_ERROR_TYPE = {
 }
 
 
+StructuredMode = Literal["output_config", "tool"]
+_TOOL_DESCRIPTION = "Give your answer by calling this tool; its input is the answer."
+
+
+def _load_output_config_models() -> tuple[str, ...]:
+    document = json.loads(
+        resources.files(__package__).joinpath("structured_outputs.json").read_text("utf-8")
+    )
+    return tuple(document["anthropic_output_config_models"])
+
+
+OUTPUT_CONFIG_MODELS: tuple[str, ...] = _load_output_config_models()
+"""Model families with structured outputs (from ``structured_outputs.json``)."""
+
+
+def structured_output_mode(
+    model: str, output_config_models: Iterable[str] = OUTPUT_CONFIG_MODELS
+) -> StructuredMode:
+    """``output_config`` when ``model`` is one of the families (exactly, or followed by
+    ``-`` and a date or version), else ``tool``. Tool mode needs an object at the top of
+    the schema (a tool's input is an object)."""
+    for family in output_config_models:
+        if model == family or model.startswith(family + "-"):
+            return "output_config"
+    return "tool"
+
+
 class AnthropicProvider:
     name = "anthropic"
     default_base_url = DEFAULT_BASE_URL
+
+    def __init__(self, *, output_config_models: Iterable[str] = OUTPUT_CONFIG_MODELS) -> None:
+        self.output_config_models = tuple(output_config_models)
+
+    def structured_mode(self, request: ChatRequest | None) -> StructuredMode | None:
+        """How ``request``'s output schema is asked for; None without one."""
+        if request is None or request.output_schema is None:
+            return None
+        return structured_output_mode(request.model, self.output_config_models)
 
     def build_stream_request(
         self,
@@ -85,6 +144,19 @@ class AnthropicProvider:
             body["top_p"] = request.top_p
         if request.stop:
             body["stop_sequences"] = list(request.stop)
+        schema = request.output_schema
+        mode = self.structured_mode(request)
+        if schema is not None and mode == "output_config":
+            body["output_config"] = {"format": {"type": "json_schema", "schema": schema.schema}}
+        elif schema is not None:
+            body["tools"] = [
+                {
+                    "name": schema.name,
+                    "description": _TOOL_DESCRIPTION,
+                    "input_schema": schema.schema,
+                }
+            ]
+            body["tool_choice"] = {"type": "tool", "name": schema.name}
         return RequestSpec(
             method="POST",
             url=api_url(base_url, DEFAULT_BASE_URL, "/v1/messages"),
@@ -101,22 +173,26 @@ class AnthropicProvider:
             secret_headers=_auth(api_key),
         )
 
-    def new_stream_parser(self) -> AnthropicStreamParser:
-        return AnthropicStreamParser()
+    def new_stream_parser(self, request: ChatRequest | None = None) -> AnthropicStreamParser:
+        return AnthropicStreamParser(tool_mode=self.structured_mode(request) == "tool")
 
-    def parse_complete(self, body: bytes) -> list[StreamEvent]:
+    def parse_complete(self, body: bytes, request: ChatRequest | None = None) -> list[StreamEvent]:
         message = _wire.load_object(body, what="message")
         if message.get("type") == "error":
             raise _event_error(_wire.obj(message.get("error")))
         events: list[StreamEvent] = []
-        blocks = message.get("content")
-        text = "".join(
-            _wire.text(block.get("text")) or ""
-            for block in (blocks if isinstance(blocks, list) else [])
-            if isinstance(block, dict) and block.get("type") == "text"
-        )
+        raw_blocks = message.get("content")
+        blocks = [_wire.obj(b) for b in (raw_blocks if isinstance(raw_blocks, list) else [])]
+        texts = "".join(_wire.text(b.get("text")) or "" for b in blocks if b.get("type") == "text")
+        text, commentary = texts, ""
+        if self.structured_mode(request) == "tool":
+            tool_input = next((b.get("input") for b in blocks if b.get("type") == "tool_use"), None)
+            text = "" if tool_input is None else _compact_json(tool_input)
+            commentary = texts  # not output; the refusal's words if it is one
         if text:
             events.append(TextDelta(text))
+        if message.get("stop_reason") == "refusal":
+            events.append(Refusal(commentary))
         usage = _wire.obj(message.get("usage"))
         input_tokens = _wire.count(usage.get("input_tokens"))
         if input_tokens is not None:
@@ -146,9 +222,17 @@ class AnthropicProvider:
 
 
 class AnthropicStreamParser:
-    """Folds message stream events; ``Finish`` is emitted on ``message_stop``."""
+    """Folds message stream events; ``Finish`` is emitted on ``message_stop``.
 
-    def __init__(self) -> None:
+    With ``tool_mode`` the output is the partial JSON of the first ``tool_use`` block, and
+    text blocks are held back (the text of a refusal, should the answer be one); otherwise
+    the output is the text blocks.
+    """
+
+    def __init__(self, *, tool_mode: bool = False) -> None:
+        self._tool_mode = tool_mode
+        self._tool_block: int | None = None  # index of the tool_use block read, in tool mode
+        self._commentary: list[str] = []  # text blocks in tool mode (not output)
         self._input: int | None = None
         self._output: int | None = None
         self._cache_read = 0
@@ -164,17 +248,20 @@ class AnthropicStreamParser:
         kind = _wire.text(payload.get("type")) or event
         if kind == "message_start":
             return self._usage(_wire.obj(_wire.obj(payload.get("message")).get("usage")), True)
+        if kind == "content_block_start" and self._tool_mode and self._tool_block is None:
+            if _wire.obj(payload.get("content_block")).get("type") == "tool_use":
+                self._tool_block = _wire.count(payload.get("index"))
+            return []
         if kind == "content_block_delta":
-            delta = _wire.obj(payload.get("delta"))
-            text = _wire.text(delta.get("text"))
-            if delta.get("type") == "text_delta" and text:
-                return [TextDelta(text)]
-            return []  # tool input, thinking, citations: not part of the text output
+            return self._delta(payload)
         if kind == "message_delta":
             reason = _wire.text(_wire.obj(payload.get("delta")).get("stop_reason"))
+            events: list[StreamEvent] = []
             if reason:
                 self._stop_reason = reason
-            return self._usage(_wire.obj(payload.get("usage")), False)
+                if reason == "refusal":
+                    events.append(Refusal("".join(self._commentary)))
+            return events + self._usage(_wire.obj(payload.get("usage")), False)
         if kind == "message_stop":
             self._done = True
             return [Finish(self._stop_reason or "unknown")]
@@ -182,6 +269,22 @@ class AnthropicStreamParser:
             raise _event_error(_wire.obj(payload.get("error")))
         # ping, content_block_start/stop, and event types added later: nothing to fold.
         return []
+
+    def _delta(self, payload: Mapping[str, Any]) -> list[StreamEvent]:
+        delta = _wire.obj(payload.get("delta"))
+        if self._tool_mode:
+            piece = _wire.text(delta.get("partial_json"))
+            ours = self._tool_block is not None and payload.get("index") == self._tool_block
+            if delta.get("type") == "input_json_delta" and ours and piece:
+                return [TextDelta(piece)]
+            text = _wire.text(delta.get("text"))
+            if delta.get("type") == "text_delta" and text:
+                self._commentary.append(text)  # the refusal's words, if it turns out one
+            return []  # not the output
+        text = _wire.text(delta.get("text"))
+        if delta.get("type") == "text_delta" and text:
+            return [TextDelta(text)]
+        return []  # tool input, thinking, citations: not part of the text output
 
     def end(self) -> list[StreamEvent]:
         if self._done:
@@ -214,6 +317,10 @@ class AnthropicStreamParser:
         if self._input is None:
             return []
         return [UsageReport(self._input, self._output, self._cache_read, self._cache_write)]
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _auth(api_key: Secret) -> dict[str, Secret]:

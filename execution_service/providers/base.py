@@ -8,6 +8,8 @@ plus one line in ``registry.py``.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -20,7 +22,9 @@ __all__ = [
     "ChatMessage",
     "ChatRequest",
     "Finish",
+    "OutputSchema",
     "Provider",
+    "Refusal",
     "RequestSpec",
     "StreamEvent",
     "StreamParser",
@@ -39,9 +43,48 @@ class ChatMessage:
     content: str
 
 
+# OpenAI's rule for `json_schema.name` (and Anthropic's for a tool name, which is looser).
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class OutputSchema:
+    """The JSON Schema the answer must follow, asked of the provider's structured-output mode.
+
+    Kept as compact JSON text so that the request stays immutable and hashable; `schema`
+    gives a fresh dict each time. Key order is kept: providers emit properties in the order
+    the schema lists them. ``name`` becomes OpenAI's ``json_schema.name`` and the
+    forced tool's name in Anthropic's tool mode: 1 to 64 letters, digits, ``_`` or ``-``
+    (`OutputSchema.create` derives one from any text).
+    """
+
+    name: str
+    schema_json: str
+
+    def __post_init__(self) -> None:
+        if not _SCHEMA_NAME.fullmatch(self.name):
+            raise ValueError("an output schema name must be 1-64 letters, digits, '_' or '-'")
+
+    @classmethod
+    def create(cls, schema: Mapping[str, object], name: str = "output") -> OutputSchema:
+        """From a JSON Schema dict; ``name`` is cleaned to the allowed characters."""
+        cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:64] or "output"
+        return cls(cleaned, json.dumps(schema, separators=(",", ":")))
+
+    @property
+    def schema(self) -> dict[str, object]:
+        value: dict[str, object] = json.loads(self.schema_json)
+        return value
+
+
 @dataclass(frozen=True)
 class ChatRequest:
-    """A provider-neutral chat completion request."""
+    """A provider-neutral chat completion request.
+
+    With ``output_schema`` set, the provider's structured-output mode is asked for JSON
+    following it, and the `TextDelta`s carry that JSON text as it arrives (whether it is
+    complete and valid is for the caller to check once the stream has finished).
+    """
 
     model: str
     messages: tuple[ChatMessage, ...]
@@ -49,6 +92,7 @@ class ChatRequest:
     temperature: float | None = None
     top_p: float | None = None
     stop: tuple[str, ...] = ()
+    output_schema: OutputSchema | None = None
 
 
 # --- stream events --------------------------------------------------------------------------
@@ -57,6 +101,22 @@ class ChatRequest:
 @dataclass(frozen=True)
 class TextDelta:
     """A piece of output text, in order."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The model declined to answer; never part of the output text.
+
+    ``text`` is a piece of the provider's refusal message, in order (OpenAI sends it in
+    ``refusal`` fields, possibly over several events: join them). Anthropic signals a refusal
+    only by its stop reason ``refusal``: then one ``Refusal`` comes before `Finish`, with the
+    text the model wrote in forced-tool mode (which is never output there), or empty when the
+    text already went out as `TextDelta`. A stream with a
+    ``Refusal`` still ends with usage and `Finish`; the caller decides that the answer
+    failed.
+    """
 
     text: str
 
@@ -89,7 +149,7 @@ class Finish:
     reason: str
 
 
-StreamEvent = TextDelta | UsageReport | Finish
+StreamEvent = TextDelta | Refusal | UsageReport | Finish
 
 
 # --- HTTP request description ---------------------------------------------------------------
@@ -189,11 +249,14 @@ class Provider(Protocol):
         """A cheap authenticated request (``GET /v1/models``) that validates a key."""
         ...
 
-    def new_stream_parser(self) -> StreamParser: ...
+    def new_stream_parser(self, request: ChatRequest | None = None) -> StreamParser:
+        """A parser for the answer to ``request`` (its output schema decides where the
+        output is read from); None reads a plain text answer."""
+        ...
 
-    def parse_complete(self, body: bytes) -> list[StreamEvent]:
-        """Events of a whole (non-streamed) JSON answer. Some compatible endpoints ignore
-        ``stream: true``; this reads their answer instead of failing."""
+    def parse_complete(self, body: bytes, request: ChatRequest | None = None) -> list[StreamEvent]:
+        """Events of a whole (non-streamed) JSON answer to ``request``. Some compatible
+        endpoints ignore ``stream: true``; this reads their answer instead of failing."""
         ...
 
     def parse_error(

@@ -31,7 +31,7 @@ from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # the parts EventSou
 from execution_service import retry
 from service_kit.secret import Secret
 
-from .base import ChatRequest, Provider, RequestSpec, StreamEvent, TextDelta
+from .base import ChatRequest, Provider, Refusal, RequestSpec, StreamEvent, TextDelta
 from .errors import DeadlineExceeded, ErrorReason, ProviderError, translate_transport_error
 
 __all__ = ["KeyCheckResult", "check_key", "stream_chat"]
@@ -69,7 +69,8 @@ async def stream_chat(
             count of attempts made, whatever the outcome.
         on_retry: called with each failure that is about to be retried, before the wait.
 
-    Yields `TextDelta`, `UsageReport` (latest replaces earlier) and finally `Finish`.
+    Yields `TextDelta`, `Refusal` (the model declined: never output text), `UsageReport`
+    (latest replaces earlier) and finally `Finish`.
     Raises `ProviderError` (`DeadlineExceeded` for the deadline); never leaks the key.
     """
     spec = provider.build_stream_request(request, api_key, base_url, default_max_tokens)
@@ -81,7 +82,7 @@ async def stream_chat(
         held: list[StreamEvent] = []
         delivered = False
         try:
-            events = _attempt_events(client, provider, spec, wall_clock)
+            events = _attempt_events(client, provider, request, spec, wall_clock)
             async with aclosing(events):
                 async for event in events:
                     if delivered:
@@ -123,6 +124,7 @@ async def stream_chat(
 async def _attempt_events(
     client: httpx.AsyncClient,
     provider: Provider,
+    request: ChatRequest,
     spec: RequestSpec,
     wall_clock: Callable[[], float],
 ) -> AsyncGenerator[StreamEvent, None]:
@@ -139,7 +141,7 @@ async def _attempt_events(
             content_type = content_type.strip().lower()
             if content_type == "application/json":
                 body = await _read_capped(response, MAX_COMPLETE_BODY_BYTES, strict=True)
-                for event in provider.parse_complete(body):
+                for event in provider.parse_complete(body, request):
                     yield event
                 return
             if content_type != "text/event-stream":
@@ -148,7 +150,7 @@ async def _attempt_events(
                     f"unexpected content type {content_type!r} in a streamed answer",
                     status=response.status_code,
                 )
-            parser = provider.new_stream_parser()
+            parser = provider.new_stream_parser(request)
             async with aclosing(_sse_batches(response)) as batches:
                 async for batch in batches:
                     events: list[StreamEvent] = []
@@ -198,11 +200,14 @@ async def _sse_batches(response: httpx.Response) -> AsyncGenerator[list[ServerSe
 
 
 def _coalesce(events: list[StreamEvent]) -> list[StreamEvent]:
-    """Merge adjacent TextDeltas; every other event keeps its place."""
+    """Merge adjacent TextDeltas, and adjacent Refusals; every other event keeps its place."""
     merged: list[StreamEvent] = []
     for event in events:
-        if isinstance(event, TextDelta) and merged and isinstance(merged[-1], TextDelta):
-            merged[-1] = TextDelta(merged[-1].text + event.text)
+        last = merged[-1] if merged else None
+        if isinstance(event, TextDelta) and isinstance(last, TextDelta):
+            merged[-1] = TextDelta(last.text + event.text)
+        elif isinstance(event, Refusal) and isinstance(last, Refusal):
+            merged[-1] = Refusal(last.text + event.text)
         else:
             merged.append(event)
     return merged

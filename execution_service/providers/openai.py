@@ -7,6 +7,12 @@ last chunk before ``data: [DONE]`` carries the usage. The base URL rule is `base
 Usage: OpenAI's ``prompt_tokens`` INCLUDES ``prompt_tokens_details.cached_tokens``. We report
 ``input_tokens = prompt_tokens - cached_tokens`` and ``cache_read_tokens = cached_tokens``
 so that each token is priced once: at the input price or at the cache-read price.
+
+Structured output: a request with an output schema sends ``response_format`` with
+``type: json_schema`` and ``strict: true``; the JSON arrives as ordinary content (streamed
+as ``delta.content`` pieces). A refusal arrives in ``refusal`` fields instead of content and
+becomes `Refusal` events. ``finish_reason`` ``length`` / ``content_filter`` can cut the JSON;
+the stream is still read to its usage chunk, and the caller finds the JSON incomplete.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from . import _wire
 from .base import (
     ChatRequest,
     Finish,
+    Refusal,
     RequestSpec,
     StreamEvent,
     TextDelta,
@@ -64,6 +71,15 @@ class OpenAIProvider:
             body["top_p"] = request.top_p
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.output_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": request.output_schema.name,
+                    "strict": True,
+                    "schema": request.output_schema.schema,
+                },
+            }
         return RequestSpec(
             method="POST",
             url=api_url(base_url, DEFAULT_BASE_URL, "/v1/chat/completions"),
@@ -80,18 +96,16 @@ class OpenAIProvider:
             secret_headers=_auth(api_key),
         )
 
-    def new_stream_parser(self) -> OpenAIStreamParser:
+    def new_stream_parser(self, request: ChatRequest | None = None) -> OpenAIStreamParser:
+        """Structured or not, the output is the content: the request changes nothing here."""
         return OpenAIStreamParser()
 
-    def parse_complete(self, body: bytes) -> list[StreamEvent]:
+    def parse_complete(self, body: bytes, request: ChatRequest | None = None) -> list[StreamEvent]:
         message = _wire.load_object(body, what="completion")
         if "error" in message:
             raise _stream_error(_wire.obj(message.get("error")))
         choice = _first_choice(message)
-        events: list[StreamEvent] = []
-        content = _wire.text(_wire.obj(choice.get("message")).get("content"))
-        if content:
-            events.append(TextDelta(content))
+        events = _message_events(_wire.obj(choice.get("message")))
         usage = _usage(message.get("usage"))
         if usage is not None:
             events.append(usage)
@@ -133,9 +147,7 @@ class OpenAIStreamParser:
             raise _stream_error(_wire.obj(chunk.get("error")))
         events: list[StreamEvent] = []
         choice = _first_choice(chunk)
-        content = _wire.text(_wire.obj(choice.get("delta")).get("content"))
-        if content:
-            events.append(TextDelta(content))
+        events += _message_events(_wire.obj(choice.get("delta")))
         reason = _wire.text(choice.get("finish_reason"))
         if reason:
             self._finish_reason = reason
@@ -161,6 +173,18 @@ class OpenAIStreamParser:
 
 def _auth(api_key: Secret) -> dict[str, Secret]:
     return {"authorization": Secret("Bearer " + header_safe_key(api_key))}
+
+
+def _message_events(message: Mapping[str, Any]) -> list[StreamEvent]:
+    """The content and refusal of a message or a delta (empty pieces carry nothing)."""
+    events: list[StreamEvent] = []
+    content = _wire.text(message.get("content"))
+    if content:
+        events.append(TextDelta(content))
+    refusal = _wire.text(message.get("refusal"))
+    if refusal:
+        events.append(Refusal(refusal))
+    return events
 
 
 def _first_choice(message: Mapping[str, Any]) -> dict[str, Any]:
