@@ -11,6 +11,7 @@ import asyncpg
 from keyvault_service import repository as repo
 from keyvault_service.errors import DOMAIN
 from keyvault_service.fingerprints import FingerprintKeyUnreadable, load_fingerprint_key
+from keyvault_service.key_changes import KeyChangeFeed
 from keyvault_service.keyring import Keyring, KeyringError
 from keyvault_service.servicer import SERVICE_NAME, KeyVaultServicer, audit_denied_call, register
 from keyvault_service.settings import KeyVaultSettings
@@ -57,12 +58,14 @@ class RunningKeyVault:
     server: GrpcServer
     pool: asyncpg.Pool
     vault: KeyVault
+    key_changes: KeyChangeFeed
 
     @property
     def port(self) -> int:
         return self.server.port
 
     async def stop(self, grace: float = 5.0) -> None:
+        await self.key_changes.stop()  # first: watch streams end cleanly, not cut at the grace
         await self.server.stop(grace)
         await self.pool.close()
 
@@ -81,23 +84,27 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
         except FingerprintKeyUnreadable as exc:
             raise StartupError(str(exc)) from None
         vault = KeyVault(pool, settings.keyring, fingerprint_key)
+        key_changes = KeyChangeFeed(database_url)
         interceptor = ServiceInterceptor(
             policy=policy, domain=DOMAIN, on_denied=functools.partial(audit_denied_call, vault)
         )
         server = GrpcServer(
             service_names=[SERVICE_NAME],
-            register=register(KeyVaultServicer(vault)),
+            register=register(KeyVaultServicer(vault, key_changes)),
             interceptors=[interceptor],
             tls=settings.server.tls,
             address=settings.server.listen_address,
             metrics_port=settings.server.metrics_port,
             reuse_port=settings.server.reuse_port,
         )
+        key_changes.start()
+        await key_changes.wait_live(timeout=5.0)  # serve with the feed up when the database is
         await server.start(pool)
     except BaseException:
+        await key_changes.stop()
         await pool.close()
         raise
-    return RunningKeyVault(server, pool, vault)
+    return RunningKeyVault(server, pool, vault, key_changes)
 
 
 async def main() -> None:

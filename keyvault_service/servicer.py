@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -10,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as pb
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as pb_grpc
 from clients.gen.keyvault.v1 import resources_pb2 as res
+from keyvault_service.key_changes import KeyChangeFeed, SubscriptionEnded
 from keyvault_service.names import (
     KeyRef,
     api_key_violations,
@@ -34,6 +36,8 @@ _METHOD_ACTIONS = {
     "RewrapApiKeys": "REWRAP",
 }
 PROVIDER_ENUM = {"openai": res.PROVIDER_OPENAI, "anthropic": res.PROVIDER_ANTHROPIC}
+# WatchApiKeyChanges sends a heartbeat when it has sent nothing for this long.
+WATCH_HEARTBEAT_SECONDS = 5
 
 
 def _timestamp(value: Any) -> Timestamp:
@@ -71,8 +75,9 @@ def _audit_message(row: AuditRow) -> res.AuditEvent:
 
 
 class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
-    def __init__(self, vault: KeyVault) -> None:
+    def __init__(self, vault: KeyVault, key_changes: KeyChangeFeed) -> None:
         self._vault = vault
+        self._key_changes = key_changes
 
     async def _name_or_audit_invalid(self, action: str, name: str, call: CallInfo) -> KeyRef:
         try:
@@ -154,6 +159,24 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
             audit_events=[_audit_message(r) for r in rows],
             next_page_token=page_token({"id": last_id}, query=request.parent) if last_id else "",
         )
+
+    async def WatchApiKeyChanges(
+        self, request: pb.WatchApiKeyChangesRequest, context: Any
+    ) -> AsyncIterator[pb.WatchApiKeyChangesResponse]:
+        with self._key_changes.subscribe() as subscription:
+            yield pb.WatchApiKeyChangesResponse(
+                started=pb.WatchStarted(heartbeat_interval_seconds=WATCH_HEARTBEAT_SECONDS)
+            )
+            while True:
+                try:
+                    change = await subscription.next(timeout=WATCH_HEARTBEAT_SECONDS)
+                except SubscriptionEnded:
+                    return  # the subscriber notices the end and subscribes again
+                if change is None:
+                    yield pb.WatchApiKeyChangesResponse(heartbeat=pb.WatchHeartbeat())
+                else:
+                    event = pb.ApiKeyChange(name=change.ref.name, sequence=change.sequence)
+                    yield pb.WatchApiKeyChangesResponse(change=event)
 
 
 async def audit_denied_call(vault: KeyVault, call: CallInfo, request: Any) -> None:
