@@ -65,6 +65,8 @@ class Subscription:
     def __init__(self) -> None:
         self._queue: asyncio.Queue[KeyChange | None] = asyncio.Queue()
         self._ended = False
+        self._taken = asyncio.Event()  # set whenever the queue has been emptied
+        self._taken.set()
 
     def _deliver(self, change: KeyChange) -> None:
         if self._ended:
@@ -73,6 +75,7 @@ class Subscription:
             self._end()
             return
         self._queue.put_nowait(change)
+        self._taken.clear()
 
     def _end(self) -> None:
         if not self._ended:
@@ -86,9 +89,16 @@ class Subscription:
                 change = await self._queue.get()
         except TimeoutError:
             return None
+        if self._queue.empty():
+            self._taken.set()
         if change is None:
             raise SubscriptionEnded
         return change
+
+    async def taken(self) -> None:
+        """Until every change delivered so far has been taken by the subscriber."""
+        while not self._ended and not self._taken.is_set():
+            await self._taken.wait()
 
 
 class KeyChangeFeed:
@@ -110,6 +120,8 @@ class KeyChangeFeed:
         self._live = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._conn_lock = asyncio.Lock()  # one query at a time on the LISTEN connection
         self.listener_pid: int | None = None  # the LISTEN connection's backend, while live
 
     @property
@@ -134,6 +146,21 @@ class KeyChangeFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def catch_up(self, timeout: float) -> None:
+        """Return once every change committed before the call has been handed to this
+        replica's subscribers (or after `timeout`). A query on the LISTEN connection is the
+        barrier: PostgreSQL sends a listener the notifications already committed before its
+        answer to the next query, and asyncpg runs their callbacks in that order."""
+        conn = self._conn
+        if conn is None:  # not listening: every subscription has ended already
+            return
+        with contextlib.suppress(TimeoutError, *_CONNECTION_ERRORS):
+            async with asyncio.timeout(timeout):
+                async with self._conn_lock:
+                    await conn.fetchval("SELECT 1")
+                for subscription in list(self._subscriptions):
+                    await subscription.taken()
+
     @contextlib.contextmanager
     def subscribe(self) -> Iterator[Subscription]:
         if self._stopping or not self.live:
@@ -155,6 +182,7 @@ class KeyChangeFeed:
 
     def _lose(self) -> None:
         self._live.clear()
+        self._conn = None
         self.listener_pid = None
         for subscription in self._subscriptions:
             subscription._end()
@@ -187,6 +215,7 @@ class KeyChangeFeed:
         conn.add_termination_listener(lambda _conn: lost.set())
         await conn.add_listener(CHANNEL, self._on_notification)
         self.listener_pid = conn.get_server_pid()
+        self._conn = conn
         self._live.set()
         log.info("key change feed listening")
         while not lost.is_set():
@@ -194,4 +223,5 @@ class KeyChangeFeed:
                 async with asyncio.timeout(self._check_interval):
                     await lost.wait()
             if not lost.is_set():  # a silent network fails this check rather than hanging
-                await conn.fetchval("SELECT 1", timeout=self._check_interval)
+                async with self._conn_lock:
+                    await conn.fetchval("SELECT 1", timeout=self._check_interval)

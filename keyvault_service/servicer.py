@@ -38,6 +38,8 @@ _METHOD_ACTIONS = {
 PROVIDER_ENUM = {"openai": res.PROVIDER_OPENAI, "anthropic": res.PROVIDER_ANTHROPIC}
 # WatchApiKeyChanges sends a heartbeat when it has sent nothing for this long.
 WATCH_HEARTBEAT_SECONDS = 5
+# A change is answered once this replica's watchers have it in hand, or after this long.
+CATCH_UP_SECONDS = 1.0
 
 
 def _timestamp(value: Any) -> Timestamp:
@@ -98,6 +100,7 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
         stored, created = await self._vault.set_key(
             ref, Secret(request.api_key), request.base_url.rstrip("/"), call
         )
+        await self._key_changes.catch_up(CATCH_UP_SECONDS)
         return pb.SetApiKeyResponse(api_key=api_key_message(stored), created=created)
 
     async def GetApiKey(self, request: pb.GetApiKeyRequest, context: Any) -> pb.GetApiKeyResponse:
@@ -121,6 +124,7 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
         call = call_info()
         ref = await self._name_or_audit_invalid("DELETE", request.name, call)
         await self._vault.delete_key(ref, call)
+        await self._key_changes.catch_up(CATCH_UP_SECONDS)
         return pb.DeleteApiKeyResponse()
 
     async def RevealApiKey(
