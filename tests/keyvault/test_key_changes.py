@@ -6,9 +6,11 @@ listens again by itself."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -22,8 +24,10 @@ from keyvault_service.names import KeyRef
 from service_kit.tls import TlsFiles
 from tests.conftest import secure_channel
 from tests.keyvault.conftest import StartVault, keyring_of
+from tests.keyvault.test_readme_grpcurl_keyvault import run_grpcurl
 
 Tls = Callable[[str], TlsFiles]
+_WATCH = "keyvault.v1.KeyVaultService/WatchApiKeyChanges"
 
 
 def _stub(vault: RunningKeyVault, tls_for: Tls, workload: str) -> kv_grpc.KeyVaultServiceStub:
@@ -152,3 +156,25 @@ def test_notifications_parse_and_anything_else_is_ignored() -> None:
     )
     for junk in ("", "null", "[]", '{"sequence": "x", "workspace": "w", "provider": "o"}', "{"):
         assert parse_notification(junk) is None
+
+
+async def test_grpcurl_finds_the_method_by_reflection_and_follows_the_stream(
+    shared_vault: RunningKeyVault, pki: Path
+) -> None:
+    certs = ["-cacert", "certs/ca.pem", "-cert", "certs/execution.pem"]
+    certs += ["-key", "certs/execution-key.pem"]
+    code, out, err = await run_grpcurl(
+        ["grpcurl", *certs, "localhost:50051", "describe", "keyvault.v1.KeyVaultService"],
+        shared_vault.port,
+        pki,
+    )
+    assert code == 0, err
+    assert "rpc WatchApiKeyChanges" in out and "returns ( stream" in out
+    # The stream never ends by itself: grpcurl stops after -max-time, having printed the
+    # confirmation that the subscription is live.
+    code, out, err = await run_grpcurl(
+        ["grpcurl", *certs, "-max-time", "2", "localhost:50051", _WATCH],
+        shared_vault.port,
+        pki,
+    )
+    assert json.loads(out.split("\n}")[0] + "}") == {"started": {"heartbeat_interval_seconds": 5}}
