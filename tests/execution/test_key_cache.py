@@ -158,3 +158,22 @@ async def _store_key(vault: RunningKeyVault, tls_for: Tls) -> str:
         kv.SetApiKeyRequest(name=f"workspaces/{ws}/apiKeys/openai", api_key=openai_key())
     )
     return ws
+
+
+async def test_a_reveal_in_flight_when_its_key_changes_is_neither_shared_nor_cached(
+    pair_vault: RunningKeyVault,
+    tls_for: Tls,
+    workspace: Workspace,
+    admin_vault: kv_grpc.KeyVaultServiceStub,
+) -> None:
+    """The change notice can overtake a reveal that read the key before the change: that
+    answer must not serve executions that start after the notice."""
+    ws = await workspace(openai=openai_key())
+    async with subscribed_source(pair_vault.port, tls_for, ttl=30, clock=lambda: 0.0) as keys:
+        before_change = asyncio.create_task(keys.get(ws, "openai", "req-1"))
+        await asyncio.sleep(0)  # its RevealApiKey is now in flight
+        keys.key_changed(ws, "openai")  # what the subscription does when a notice arrives
+        assert (await keys.get(ws, "openai", "req-2"))[1] is False  # a reveal of its own
+        await before_change
+        assert await reveal_count(admin_vault, ws) == 2
+        assert (await keys.get(ws, "openai", "req-3"))[1] is True  # the later answer is kept
