@@ -1,6 +1,7 @@
 """The subscription to the vault's key changes (WatchApiKeyChanges) that keeps the key cache
-honest: each change drops the changed key; while the subscription is down the cache is not
-trusted; each new subscription starts from an empty cache."""
+honest: each change drops the changed key and is then acknowledged (the vault's SetApiKey and
+DeleteApiKey wait for that); while the subscription is down the cache is not trusted; each
+new subscription starts from an empty cache."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ async def watch_key_changes(
     delay = retry_delay
     while True:
         # wait_for_ready: a vault that is down is subscribed to as soon as it is back.
-        call = vault.WatchApiKeyChanges(kv.WatchApiKeyChangesRequest(), wait_for_ready=True)
+        call = vault.WatchApiKeyChanges(wait_for_ready=True)  # type: ignore[call-arg]
         try:
             if await _follow(call, keys):
                 delay = retry_delay
@@ -47,6 +48,8 @@ async def watch_key_changes(
             log.warning("key change subscription failed", extra={"code": err.code().name})
         except TimeoutError:
             log.warning("key change subscription went silent")
+        except Exception as exc:  # whatever broke the stream, subscribe again
+            log.warning("key change subscription broke", extra={"error": type(exc).__name__})
         finally:
             call.cancel()
             if keys.subscribed:
@@ -57,8 +60,8 @@ async def watch_key_changes(
 
 
 async def _follow(call: Any, keys: KeySource) -> bool:
-    """Apply the stream (a grpc.aio call) to the cache until it ends. True when it was
-    confirmed live."""
+    """Apply the stream (a grpc.aio bidirectional call) to the cache, acknowledging each
+    change once applied, until it ends. True when it was confirmed live."""
     messages = aiter(call)
     first = await anext(messages, None)  # waits while the vault is unreachable (wait_for_ready)
     if first is None or first.WhichOneof("event") != "started":
@@ -77,3 +80,5 @@ async def _follow(call: Any, keys: KeySource) -> bool:
                 keys.forget_all()
             else:
                 keys.key_changed(*slot)
+            applied = kv.WatchApiKeyChangesRequest(acknowledged_sequence=message.change.sequence)
+            await call.write(applied)

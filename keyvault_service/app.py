@@ -75,6 +75,7 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
     pool = await db.create_pool(
         database_url, min_size=settings.server.db_pool_min, max_size=settings.server.db_pool_max
     )
+    key_changes = KeyChangeFeed(database_url, pool)
     try:
         async with pool.acquire() as conn:
             await db.migrate(conn, "keyvault_service")
@@ -84,7 +85,6 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
         except FingerprintKeyUnreadable as exc:
             raise StartupError(str(exc)) from None
         vault = KeyVault(pool, settings.keyring, fingerprint_key)
-        key_changes = KeyChangeFeed(database_url)
         interceptor = ServiceInterceptor(
             policy=policy, domain=DOMAIN, on_denied=functools.partial(audit_denied_call, vault)
         )

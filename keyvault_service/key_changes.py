@@ -7,6 +7,10 @@ replica made it. The feed listens on a connection of its own: pooled connections
 the pool without a session reset, so they must never LISTEN. While that connection is down,
 changes go unheard; the feed then ends every subscription and takes new ones only once it
 listens again, so that no subscriber believes it hears everything when it does not.
+
+Subscribers acknowledge each change once applied; acknowledgements are kept in the database
+(`key_change_watchers`), so that the replica answering a SetApiKey or DeleteApiKey can wait
+until every live subscriber of every replica has applied it.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
+from keyvault_service import repository as repo
 from keyvault_service.errors import KeyChangesUnavailable
 from keyvault_service.names import KeyRef
 from service_kit import db
@@ -35,6 +42,9 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 CHANNEL = "api_key_changes"
 # A subscriber this far behind is cut off; it subscribes again and starts afresh.
 MAX_PENDING = 1000
+# A subscriber that neither acknowledges nor is sent a heartbeat for this long is taken for
+# gone (its process died without closing the stream) and no longer waited for.
+WATCHER_TTL_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -62,11 +72,11 @@ class SubscriptionEnded(Exception):
 class Subscription:
     """The changes heard since it was taken, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, heard: int) -> None:
+        self.id = uuid.uuid4()
+        self.heard_at_start = heard  # changes up to this one committed before it began
         self._queue: asyncio.Queue[KeyChange | None] = asyncio.Queue()
         self._ended = False
-        self._taken = asyncio.Event()  # set whenever the queue has been emptied
-        self._taken.set()
 
     def _deliver(self, change: KeyChange) -> None:
         if self._ended:
@@ -75,7 +85,6 @@ class Subscription:
             self._end()
             return
         self._queue.put_nowait(change)
-        self._taken.clear()
 
     def _end(self) -> None:
         if not self._ended:
@@ -89,16 +98,9 @@ class Subscription:
                 change = await self._queue.get()
         except TimeoutError:
             return None
-        if self._queue.empty():
-            self._taken.set()
         if change is None:
             raise SubscriptionEnded
         return change
-
-    async def taken(self) -> None:
-        """Until every change delivered so far has been taken by the subscriber."""
-        while not self._ended and not self._taken.is_set():
-            await self._taken.wait()
 
 
 class KeyChangeFeed:
@@ -107,12 +109,15 @@ class KeyChangeFeed:
     def __init__(
         self,
         database_url: str,
+        pool: asyncpg.Pool,
         *,
         reconnect_delay: float = 0.25,
         max_reconnect_delay: float = 2.0,
         check_interval: float = 1.0,
     ) -> None:
         self._database_url = database_url
+        self._pool = pool
+        self._heard = 0  # the last change heard (changes are heard in commit order)
         self._reconnect_delay = reconnect_delay
         self._max_reconnect_delay = max_reconnect_delay
         self._check_interval = check_interval
@@ -120,8 +125,6 @@ class KeyChangeFeed:
         self._live = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._conn: asyncpg.Connection | None = None
-        self._conn_lock = asyncio.Lock()  # one query at a time on the LISTEN connection
         self.listener_pid: int | None = None  # the LISTEN connection's backend, while live
 
     @property
@@ -146,43 +149,69 @@ class KeyChangeFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def catch_up(self, timeout: float) -> None:
-        """Return once every change committed before the call has been handed to this
-        replica's subscribers (or after `timeout`). A query on the LISTEN connection is the
-        barrier: PostgreSQL sends a listener the notifications already committed before its
-        answer to the next query, and asyncpg runs their callbacks in that order."""
-        conn = self._conn
-        if conn is None:  # not listening: every subscription has ended already
-            return
-        with contextlib.suppress(TimeoutError, *_CONNECTION_ERRORS):
+    async def wait_applied(self, timeout: float) -> None:
+        """Return once every live subscriber, through any replica, has acknowledged every
+        change committed before the call, or after `timeout` (logged: a subscriber stuck
+        that long is taken for gone)."""
+        target = await repo.latest_change(self._pool)
+        delay = 0.002
+        try:
             async with asyncio.timeout(timeout):
-                async with self._conn_lock:
-                    await conn.fetchval("SELECT 1")
-                for subscription in list(self._subscriptions):
-                    await subscription.taken()
+                while await repo.watchers_behind(self._pool, target):
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.02)
+        except TimeoutError:
+            log.warning("key change not acknowledged by every subscriber in time")
 
     @contextlib.contextmanager
     def subscribe(self) -> Iterator[Subscription]:
         if self._stopping or not self.live:
             raise KeyChangesUnavailable("the key vault is not hearing key changes; retry shortly")
-        subscription = Subscription()
+        subscription = Subscription(self._heard)
         self._subscriptions.add(subscription)
         try:
             yield subscription
         finally:
             self._subscriptions.discard(subscription)
 
+    async def register(self, subscription: Subscription) -> None:
+        """Make the subscriber one that changes wait for. It starts from an empty cache, so
+        it has nothing to apply for the changes committed before it subscribed."""
+        await repo.add_watcher(
+            self._pool, subscription.id, subscription.heard_at_start, WATCHER_TTL_SECONDS
+        )
+
+    async def acknowledge(self, subscription: Subscription, sequence: int) -> None:
+        """The subscriber applied every change up to `sequence` (0: it is alive, no more)."""
+        await repo.ack_watcher(self._pool, subscription.id, sequence, WATCHER_TTL_SECONDS)
+
+    async def apply_acknowledgements(
+        self, subscription: Subscription, requests: AsyncIterator[Any]
+    ) -> None:
+        """Record the subscriber's acknowledgements (WatchApiKeyChangesRequest messages) as
+        they come, until it stops sending or goes away."""
+        try:
+            async for request in requests:
+                if request.acknowledged_sequence > 0:
+                    await self.acknowledge(subscription, request.acknowledged_sequence)
+        except Exception as exc:  # the stream or the database went away: nothing to record
+            log.info("key change acknowledgements ended", extra={"error": type(exc).__name__})
+
+    async def unregister(self, subscription: Subscription) -> None:
+        with contextlib.suppress(*_CONNECTION_ERRORS):
+            await repo.remove_watcher(self._pool, subscription.id)
+
     def _on_notification(self, conn: object, pid: int, channel: str, payload: object) -> None:
         change = parse_notification(str(payload))
         if change is None:
             log.warning("unreadable key change notification ignored")
             return
+        self._heard = max(self._heard, change.sequence)
         for subscription in list(self._subscriptions):
             subscription._deliver(change)
 
     def _lose(self) -> None:
         self._live.clear()
-        self._conn = None
         self.listener_pid = None
         for subscription in self._subscriptions:
             subscription._end()
@@ -214,8 +243,10 @@ class KeyChangeFeed:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         await conn.add_listener(CHANNEL, self._on_notification)
+        # Listening from here on: every later change will be heard, every earlier one is
+        # at most this number.
+        self._heard = max(self._heard, await repo.last_committed_change(conn))
         self.listener_pid = conn.get_server_pid()
-        self._conn = conn
         self._live.set()
         log.info("key change feed listening")
         while not lost.is_set():
@@ -223,5 +254,4 @@ class KeyChangeFeed:
                 async with asyncio.timeout(self._check_interval):
                     await lost.wait()
             if not lost.is_set():  # a silent network fails this check rather than hanging
-                async with self._conn_lock:
-                    await conn.fetchval("SELECT 1", timeout=self._check_interval)
+                await conn.fetchval("SELECT 1", timeout=self._check_interval)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,8 +39,8 @@ _METHOD_ACTIONS = {
 PROVIDER_ENUM = {"openai": res.PROVIDER_OPENAI, "anthropic": res.PROVIDER_ANTHROPIC}
 # WatchApiKeyChanges sends a heartbeat when it has sent nothing for this long.
 WATCH_HEARTBEAT_SECONDS = 5
-# A change is answered once this replica's watchers have it in hand, or after this long.
-CATCH_UP_SECONDS = 1.0
+# A change is answered once every subscriber has applied it, or after this long.
+APPLIED_WAIT_SECONDS = 1.0
 
 
 def _timestamp(value: Any) -> Timestamp:
@@ -100,7 +101,7 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
         stored, created = await self._vault.set_key(
             ref, Secret(request.api_key), request.base_url.rstrip("/"), call
         )
-        await self._key_changes.catch_up(CATCH_UP_SECONDS)
+        await self._key_changes.wait_applied(APPLIED_WAIT_SECONDS)
         return pb.SetApiKeyResponse(api_key=api_key_message(stored), created=created)
 
     async def GetApiKey(self, request: pb.GetApiKeyRequest, context: Any) -> pb.GetApiKeyResponse:
@@ -124,7 +125,7 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
         call = call_info()
         ref = await self._name_or_audit_invalid("DELETE", request.name, call)
         await self._vault.delete_key(ref, call)
-        await self._key_changes.catch_up(CATCH_UP_SECONDS)
+        await self._key_changes.wait_applied(APPLIED_WAIT_SECONDS)
         return pb.DeleteApiKeyResponse()
 
     async def RevealApiKey(
@@ -165,22 +166,32 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
         )
 
     async def WatchApiKeyChanges(
-        self, request: pb.WatchApiKeyChangesRequest, context: Any
+        self, requests: AsyncIterator[pb.WatchApiKeyChangesRequest], context: Any
     ) -> AsyncIterator[pb.WatchApiKeyChangesResponse]:
-        with self._key_changes.subscribe() as subscription:
-            yield pb.WatchApiKeyChangesResponse(
-                started=pb.WatchStarted(heartbeat_interval_seconds=WATCH_HEARTBEAT_SECONDS)
+        feed = self._key_changes
+        with feed.subscribe() as subscription:
+            await feed.register(subscription)
+            acknowledgements = asyncio.create_task(
+                feed.apply_acknowledgements(subscription, requests)
             )
-            while True:
-                try:
-                    change = await subscription.next(timeout=WATCH_HEARTBEAT_SECONDS)
-                except SubscriptionEnded:
-                    return  # the subscriber notices the end and subscribes again
-                if change is None:
-                    yield pb.WatchApiKeyChangesResponse(heartbeat=pb.WatchHeartbeat())
-                else:
-                    event = pb.ApiKeyChange(name=change.ref.name, sequence=change.sequence)
-                    yield pb.WatchApiKeyChangesResponse(change=event)
+            try:
+                yield pb.WatchApiKeyChangesResponse(
+                    started=pb.WatchStarted(heartbeat_interval_seconds=WATCH_HEARTBEAT_SECONDS)
+                )
+                while True:
+                    try:
+                        change = await subscription.next(timeout=WATCH_HEARTBEAT_SECONDS)
+                    except SubscriptionEnded:
+                        return  # the subscriber notices the end and subscribes again
+                    if change is None:
+                        await feed.acknowledge(subscription, 0)  # alive: still waited for
+                        yield pb.WatchApiKeyChangesResponse(heartbeat=pb.WatchHeartbeat())
+                    else:
+                        event = pb.ApiKeyChange(name=change.ref.name, sequence=change.sequence)
+                        yield pb.WatchApiKeyChangesResponse(change=event)
+            finally:
+                acknowledgements.cancel()
+                await feed.unregister(subscription)
 
 
 async def audit_denied_call(vault: KeyVault, call: CallInfo, request: Any) -> None:

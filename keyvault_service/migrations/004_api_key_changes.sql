@@ -35,3 +35,13 @@ CREATE TRIGGER api_keys_announce_update AFTER UPDATE ON api_keys
     WHEN ((OLD.fingerprint, OLD.base_url, OLD.key_hint)
           IS DISTINCT FROM (NEW.fingerprint, NEW.base_url, NEW.key_hint))
     EXECUTE FUNCTION announce_api_key_change();
+
+-- The execution processes subscribed to key changes, through any replica, and the last
+-- change each has acknowledged applying: SetApiKey and DeleteApiKey answer once every live
+-- subscriber has acknowledged theirs. Unlogged: it describes live connections only, and a
+-- database crash, which empties it, ends those connections too.
+CREATE UNLOGGED TABLE key_change_watchers (
+    id               uuid        PRIMARY KEY,
+    acked_sequence   bigint      NOT NULL,
+    expires_at       timestamptz NOT NULL
+);

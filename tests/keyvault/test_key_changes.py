@@ -34,21 +34,28 @@ def _stub(vault: RunningKeyVault, tls_for: Tls, workload: str) -> kv_grpc.KeyVau
     return kv_grpc.KeyVaultServiceStub(secure_channel(vault.port, tls_for(workload)))
 
 
-async def _watch(vault: RunningKeyVault, tls_for: Tls) -> grpc.aio.UnaryStreamCall:
+async def _watch(vault: RunningKeyVault, tls_for: Tls) -> grpc.aio.StreamStreamCall:
     """A live subscription: its first message, the confirmation, already read."""
-    call = _stub(vault, tls_for, "execution").WatchApiKeyChanges(kv.WatchApiKeyChangesRequest())
+    call = _stub(vault, tls_for, "execution").WatchApiKeyChanges()
     first = await asyncio.wait_for(call.read(), timeout=10)
     assert first.WhichOneof("event") == "started"
     assert first.started.heartbeat_interval_seconds > 0
     return call
 
 
-async def _next_change(call: grpc.aio.UnaryStreamCall) -> kv.ApiKeyChange:
+async def _next_change(call: grpc.aio.StreamStreamCall, *, ack: bool = True) -> kv.ApiKeyChange:
+    """The next change, acknowledged as applied (as the execution service does) if `ack`."""
     while True:
         message = await asyncio.wait_for(call.read(), timeout=10)
         assert message is not grpc.aio.EOF, "the stream ended"
         if message.WhichOneof("event") == "change":
+            if ack:
+                await _ack(call, message.change.sequence)
             return message.change
+
+
+async def _ack(call: grpc.aio.StreamStreamCall, sequence: int) -> None:
+    await call.write(kv.WatchApiKeyChangesRequest(acknowledged_sequence=sequence))
 
 
 def _name(ws: str, provider: str = "openai") -> str:
@@ -95,9 +102,7 @@ async def test_only_the_execution_identity_may_watch(
     shared_vault: RunningKeyVault, tls_for: Tls
 ) -> None:
     for workload in ("app", "admin", "keyvault"):
-        call = _stub(shared_vault, tls_for, workload).WatchApiKeyChanges(
-            kv.WatchApiKeyChangesRequest()
-        )
+        call = _stub(shared_vault, tls_for, workload).WatchApiKeyChanges()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call.read()
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -166,12 +171,49 @@ async def test_grpcurl_finds_the_method_by_reflection_and_follows_the_stream(
         pki,
     )
     assert code == 0, err
-    assert "rpc WatchApiKeyChanges" in out and "returns ( stream" in out
+    assert "rpc WatchApiKeyChanges ( stream" in out and "returns ( stream" in out
     # The stream never ends by itself: grpcurl stops after -max-time, having printed the
     # confirmation that the subscription is live.
     code, out, err = await run_grpcurl(
-        ["grpcurl", *certs, "-max-time", "2", "localhost:50051", _WATCH],
+        ["grpcurl", *certs, "-d", "{}", "-max-time", "2", "localhost:50051", _WATCH],
         shared_vault.port,
         pki,
     )
     assert json.loads(out.split("\n}")[0] + "}") == {"started": {"heartbeat_interval_seconds": 5}}
+
+
+async def test_a_change_is_answered_once_every_subscriber_has_applied_it(
+    start_vault: StartVault, make_database: Callable[[str], Awaitable[str]], tls_for: Tls
+) -> None:
+    """Subscribers of either replica acknowledge each change; SetApiKey and DeleteApiKey
+    answer only then, and after at most about a second for a subscriber that never does."""
+    url = await make_database("kv")
+    keyring = keyring_of(1)
+    first, second = await start_vault(keyring, url), await start_vault(keyring, url)
+    prompt, slow = await _watch(first, tls_for), await _watch(second, tls_for)
+    app = _stub(first, tls_for, "app")
+    ws = f"ws-{uuid.uuid4().hex[:12]}"
+
+    async def slow_subscriber() -> None:
+        change = await _next_change(slow, ack=False)
+        await asyncio.sleep(0.5)
+        await _ack(slow, change.sequence)
+
+    acknowledging = asyncio.create_task(slow_subscriber())
+    prompt_reader = asyncio.create_task(_next_change(prompt))
+    started = time.monotonic()
+    await app.SetApiKey(kv.SetApiKeyRequest(name=_name(ws), api_key="sk-acked-0123456789"))
+    assert time.monotonic() - started >= 0.5  # answered once the slow subscriber applied it
+    await acknowledging
+    await prompt_reader
+
+    # A subscriber that never acknowledges holds a change up for about a second, no more.
+    never = asyncio.create_task(_next_change(slow, ack=False))
+    prompt_reader = asyncio.create_task(_next_change(prompt))
+    started = time.monotonic()
+    await app.DeleteApiKey(kv.DeleteApiKeyRequest(name=_name(ws)))
+    assert 0.9 <= time.monotonic() - started < 5
+    await never
+    await prompt_reader
+    prompt.cancel()
+    slow.cancel()

@@ -382,16 +382,21 @@ Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: 
 
 @_typing.final
 class WatchApiKeyChangesRequest(_message.Message):
-    """Request of WatchApiKeyChanges."""
+    """A message of the subscriber's side of WatchApiKeyChanges."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ACKNOWLEDGED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    acknowledged_sequence: _builtins.int
+    """Every change up to this sequence number has been applied (cached copies dropped)."""
     def __init__(
         self,
+        *,
+        acknowledged_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_sequence", b"acknowledged_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

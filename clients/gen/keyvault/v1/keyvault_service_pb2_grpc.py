@@ -72,7 +72,7 @@ class KeyVaultServiceStub:
                 request_serializer=keyvault_dot_v1_dot_keyvault__service__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=keyvault_dot_v1_dot_keyvault__service__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
-        self.WatchApiKeyChanges = channel.unary_stream(
+        self.WatchApiKeyChanges = channel.stream_stream(
                 '/keyvault.v1.KeyVaultService/WatchApiKeyChanges',
                 request_serializer=keyvault_dot_v1_dot_keyvault__service__pb2.WatchApiKeyChangesRequest.SerializeToString,
                 response_deserializer=keyvault_dot_v1_dot_keyvault__service__pb2.WatchApiKeyChangesResponse.FromString,
@@ -134,10 +134,12 @@ class KeyVaultServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def WatchApiKeyChanges(self, request, context):
+    def WatchApiKeyChanges(self, request_iterator, context):
         """Internal: announces every key created, replaced or deleted, so that the execution service
         drops cached copies. Only the execution service may call it. The first message confirms
-        that the subscription is live; the stream ends when the vault stops or loses its database.
+        that the subscription is live; the subscriber acknowledges each change once applied, and
+        SetApiKey and DeleteApiKey answer once every live subscriber has acknowledged their
+        change. The stream ends when the vault stops or loses its database.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -181,7 +183,7 @@ def add_KeyVaultServiceServicer_to_server(servicer, server):
                     request_deserializer=keyvault_dot_v1_dot_keyvault__service__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=keyvault_dot_v1_dot_keyvault__service__pb2.ListAuditEventsResponse.SerializeToString,
             ),
-            'WatchApiKeyChanges': grpc.unary_stream_rpc_method_handler(
+            'WatchApiKeyChanges': grpc.stream_stream_rpc_method_handler(
                     servicer.WatchApiKeyChanges,
                     request_deserializer=keyvault_dot_v1_dot_keyvault__service__pb2.WatchApiKeyChangesRequest.FromString,
                     response_serializer=keyvault_dot_v1_dot_keyvault__service__pb2.WatchApiKeyChangesResponse.SerializeToString,
@@ -390,7 +392,7 @@ class KeyVaultService:
             _registered_method=True)
 
     @staticmethod
-    def WatchApiKeyChanges(request,
+    def WatchApiKeyChanges(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -400,8 +402,8 @@ class KeyVaultService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
             '/keyvault.v1.KeyVaultService/WatchApiKeyChanges',
             keyvault_dot_v1_dot_keyvault__service__pb2.WatchApiKeyChangesRequest.SerializeToString,
