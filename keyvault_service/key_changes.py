@@ -117,6 +117,7 @@ class KeyChangeFeed:
     ) -> None:
         self._database_url = database_url
         self._pool = pool
+        self._replica = uuid.uuid4()  # names this process's subscribers in the registry
         self._heard = 0  # the last change heard (changes are heard in commit order)
         self._reconnect_delay = reconnect_delay
         self._max_reconnect_delay = max_reconnect_delay
@@ -178,7 +179,11 @@ class KeyChangeFeed:
         """Make the subscriber one that changes wait for. It starts from an empty cache, so
         it has nothing to apply for the changes committed before it subscribed."""
         await repo.add_watcher(
-            self._pool, subscription.id, subscription.heard_at_start, WATCHER_TTL_SECONDS
+            self._pool,
+            subscription.id,
+            self._replica,
+            subscription.heard_at_start,
+            WATCHER_TTL_SECONDS,
         )
 
     async def acknowledge(self, subscription: Subscription, sequence: int) -> None:
@@ -246,6 +251,9 @@ class KeyChangeFeed:
         # Listening from here on: every later change will be heard, every earlier one is
         # at most this number.
         self._heard = max(self._heard, await repo.last_committed_change(conn))
+        # Streams ended when the connection was lost, perhaps without being unregistered
+        # (the database was down): they are not waited for.
+        await repo.remove_replica_watchers(conn, self._replica)
         self.listener_pid = conn.get_server_pid()
         self._live.set()
         log.info("key change feed listening")

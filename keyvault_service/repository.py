@@ -292,13 +292,16 @@ async def latest_change(pool: asyncpg.Pool) -> int:
     return int(value)
 
 
-async def add_watcher(pool: asyncpg.Pool, watcher: uuid.UUID, acked: int, ttl: float) -> None:
+async def add_watcher(
+    pool: asyncpg.Pool, watcher: uuid.UUID, replica: uuid.UUID, acked: int, ttl: float
+) -> None:
     await pool.execute(
         """WITH gone AS (
                DELETE FROM key_change_watchers WHERE expires_at < now() - interval '1 minute')
-           INSERT INTO key_change_watchers (id, acked_sequence, expires_at)
-           VALUES ($1, $2, now() + make_interval(secs => $3))""",
+           INSERT INTO key_change_watchers (id, replica, acked_sequence, expires_at)
+           VALUES ($1, $2, $3, now() + make_interval(secs => $4))""",
         watcher,
+        replica,
         acked,
         ttl,
     )
@@ -319,6 +322,10 @@ async def ack_watcher(pool: asyncpg.Pool, watcher: uuid.UUID, acked: int, ttl: f
 
 async def remove_watcher(pool: asyncpg.Pool, watcher: uuid.UUID) -> None:
     await pool.execute("DELETE FROM key_change_watchers WHERE id = $1", watcher)
+
+
+async def remove_replica_watchers(conn: Connection, replica: uuid.UUID) -> None:
+    await conn.execute("DELETE FROM key_change_watchers WHERE replica = $1", replica)
 
 
 async def watchers_behind(pool: asyncpg.Pool, sequence: int) -> int:

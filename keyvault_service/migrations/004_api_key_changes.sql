@@ -42,6 +42,7 @@ CREATE TRIGGER api_keys_announce_update AFTER UPDATE ON api_keys
 -- database crash, which empties it, ends those connections too.
 CREATE UNLOGGED TABLE key_change_watchers (
     id               uuid        PRIMARY KEY,
+    replica          uuid        NOT NULL,  -- the vault process serving its stream
     acked_sequence   bigint      NOT NULL,
     expires_at       timestamptz NOT NULL
 );
