@@ -154,15 +154,17 @@ class KeyChangeFeed:
         """Return once every live subscriber, through any replica, has acknowledged every
         change committed before the call, or after `timeout` (logged: a subscriber stuck
         that long is taken for gone)."""
-        target = await repo.latest_change(self._pool)
         delay = 0.002
         try:
             async with asyncio.timeout(timeout):
+                target = await repo.latest_change(self._pool)
                 while await repo.watchers_behind(self._pool, target):
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.02)
         except TimeoutError:
             log.warning("key change not acknowledged by every subscriber in time")
+        except _CONNECTION_ERRORS as exc:  # the change is made; the feed, cut off, ends streams
+            log.warning("key change acknowledgements unknown", extra={"error": type(exc).__name__})
 
     @contextlib.contextmanager
     def subscribe(self) -> Iterator[Subscription]:
@@ -174,6 +176,21 @@ class KeyChangeFeed:
             yield subscription
         finally:
             self._subscriptions.discard(subscription)
+
+    @contextlib.asynccontextmanager
+    async def watcher(self, acknowledgements: AsyncIterator[Any]) -> AsyncIterator[Subscription]:
+        """A registered subscription whose subscriber acknowledges changes as it applies them
+        (WatchApiKeyChangesRequest messages on `acknowledgements`)."""
+        with self.subscribe() as subscription:
+            await self.register(subscription)
+            recording = asyncio.create_task(
+                self.apply_acknowledgements(subscription, acknowledgements)
+            )
+            try:
+                yield subscription
+            finally:
+                recording.cancel()
+                await self.unregister(subscription)
 
     async def register(self, subscription: Subscription) -> None:
         """Make the subscriber one that changes wait for. It starts from an empty cache, so

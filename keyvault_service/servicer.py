@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -168,30 +167,21 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
     async def WatchApiKeyChanges(
         self, requests: AsyncIterator[pb.WatchApiKeyChangesRequest], context: Any
     ) -> AsyncIterator[pb.WatchApiKeyChangesResponse]:
-        feed = self._key_changes
-        with feed.subscribe() as subscription:
-            await feed.register(subscription)
-            acknowledgements = asyncio.create_task(
-                feed.apply_acknowledgements(subscription, requests)
+        async with self._key_changes.watcher(requests) as subscription:
+            yield pb.WatchApiKeyChangesResponse(
+                started=pb.WatchStarted(heartbeat_interval_seconds=WATCH_HEARTBEAT_SECONDS)
             )
-            try:
-                yield pb.WatchApiKeyChangesResponse(
-                    started=pb.WatchStarted(heartbeat_interval_seconds=WATCH_HEARTBEAT_SECONDS)
-                )
-                while True:
-                    try:
-                        change = await subscription.next(timeout=WATCH_HEARTBEAT_SECONDS)
-                    except SubscriptionEnded:
-                        return  # the subscriber notices the end and subscribes again
-                    if change is None:
-                        await feed.acknowledge(subscription, 0)  # alive: still waited for
-                        yield pb.WatchApiKeyChangesResponse(heartbeat=pb.WatchHeartbeat())
-                    else:
-                        event = pb.ApiKeyChange(name=change.ref.name, sequence=change.sequence)
-                        yield pb.WatchApiKeyChangesResponse(change=event)
-            finally:
-                acknowledgements.cancel()
-                await feed.unregister(subscription)
+            while True:
+                try:
+                    change = await subscription.next(timeout=WATCH_HEARTBEAT_SECONDS)
+                except SubscriptionEnded:
+                    return  # the subscriber notices the end and subscribes again
+                if change is None:
+                    await self._key_changes.acknowledge(subscription, 0)  # still waited for
+                    yield pb.WatchApiKeyChangesResponse(heartbeat=pb.WatchHeartbeat())
+                else:
+                    event = pb.ApiKeyChange(name=change.ref.name, sequence=change.sequence)
+                    yield pb.WatchApiKeyChangesResponse(change=event)
 
 
 async def audit_denied_call(vault: KeyVault, call: CallInfo, request: Any) -> None:
