@@ -68,7 +68,7 @@ async def test_a_changed_or_deleted_key_is_honoured_at_once_by_every_process(
             kv.SetApiKeyRequest(name=name, api_key=key, base_url=first.base_url)
         )
         for stub in executions:
-            await _warm(stub, ws, audit)
+            await warm(stub, ws, audit)
         warmed = _served(first, key)
         assert _served(second, key) == 0
 
@@ -98,7 +98,7 @@ async def test_a_changed_or_deleted_key_is_honoured_at_once_by_every_process(
         assert _served(second, new_key) == 2
 
 
-async def _warm(
+async def warm(
     stub: ex_grpc.ExecutionServiceStub, ws: str, audit: kv_grpc.KeyVaultServiceStub
 ) -> None:
     """Execute until an execution is served from the cache (no new reveal), as it is once

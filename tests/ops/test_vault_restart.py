@@ -21,6 +21,7 @@ from service_kit.tls import TlsFiles
 from tests.conftest import secure_channel
 from tests.execution.support import openai_key, request, run
 from tests.ops.conftest import free_port
+from tests.ops.test_key_revocation import warm
 from tests.ops.test_processes import Spawn, spawn, until_serving
 
 __all__ = ["spawn"]  # the fixture
@@ -76,6 +77,11 @@ async def test_executions_succeed_as_soon_as_a_killed_vault_serves_again(
             serving_at = time.monotonic()
             outcome = await run(stub, request(ws), timeout=10)
             took = time.monotonic() - serving_at
+
+            # The key-change subscription came back by itself: keys are cached again.
+            admin = TlsFiles.for_workload(pki, "admin")
+            async with secure_channel(vault_port, admin) as audit_channel:
+                await warm(stub, ws, kv_grpc.KeyVaultServiceStub(audit_channel))
 
         # The first execution after the vault serves again succeeds, and without a wait that
         # only a long reconnect backoff would explain (measured: well under a second).
