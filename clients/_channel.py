@@ -37,8 +37,12 @@ RETRIED_METHODS: tuple[tuple[str, str], ...] = (
     (EXECUTION_SERVICE, "GetAgentStats"),
     (EXECUTION_SERVICE, "TestApiKey"),
 )
-# Never retried automatically: Execute calls the provider and records an execution.
-NOT_RETRIED_METHODS: tuple[tuple[str, str], ...] = ((EXECUTION_SERVICE, "Execute"),)
+# Never retried automatically: Execute calls the provider and records an execution;
+# WatchApiKeyChanges is a long-lived stream that its subscriber opens again itself.
+NOT_RETRIED_METHODS: tuple[tuple[str, str], ...] = (
+    (EXECUTION_SERVICE, "Execute"),
+    (KEYVAULT_SERVICE, "WatchApiKeyChanges"),
+)
 
 PathLike = str | os.PathLike[str]
 

@@ -18,6 +18,7 @@ from execution_service.errors import DOMAIN
 from execution_service.history import History
 from execution_service.http_transport import provider_http_client
 from execution_service.key_check import KeyChecker
+from execution_service.key_watch import watch_key_changes
 from execution_service.keys import KeySource
 from execution_service.pricing import PricingError, load_prices
 from execution_service.servicer import SERVICE_NAME, ExecutionServicer, register
@@ -35,6 +36,17 @@ log = logging.getLogger(__name__)
 # What is left of the grace after the drain, but at least this, is how long the records of
 # cut streams, and those waiting for the database, get to be written before the process exits.
 LAST_CHANCE_SECONDS = 2.0
+# gRPC's default reconnect backoff grows to two minutes, so a vault that was down for a while
+# would be unusable long after it serves again. Retry the connection every 0.25 to 0.5 s
+# (each attempt may take up to 1 s: the minimum connect timeout).
+VAULT_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 1000),
+)
+# At start-up, how long to wait for the key-change subscription before serving anyway
+# (until it is live, every execution fetches its key from the vault).
+SUBSCRIBE_WAIT_SECONDS = 1.0
 
 
 @dataclass
@@ -84,15 +96,19 @@ async def start_execution(
     start_pool = await db.create_pool(
         database_url, min_size=low, max_size=high, synchronous_commit=False
     )
+    watch: asyncio.Task[None] | None = None
     try:
         async with pool.acquire() as conn:
             await db.migrate(conn, "execution_service")
         vault_channel = grpc.aio.secure_channel(
-            settings.keyvault_address, channel_credentials(settings.keyvault_tls)
+            settings.keyvault_address,
+            channel_credentials(settings.keyvault_tls),
+            options=VAULT_CHANNEL_OPTIONS,
         )
-        keys = KeySource(
-            kv_grpc.KeyVaultServiceStub(vault_channel), ttl=settings.engine.key_cache_ttl
-        )
+        vault = kv_grpc.KeyVaultServiceStub(vault_channel)
+        keys = KeySource(vault, ttl=settings.engine.key_cache_ttl)
+        watch = asyncio.create_task(watch_key_changes(vault, keys))
+        await keys.wait_subscribed(SUBSCRIBE_WAIT_SECONDS)
         http = provider_http_client(
             connect_timeout=settings.engine.connect_timeout,
             read_timeout=settings.engine.read_timeout,
@@ -118,10 +134,13 @@ async def start_execution(
         )
         await server.start(pool)
     except BaseException:
+        if watch is not None:
+            watch.cancel()
         await pool.close()
         await start_pool.close()
         raise
     running = RunningExecution(server, pool, start_pool, engine, keys, http, vault_channel)
+    running.tasks.append(watch)  # always: the key cache depends on it
     if background:
         running.tasks += [
             asyncio.create_task(engine.keep_leases()),

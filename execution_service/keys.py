@@ -1,8 +1,10 @@
-"""Provider keys from the key vault over mTLS, cached in memory for a short TTL."""
+"""Provider keys from the key vault over mTLS, cached in memory for a short TTL while the
+vault's key-change announcements are heard."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -33,8 +35,21 @@ class _Cached:
     expires_at: float
 
 
+@dataclass
+class _Fetch:
+    """A RevealApiKey in flight. `current` turns False when the key changes (or the change
+    subscription is lost or restarted) while it runs: its answer may predate the change, so
+    it is neither cached nor shared with executions that start afterwards."""
+
+    answer: asyncio.Future[ProviderKey]
+    current: bool = True
+
+
 class KeySource:
-    """RevealApiKey with a TTL cache. Concurrent misses for one key share a single call."""
+    """RevealApiKey with a TTL cache that is trusted only while the vault's key-change
+    subscription is live (see execution_service.key_watch): a change or deletion drops the
+    key at once, and while the subscription is down every lookup asks the vault afresh.
+    Concurrent misses for one key share a single call."""
 
     def __init__(
         self,
@@ -51,10 +66,54 @@ class KeySource:
         self._timeout = timeout
         self._clock = clock
         self._cache: dict[tuple[str, str], _Cached] = {}
-        self._inflight: dict[tuple[str, str], asyncio.Future[ProviderKey]] = {}
+        self._inflight: dict[tuple[str, str], _Fetch] = {}
+        self._subscribed = asyncio.Event()
+
+    # --- what the key-change subscription reports ---------------------------------------
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed.is_set()
+
+    async def wait_subscribed(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._subscribed.wait()
+        return self.subscribed
+
+    def subscription_started(self) -> None:
+        """Changes are heard from now on; what was cached before may be stale."""
+        self.forget_all()
+        self._subscribed.set()
+
+    def subscription_lost(self) -> None:
+        """Changes may go unheard: trust nothing cached until subscribed again."""
+        self._subscribed.clear()
+        self.forget_all()
+
+    def key_changed(self, workspace: str, provider: str) -> None:
+        slot = (workspace, provider)
+        self._cache.pop(slot, None)
+        fetch = self._inflight.pop(slot, None)
+        if fetch is not None:
+            fetch.current = False
+
+    def forget_all(self) -> None:
+        self._cache.clear()
+        for fetch in self._inflight.values():
+            fetch.current = False
+        self._inflight.clear()
+
+    def invalidate(self, workspace: str, provider: str) -> None:
+        self._cache.pop((workspace, provider), None)
+
+    # --- lookups -----------------------------------------------------------------------
 
     async def get(self, workspace: str, provider: str, request_id: str) -> tuple[ProviderKey, bool]:
         """The key and whether it came from the cache."""
+        if not self.subscribed:  # a change could have gone unheard: ask the vault
+            metrics.KEY_CACHE_LOOKUPS.labels("bypass").inc()
+            return await self._reveal(workspace, provider, request_id), False
         slot = (workspace, provider)
         cached = self._cache.get(slot)
         if cached is not None and cached.expires_at > self._clock():
@@ -64,31 +123,32 @@ class KeySource:
         pending = self._inflight.get(slot)
         if pending is not None:
             try:
-                return await asyncio.shield(pending), False
+                return await asyncio.shield(pending.answer), False
             except asyncio.CancelledError:
                 task = asyncio.current_task()
-                if not pending.cancelled() or (task is not None and task.cancelling()):
+                if not pending.answer.cancelled() or (task is not None and task.cancelling()):
                     raise  # this caller was cancelled, not the one fetching for it
             # The caller that was fetching went away; that says nothing about this one.
             return await self.get(workspace, provider, request_id)
-        future: asyncio.Future[ProviderKey] = asyncio.get_running_loop().create_future()
-        self._inflight[slot] = future
+        fetch = _Fetch(asyncio.get_running_loop().create_future())
+        self._inflight[slot] = fetch
         try:
             key = await self._reveal(workspace, provider, request_id)
         except asyncio.CancelledError:
-            future.cancel()  # waiters fetch for themselves rather than inherit the cancel
+            fetch.answer.cancel()  # waiters fetch for themselves rather than inherit the cancel
             raise
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # consumed: waiters re-raise it, nobody else needs to
+            fetch.answer.set_exception(exc)
+            fetch.answer.exception()  # consumed: waiters re-raise it, nobody else needs to
             raise
         else:
-            future.set_result(key)
-            if self._ttl > 0:
+            fetch.answer.set_result(key)
+            if self._ttl > 0 and fetch.current:
                 self._remember(slot, key)
             return key, False
         finally:
-            del self._inflight[slot]
+            if self._inflight.get(slot) is fetch:
+                del self._inflight[slot]
 
     def _remember(self, slot: tuple[str, str], key: ProviderKey) -> None:
         now = self._clock()
@@ -100,15 +160,15 @@ class KeySource:
                 self._cache.clear()
         self._cache[slot] = _Cached(key, now + self._ttl)
 
-    def invalidate(self, workspace: str, provider: str) -> None:
-        self._cache.pop((workspace, provider), None)
-
     async def _reveal(self, workspace: str, provider: str, request_id: str) -> ProviderKey:
         name = f"workspaces/{workspace}/apiKeys/{provider}"
         try:
             response = await self._vault.RevealApiKey(  # type: ignore[misc]
                 kv.RevealApiKeyRequest(name=name),
                 timeout=self._timeout,
+                # A vault coming back is used as soon as the channel reconnects, rather than
+                # failing the calls made while the reconnect attempt is still pending.
+                wait_for_ready=True,
                 metadata=((REQUEST_ID_HEADER, request_id),),
             )
         except grpc.aio.AioRpcError as err:

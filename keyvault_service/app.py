@@ -11,6 +11,7 @@ import asyncpg
 from keyvault_service import repository as repo
 from keyvault_service.errors import DOMAIN
 from keyvault_service.fingerprints import FingerprintKeyError, load_fingerprint_key
+from keyvault_service.key_changes import KeyChangeFeed
 from keyvault_service.keyring import Keyring, KeyringError
 from keyvault_service.servicer import (
     SERVICE_NAME,
@@ -63,12 +64,14 @@ class RunningKeyVault:
     server: GrpcServer
     pool: asyncpg.Pool
     vault: KeyVault
+    key_changes: KeyChangeFeed
 
     @property
     def port(self) -> int:
         return self.server.port
 
     async def stop(self, grace: float = 5.0) -> None:
+        await self.key_changes.stop()  # first: watch streams end cleanly, not cut at the grace
         await self.server.stop(grace)
         await self.pool.close()
 
@@ -78,6 +81,7 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
     pool = await db.create_pool(
         database_url, min_size=settings.server.db_pool_min, max_size=settings.server.db_pool_max
     )
+    key_changes = KeyChangeFeed(database_url, pool)
     try:
         async with pool.acquire() as conn:
             await db.migrate(conn, "keyvault_service")
@@ -95,18 +99,21 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
         )
         server = GrpcServer(
             service_names=[SERVICE_NAME],
-            register=register(KeyVaultServicer(vault, settings.egress)),
+            register=register(KeyVaultServicer(vault, key_changes, settings.egress)),
             interceptors=[interceptor],
             tls=settings.server.tls,
             address=settings.server.listen_address,
             metrics_port=settings.server.metrics_port,
             reuse_port=settings.server.reuse_port,
         )
+        key_changes.start()
+        await key_changes.wait_live(timeout=5.0)  # serve with the feed up when the database is
         await server.start(pool)
     except BaseException:
+        await key_changes.stop()
         await pool.close()
         raise
-    return RunningKeyVault(server, pool, vault)
+    return RunningKeyVault(server, pool, vault, key_changes)
 
 
 async def main() -> None:

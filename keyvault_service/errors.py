@@ -30,3 +30,7 @@ class AuditUnavailable(Unavailable):
 
 class MasterKeyMissing(FailedPrecondition):
     default_reason = "MASTER_KEY_VERSION_MISSING"
+
+
+class KeyChangesUnavailable(Unavailable):
+    default_reason = "KEY_CHANGES_UNAVAILABLE"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -327,3 +328,72 @@ async def list_audit(
         )
         for r in rows
     ]
+
+
+# --- key change watchers (see keyvault_service.key_changes) -------------------------------
+
+
+async def last_committed_change(conn: Connection) -> int:
+    """The number of the last committed key change (0: none yet). Announcing changes hold
+    the lock taken here until they commit, so none is half-done while we read."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('api_key_changes'))")
+        value = await conn.fetchval(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM api_key_change_seq"
+        )
+    return int(value)
+
+
+async def latest_change(pool: asyncpg.Pool) -> int:
+    """At least the number of every change committed before the call (a change still in
+    flight may already have taken a later one)."""
+    value = await pool.fetchval(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM api_key_change_seq"
+    )
+    return int(value)
+
+
+async def add_watcher(
+    pool: asyncpg.Pool, watcher: uuid.UUID, replica: uuid.UUID, acked: int, ttl: float
+) -> None:
+    await pool.execute(
+        """WITH gone AS (
+               DELETE FROM key_change_watchers WHERE expires_at < now() - interval '1 minute')
+           INSERT INTO key_change_watchers (id, replica, acked_sequence, expires_at)
+           VALUES ($1, $2, $3, now() + make_interval(secs => $4))""",
+        watcher,
+        replica,
+        acked,
+        ttl,
+    )
+
+
+async def ack_watcher(pool: asyncpg.Pool, watcher: uuid.UUID, acked: int, ttl: float) -> None:
+    """Record an acknowledgement (0: none, just alive) and extend the watcher's life."""
+    await pool.execute(
+        """UPDATE key_change_watchers
+           SET acked_sequence = greatest(acked_sequence, $2),
+               expires_at = now() + make_interval(secs => $3)
+           WHERE id = $1""",
+        watcher,
+        acked,
+        ttl,
+    )
+
+
+async def remove_watcher(pool: asyncpg.Pool, watcher: uuid.UUID) -> None:
+    await pool.execute("DELETE FROM key_change_watchers WHERE id = $1", watcher)
+
+
+async def remove_replica_watchers(conn: Connection, replica: uuid.UUID) -> None:
+    await conn.execute("DELETE FROM key_change_watchers WHERE replica = $1", replica)
+
+
+async def watchers_behind(pool: asyncpg.Pool, sequence: int) -> int:
+    """Live watchers that have not yet acknowledged change `sequence`."""
+    value = await pool.fetchval(
+        """SELECT count(*) FROM key_change_watchers
+           WHERE acked_sequence < $1 AND expires_at > now()""",
+        sequence,
+    )
+    return int(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -10,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as pb
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as pb_grpc
 from clients.gen.keyvault.v1 import resources_pb2 as res
+from keyvault_service.key_changes import KeyChangeFeed, SubscriptionEnded
 from keyvault_service.names import (
     KeyRef,
     api_key_violations,
@@ -39,6 +41,10 @@ _DENIAL_ACTIONS = {
     "ListAuditEvents": "LIST_AUDIT_EVENTS",
 }
 PROVIDER_ENUM = {"openai": res.PROVIDER_OPENAI, "anthropic": res.PROVIDER_ANTHROPIC}
+# WatchApiKeyChanges sends a heartbeat when it has sent nothing for this long.
+WATCH_HEARTBEAT_SECONDS = 5
+# A change is answered once every subscriber has applied it, or after this long.
+APPLIED_WAIT_SECONDS = 1.0
 
 
 def _timestamp(value: Any) -> Timestamp:
@@ -76,8 +82,11 @@ def _audit_message(row: AuditRow) -> res.AuditEvent:
 
 
 class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
-    def __init__(self, vault: KeyVault, egress: EgressPolicy = NO_ALLOWLIST) -> None:
+    def __init__(
+        self, vault: KeyVault, key_changes: KeyChangeFeed, egress: EgressPolicy = NO_ALLOWLIST
+    ) -> None:
         self._vault = vault
+        self._key_changes = key_changes
         self._egress = egress  # which base URLs may be stored
 
     async def _name_or_audit_invalid(self, action: str, name: str, call: CallInfo) -> KeyRef:
@@ -99,6 +108,7 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
         stored, created = await self._vault.set_key(
             ref, Secret(request.api_key), request.base_url.rstrip("/"), call
         )
+        await self._key_changes.wait_applied(APPLIED_WAIT_SECONDS)
         return pb.SetApiKeyResponse(api_key=api_key_message(stored), created=created)
 
     async def GetApiKey(self, request: pb.GetApiKeyRequest, context: Any) -> pb.GetApiKeyResponse:
@@ -124,6 +134,7 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
         call = call_info()
         ref = await self._name_or_audit_invalid("DELETE", request.name, call)
         await self._vault.delete_key(ref, call)
+        await self._key_changes.wait_applied(APPLIED_WAIT_SECONDS)
         return pb.DeleteApiKeyResponse()
 
     async def RevealApiKey(
@@ -166,6 +177,25 @@ class KeyVaultServicer(pb_grpc.KeyVaultServiceServicer):
             audit_events=[_audit_message(r) for r in rows],
             next_page_token=token if last_id else "",
         )
+
+    async def WatchApiKeyChanges(
+        self, requests: AsyncIterator[pb.WatchApiKeyChangesRequest], context: Any
+    ) -> AsyncIterator[pb.WatchApiKeyChangesResponse]:
+        async with self._key_changes.watcher(requests) as subscription:
+            yield pb.WatchApiKeyChangesResponse(
+                started=pb.WatchStarted(heartbeat_interval_seconds=WATCH_HEARTBEAT_SECONDS)
+            )
+            while True:
+                try:
+                    change = await subscription.next(timeout=WATCH_HEARTBEAT_SECONDS)
+                except SubscriptionEnded:
+                    return  # the subscriber notices the end and subscribes again
+                if change is None:
+                    await self._key_changes.acknowledge(subscription, 0)  # still waited for
+                    yield pb.WatchApiKeyChangesResponse(heartbeat=pb.WatchHeartbeat())
+                else:
+                    event = pb.ApiKeyChange(name=change.ref.name, sequence=change.sequence)
+                    yield pb.WatchApiKeyChangesResponse(change=event)
 
 
 def _audited_action(call: CallInfo) -> str | None:

@@ -24,6 +24,7 @@ METHODS = (
     "RevealApiKey",
     "RewrapApiKeys",
     "ListAuditEvents",
+    "WatchApiKeyChanges",
 )
 
 
@@ -201,7 +202,7 @@ def test_from_file_names_the_file(tmp_path: Path) -> None:
 # tests/keyvault/test_authorization.py).
 EXPECTED_ALLOWED = {
     "keyvault": set(),
-    "execution": {"RevealApiKey"},
+    "execution": {"RevealApiKey", "WatchApiKeyChanges"},
     "app": {"SetApiKey", "GetApiKey", "ListApiKeys", "DeleteApiKey"},
     "admin": {"RewrapApiKeys", "ListAuditEvents", "GetApiKey", "ListApiKeys"},
 }

@@ -39,8 +39,10 @@ async def spawn() -> AsyncIterator[Spawn]:
     processes: list[asyncio.subprocess.Process] = []
 
     async def start(module: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+        # Tests point keys at the emulator on loopback, which only an allowlist admits.
+        defaults = {"LOG_LEVEL": "WARNING", "PROVIDER_ALLOWED_HOSTS": "127.0.0.1,localhost"}
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", module, env={**os.environ, "LOG_LEVEL": "WARNING", **env}
+            sys.executable, "-m", module, env={**os.environ, **defaults, **env}
         )
         processes.append(process)
         return process

@@ -72,6 +72,11 @@ class KeyVaultServiceStub:
                 request_serializer=keyvault_dot_v1_dot_keyvault__service__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=keyvault_dot_v1_dot_keyvault__service__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.WatchApiKeyChanges = channel.stream_stream(
+                '/keyvault.v1.KeyVaultService/WatchApiKeyChanges',
+                request_serializer=keyvault_dot_v1_dot_keyvault__service__pb2.WatchApiKeyChangesRequest.SerializeToString,
+                response_deserializer=keyvault_dot_v1_dot_keyvault__service__pb2.WatchApiKeyChangesResponse.FromString,
+                _registered_method=True)
 
 
 class KeyVaultServiceServicer:
@@ -129,6 +134,17 @@ class KeyVaultServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchApiKeyChanges(self, request_iterator, context):
+        """Internal: announces every key created, replaced or deleted, so that the execution service
+        drops cached copies. Only the execution service may call it. The first message confirms
+        that the subscription is live; the subscriber acknowledges each change once applied, and
+        SetApiKey and DeleteApiKey answer once every live subscriber has acknowledged their
+        change. The stream ends when the vault stops or loses its database.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyVaultServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +182,11 @@ def add_KeyVaultServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=keyvault_dot_v1_dot_keyvault__service__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=keyvault_dot_v1_dot_keyvault__service__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'WatchApiKeyChanges': grpc.stream_stream_rpc_method_handler(
+                    servicer.WatchApiKeyChanges,
+                    request_deserializer=keyvault_dot_v1_dot_keyvault__service__pb2.WatchApiKeyChangesRequest.FromString,
+                    response_serializer=keyvault_dot_v1_dot_keyvault__service__pb2.WatchApiKeyChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +381,33 @@ class KeyVaultService:
             '/keyvault.v1.KeyVaultService/ListAuditEvents',
             keyvault_dot_v1_dot_keyvault__service__pb2.ListAuditEventsRequest.SerializeToString,
             keyvault_dot_v1_dot_keyvault__service__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchApiKeyChanges(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/keyvault.v1.KeyVaultService/WatchApiKeyChanges',
+            keyvault_dot_v1_dot_keyvault__service__pb2.WatchApiKeyChangesRequest.SerializeToString,
+            keyvault_dot_v1_dot_keyvault__service__pb2.WatchApiKeyChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,13 @@ class KeyVaultServiceStub:
     """Admin: re-encrypts every stored key under the primary master key version."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_keyvault_service_pb2.ListAuditEventsRequest, _keyvault_service_pb2.ListAuditEventsResponse]
     """Admin: lists audit records, newest first."""
+    WatchApiKeyChanges: _grpc.StreamStreamMultiCallable[_keyvault_service_pb2.WatchApiKeyChangesRequest, _keyvault_service_pb2.WatchApiKeyChangesResponse]
+    """Internal: announces every key created, replaced or deleted, so that the execution service
+    drops cached copies. Only the execution service may call it. The first message confirms
+    that the subscription is live; the subscriber acknowledges each change once applied, and
+    SetApiKey and DeleteApiKey answer once every live subscriber has acknowledged their
+    change. The stream ends when the vault stops or loses its database.
+    """
 
 @_typing.type_check_only
 class KeyVaultServiceAsyncStub(KeyVaultServiceStub):
@@ -73,6 +80,13 @@ class KeyVaultServiceAsyncStub(KeyVaultServiceStub):
     """Admin: re-encrypts every stored key under the primary master key version."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_keyvault_service_pb2.ListAuditEventsRequest, _keyvault_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Admin: lists audit records, newest first."""
+    WatchApiKeyChanges: _aio.StreamStreamMultiCallable[_keyvault_service_pb2.WatchApiKeyChangesRequest, _keyvault_service_pb2.WatchApiKeyChangesResponse]  # type: ignore[assignment]
+    """Internal: announces every key created, replaced or deleted, so that the execution service
+    drops cached copies. Only the execution service may call it. The first message confirms
+    that the subscription is live; the subscriber acknowledges each change once applied, and
+    SetApiKey and DeleteApiKey answer once every live subscriber has acknowledged their
+    change. The stream ends when the vault stops or loses its database.
+    """
 
 class KeyVaultServiceServicer(metaclass=_abc_1.ABCMeta):
     """Stores each workspace's provider API keys encrypted with AES-256-GCM.
@@ -135,5 +149,18 @@ class KeyVaultServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_keyvault_service_pb2.ListAuditEventsResponse, _abc.Awaitable[_keyvault_service_pb2.ListAuditEventsResponse]]:
         """Admin: lists audit records, newest first."""
+
+    @_abc_1.abstractmethod
+    def WatchApiKeyChanges(
+        self,
+        request_iterator: _MaybeAsyncIterator[_keyvault_service_pb2.WatchApiKeyChangesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_keyvault_service_pb2.WatchApiKeyChangesResponse], _abc.AsyncIterator[_keyvault_service_pb2.WatchApiKeyChangesResponse]]:
+        """Internal: announces every key created, replaced or deleted, so that the execution service
+        drops cached copies. Only the execution service may call it. The first message confirms
+        that the subscription is live; the subscriber acknowledges each change once applied, and
+        SetApiKey and DeleteApiKey answer once every live subscriber has acknowledged their
+        change. The stream ends when the vault stops or loses its database.
+        """
 
 def add_KeyVaultServiceServicer_to_server(servicer: KeyVaultServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
