@@ -345,12 +345,10 @@ def structured_output_violations(
                 )
             )
         min_items = schema.get("minItems")
-        if limits.min_items_values is not None and min_items is not None:
-            if min_items not in limits.min_items_values:
-                allowed = " or ".join(str(v) for v in sorted(limits.min_items_values))
-                violations.append(
-                    FieldViolation(f"{where}.minItems", f"must be {allowed} in {mode}")
-                )
+        allowed_min = limits.min_items_values
+        if allowed_min is not None and min_items is not None and min_items not in allowed_min:
+            allowed = " or ".join(str(v) for v in sorted(allowed_min))
+            violations.append(FieldViolation(f"{where}.minItems", f"must be {allowed} in {mode}"))
         if limits.primitive_enums_only and any(
             isinstance(v, dict | list) for v in schema.get("enum", [])
         ):
