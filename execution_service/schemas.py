@@ -134,12 +134,12 @@ class JsonSchema:
     """A schema document with its canonical text and digest (the validator cache key).
     The document is shared, not copied: treat it as read-only."""
 
-    document: Mapping[str, Any] = field(repr=False)
+    document: dict[str, Any] = field(repr=False)
     text: str = field(repr=False)
     digest: str
 
     @classmethod
-    def of(cls, document: Mapping[str, Any]) -> JsonSchema:
+    def of(cls, document: dict[str, Any]) -> JsonSchema:
         text = canonical_json(document)
         return cls(document, text, hashlib.sha256(text.encode()).hexdigest())
 
@@ -193,13 +193,13 @@ def _meta_violations(document: Mapping[str, Any], field_: str) -> list[FieldViol
     ][:MAX_REPORTED_ERRORS]
 
 
-def _compile(document: Mapping[str, Any]) -> jsonschema_rs.Validator:
+def _compile(document: dict[str, Any]) -> jsonschema_rs.Validator:
     # offline: a `$ref` to a URL is an error, never a fetch from the service's network.
     return jsonschema_rs.Draft202012Validator(document, validate_formats=True, offline=True)
 
 
 def schema_violations(
-    document: Mapping[str, Any], field_: str, *, output: bool = False
+    document: dict[str, Any], field_: str, *, output: bool = False
 ) -> list[FieldViolation]:
     """Why `document` cannot be saved as a schema ([] when it can). With `output`, the root
     must be an object schema (structured output is a JSON object)."""
