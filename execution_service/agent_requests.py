@@ -20,6 +20,7 @@ from execution_service.agents import (
     AgentSpec,
     GenerationSettings,
     Route,
+    structured_output_fit,
     update_fields,
 )
 from execution_service.schemas import JsonSchema, schema_violations
@@ -190,9 +191,11 @@ def create_agent(request: pb.CreateAgentRequest) -> CreateAgent:
     violations += agent_id_violations(request.agent_id)
     values, found = _decode(request.agent, UPDATABLE_FIELDS)
     violations += found
+    spec = AgentSpec(**values)  # an invalid schema or route is left out: nothing to fit
+    violations += structured_output_fit(spec)
     if violations:
         raise InvalidArgument(violations)
-    return CreateAgent(workspace, request.agent_id, AgentSpec(**values))
+    return CreateAgent(workspace, request.agent_id, spec)
 
 
 def update_agent(request: pb.UpdateAgentRequest) -> UpdateAgent:

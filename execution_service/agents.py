@@ -92,7 +92,9 @@ def update_fields(paths: Sequence[str], field_: str = "update_mask") -> frozense
     violations = [
         FieldViolation(
             f"{field_}.paths[{i}]",
-            f"{path!r} is not an updatable field (one of {', '.join(UPDATABLE_FIELDS)}, or *)",
+            "* must be the only path"
+            if path == "*"
+            else f"{path!r} is not an updatable field (one of {', '.join(UPDATABLE_FIELDS)}, or *)",
         )
         for i, path in enumerate(paths)
         if path not in UPDATABLE_FIELDS
