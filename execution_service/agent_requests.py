@@ -11,8 +11,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from google.protobuf import json_format, struct_pb2
-
+from clients import json_document  # Struct -> JSON, the same on both ends of the wire
 from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import resources_pb2 as res
 from execution_service.agents import (
@@ -77,22 +76,6 @@ def parse_agent_name(name: str, field: str = "name") -> tuple[str, str]:
     return workspace, agent_id
 
 
-def _integral(value: Any) -> Any:
-    """Struct numbers are doubles: 3.0 becomes 3 again (a schema's `maxItems: 3`)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
-
-
-def struct_document(struct: struct_pb2.Struct) -> dict[str, Any]:
-    document: dict[str, Any] = _integral(json_format.MessageToDict(struct))
-    return document
-
-
 def _text(value: str, field: str, limit: int, *, single_line: bool) -> list[FieldViolation]:
     if len(value) > limit:
         return [FieldViolation(field, f"at most {limit} characters")]
@@ -136,7 +119,7 @@ def _schema(
 ) -> tuple[JsonSchema | None, list[FieldViolation]]:
     if not agent.HasField(name):
         return None, []
-    document = struct_document(getattr(agent, name))
+    document = json_document(getattr(agent, name))
     violations = schema_violations(document, field, output=output)
     return (None if violations else JsonSchema.of(document)), violations
 
