@@ -20,8 +20,8 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _schema(value: Any) -> JsonSchema | None:
-    return None if value is None else JsonSchema.of(_json(value))
+def _schema(value: str | None) -> JsonSchema | None:
+    return None if value is None else JsonSchema.parse(value)
 
 
 def _routes_json(spec: AgentSpec) -> str:

@@ -143,6 +143,13 @@ class JsonSchema:
         text = canonical_json(document)
         return cls(document, text, hashlib.sha256(text.encode()).hexdigest())
 
+    @classmethod
+    def parse(cls, text: str) -> JsonSchema:
+        """From stored JSON text, kept as the canonical text: PostgreSQL's jsonb output is
+        already normalized, so a stored schema always reads back as the same text, and
+        reading an agent (on the way to running it) skips re-serializing its schemas."""
+        return cls(json.loads(text), text, hashlib.sha256(text.encode()).hexdigest())
+
 
 def canonical_json(document: Any) -> str:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -148,6 +148,8 @@ def test_validators_are_compiled_once_per_schema_and_cached_by_digest() -> None:
     same = JsonSchema.of(json.loads(a.text))  # another dict, same canonical text
     assert same.digest == a.digest
     assert compiled(a) is compiled(same)
+    stored = JsonSchema.parse(a.text)  # as read back from the database
+    assert stored.document == a.document and compiled(stored) is compiled(a)
     other = JsonSchema.of({"type": "object", "properties": {"n": {"type": "string"}}})
     assert compiled(other) is not compiled(a)
 
