@@ -4,6 +4,7 @@ etags under concurrency, workspace isolation, save-time schema checks and who ma
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from typing import Any
 
@@ -14,6 +15,9 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import resources_pb2 as res
+from execution_service import agent_repository
+from execution_service.agent_store import get_agent
+from execution_service.app import RunningExecution
 from tests.execution.support import (
     ANTHROPIC,
     OPENAI,
@@ -362,6 +366,34 @@ async def test_concurrent_updates_with_one_etag_exactly_one_wins(
     got = (await stub.GetAgent(pb.GetAgentRequest(name=created.name))).agent
     assert got.description == winners[0].agent.description
     assert got.etag == winners[0].agent.etag
+
+
+async def test_one_conditional_update_decides_between_writers_who_read_the_same_version(
+    workspace: Workspace, execution_stub: Stub, execution: RunningExecution
+) -> None:
+    """The guarantee itself, below the servicer: every writer has read the same version
+    before any of them writes, and the conditional UPDATE lets exactly one through."""
+    ws, stub = await workspace(), execution_stub()
+    created = await create(stub, ws)
+    current = await get_agent(execution.pool, ws, "support-bot")
+    assert current is not None and current.etag == created.etag
+    writers = 8
+    results = await asyncio.gather(
+        *(
+            agent_repository.update_if_unchanged(
+                execution.pool,
+                current,
+                dataclasses.replace(current.spec, description=f"w{i}"),
+                new_etag=f"etag-{i}",
+            )
+            for i in range(writers)
+        )
+    )
+    written = [r for r in results if r is not None]
+    assert len(written) == 1
+    got = await get_agent(execution.pool, ws, "support-bot")
+    assert got is not None and got.etag == written[0].etag
+    assert got.spec.description == written[0].spec.description
 
 
 async def test_concurrent_updates_without_an_etag_all_apply(
