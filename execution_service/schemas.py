@@ -65,10 +65,12 @@ class StructuredOutputLimits:
     """What a provider's structured-output mode accepts (its documented subset of JSON Schema).
 
     OpenAI (`response_format` json_schema, strict): every object closed and every property
-    required, no `oneOf`/`allOf`/`not`/conditionals, at most 10 levels of object nesting and
-    5,000 properties. Anthropic (structured outputs, and the same schema as a forced tool's
+    required, no `oneOf`/`allOf`/`not`/conditionals, at most 10 levels of object nesting,
+    5,000 properties and 1,000 enum values, and an enum of more than 250 values at most
+    15,000 characters. Anthropic (structured outputs, and the same schema as a forced tool's
     input): every object closed, no recursive `$ref`, no numeric or string-length bounds,
-    `minItems` only 0 or 1, primitive `enum` values only.
+    `minItems` only 0 or 1, primitive `enum` values only, at most 24 optional properties and
+    16 properties of a union type (`anyOf` or a list of types).
     """
 
     provider: str
@@ -80,6 +82,10 @@ class StructuredOutputLimits:
     min_items_values: frozenset[int] | None = None  # None: any
     recursion_allowed: bool = True
     primitive_enums_only: bool = False
+    max_enum_values: int | None = None  # across the schema
+    large_enum: tuple[int, int] | None = None  # (values, characters): over values, at most chars
+    max_optional_properties: int | None = None
+    max_union_properties: int | None = None
 
 
 _STRUCTURAL = frozenset(
@@ -100,6 +106,8 @@ STRUCTURED_OUTPUT_LIMITS: Mapping[str, StructuredOutputLimits] = {
         all_properties_required=True,
         max_object_depth=10,
         max_properties=5000,
+        max_enum_values=1000,
+        large_enum=(250, 15_000),
     ),
     "anthropic": StructuredOutputLimits(
         provider="anthropic",
@@ -125,6 +133,8 @@ STRUCTURED_OUTPUT_LIMITS: Mapping[str, StructuredOutputLimits] = {
         min_items_values=frozenset({0, 1}),
         recursion_allowed=False,
         primitive_enums_only=True,
+        max_optional_properties=24,
+        max_union_properties=16,
     ),
 }
 
@@ -299,6 +309,65 @@ def _recursive_definitions(root: Mapping[str, Any]) -> list[str]:
     return recursive
 
 
+def _is_object(schema: Mapping[str, Any]) -> bool:
+    return schema.get("type") == "object" or "properties" in schema
+
+
+def _node_violations(
+    schema: Mapping[str, Any], where: str, level: int, limits: StructuredOutputLimits
+) -> Iterator[FieldViolation]:
+    """What `limits` refuses in one subschema (not counting totals)."""
+    mode = f"{limits.provider} structured output"
+    for keyword in sorted(set(schema) - limits.keywords):
+        yield FieldViolation(
+            f"{where}.{keyword}", f"keyword {keyword!r} is not supported by {mode}"
+        )
+    if _is_object(schema):
+        if schema.get("additionalProperties") is not False:
+            yield FieldViolation(
+                f"{where}.additionalProperties", f"must be false for every object in {mode}"
+            )
+        missing = [n for n in schema.get("properties", {}) if n not in schema.get("required", [])]
+        if limits.all_properties_required and missing:
+            yield FieldViolation(
+                f"{where}.required",
+                f"must list every property in {mode} (missing: {', '.join(missing)}); "
+                "make an optional one nullable instead",
+            )
+        if limits.max_object_depth is not None and level > limits.max_object_depth:
+            yield FieldViolation(
+                where, f"objects nest {level} levels; {mode} allows {limits.max_object_depth}"
+            )
+    fmt = schema.get("format")
+    if fmt is not None and "format" in limits.keywords and fmt not in limits.formats:
+        yield FieldViolation(
+            f"{where}.format",
+            f"format {fmt!r} is not supported by {mode} "
+            f"(supported: {', '.join(sorted(limits.formats))})",
+        )
+    min_items, allowed_min = schema.get("minItems"), limits.min_items_values
+    if allowed_min is not None and min_items is not None and min_items not in allowed_min:
+        allowed = " or ".join(str(v) for v in sorted(allowed_min))
+        yield FieldViolation(f"{where}.minItems", f"must be {allowed} in {mode}")
+    enum = schema.get("enum", [])
+    if limits.primitive_enums_only and any(isinstance(v, dict | list) for v in enum):
+        yield FieldViolation(
+            f"{where}.enum", f"values must be strings, numbers, booleans or null in {mode}"
+        )
+    if limits.large_enum is not None and len(enum) > limits.large_enum[0]:
+        chars = sum(len(v) for v in enum if isinstance(v, str))
+        if chars > limits.large_enum[1]:
+            yield FieldViolation(
+                f"{where}.enum",
+                f"{len(enum)} values of {chars} characters in all; {mode} allows at most "
+                f"{limits.large_enum[1]} characters in an enum of over {limits.large_enum[0]}",
+            )
+
+
+def _is_union(schema: Any) -> bool:
+    return isinstance(schema, dict) and ("anyOf" in schema or isinstance(schema.get("type"), list))
+
+
 def structured_output_violations(
     document: Mapping[str, Any], provider: str, field_: str
 ) -> list[FieldViolation]:
@@ -307,69 +376,24 @@ def structured_output_violations(
     limits = STRUCTURED_OUTPUT_LIMITS[provider]
     mode = f"{provider} structured output"
     violations: list[FieldViolation] = []
-    properties = 0
+    totals = {"properties": 0, "enum values": 0, "optional properties": 0, "union properties": 0}
     for path, schema, level in _walk(document):
-        where = _dotted(field_, path)
-        for keyword in sorted(set(schema) - limits.keywords):
+        violations += _node_violations(schema, _dotted(field_, path), level, limits)
+        properties = schema.get("properties", {}) if _is_object(schema) else {}
+        totals["properties"] += len(properties)
+        totals["optional properties"] += len(set(properties) - set(schema.get("required", [])))
+        totals["union properties"] += sum(_is_union(p) for p in properties.values())
+        totals["enum values"] += len(schema.get("enum", []))
+    for total, limit in (
+        ("properties", limits.max_properties),
+        ("enum values", limits.max_enum_values),
+        ("optional properties", limits.max_optional_properties),
+        ("union properties", limits.max_union_properties),
+    ):
+        if limit is not None and totals[total] > limit:
             violations.append(
-                FieldViolation(
-                    f"{where}.{keyword}", f"keyword {keyword!r} is not supported by {mode}"
-                )
+                FieldViolation(field_, f"has {totals[total]} {total}; {mode} allows {limit}")
             )
-        is_object = schema.get("type") == "object" or "properties" in schema
-        if is_object:
-            names = list(schema.get("properties", {}))
-            properties += len(names)
-            if schema.get("additionalProperties") is not False:
-                violations.append(
-                    FieldViolation(
-                        f"{where}.additionalProperties", f"must be false for every object in {mode}"
-                    )
-                )
-            missing = [n for n in names if n not in schema.get("required", [])]
-            if limits.all_properties_required and missing:
-                violations.append(
-                    FieldViolation(
-                        f"{where}.required",
-                        f"must list every property in {mode} (missing: {', '.join(missing)}); "
-                        "make an optional one nullable instead",
-                    )
-                )
-            if limits.max_object_depth is not None and level > limits.max_object_depth:
-                violations.append(
-                    FieldViolation(
-                        where,
-                        f"objects nest {level} levels; {mode} allows {limits.max_object_depth}",
-                    )
-                )
-        fmt = schema.get("format")
-        if fmt is not None and "format" in limits.keywords and fmt not in limits.formats:
-            violations.append(
-                FieldViolation(
-                    f"{where}.format",
-                    f"format {fmt!r} is not supported by {mode} "
-                    f"(supported: {', '.join(sorted(limits.formats))})",
-                )
-            )
-        min_items = schema.get("minItems")
-        allowed_min = limits.min_items_values
-        if allowed_min is not None and min_items is not None and min_items not in allowed_min:
-            allowed = " or ".join(str(v) for v in sorted(allowed_min))
-            violations.append(FieldViolation(f"{where}.minItems", f"must be {allowed} in {mode}"))
-        if limits.primitive_enums_only and any(
-            isinstance(v, dict | list) for v in schema.get("enum", [])
-        ):
-            violations.append(
-                FieldViolation(
-                    f"{where}.enum", f"values must be strings, numbers, booleans or null in {mode}"
-                )
-            )
-    if limits.max_properties is not None and properties > limits.max_properties:
-        violations.append(
-            FieldViolation(
-                field_, f"has {properties} properties; {mode} allows {limits.max_properties}"
-            )
-        )
     if not limits.recursion_allowed:
         for name in _recursive_definitions(document):
             where = field_ if name == "#" else _dotted(field_, ["$defs", name])

@@ -334,3 +334,31 @@ def test_anthropic_refuses_recursion_and_compound_enums_and_large_min_items() ->
     assert fields == ["o.$defs.node", "o.properties.pick.enum", "o.properties.some.minItems"]
     # OpenAI allows recursion, compound enum values and any minItems.
     assert structured_output_violations(schema, "openai", "o") == []
+
+
+def test_openai_enum_limits() -> None:
+    many = closed({f"e{i}": {"enum": list(range(100))} for i in range(11)})  # 1,100 values
+    [found] = structured_output_violations(many, "openai", "o")
+    assert found.field == "o" and "1100 enum values" in found.description
+    long_values = [f"{i:03d}-" + "x" * 56 for i in range(251)]  # 251 x 60 > 15,000 characters
+    large = closed({"pick": {"enum": long_values}})
+    [found] = structured_output_violations(large, "openai", "o")
+    assert found.field == "o.properties.pick.enum" and "15000" in found.description
+    assert (
+        structured_output_violations(closed({"pick": {"enum": long_values[:250]}}), "openai", "o")
+        == []
+    )
+
+
+def test_anthropic_optional_and_union_property_limits() -> None:
+    optional = {
+        "type": "object",
+        "properties": {f"p{i}": {"type": "string"} for i in range(25)},
+        "additionalProperties": False,
+    }
+    [found] = structured_output_violations(optional, "anthropic", "o")
+    assert found.field == "o" and "25 optional properties" in found.description
+    unions = closed({f"u{i}": {"type": ["string", "null"]} for i in range(17)})
+    [found] = structured_output_violations(unions, "anthropic", "o")
+    assert found.field == "o" and "17 union properties" in found.description
+    assert structured_output_violations(unions, "openai", "o") == []
