@@ -114,19 +114,36 @@ async def get(db: Executor, workspace: str, agent_id: str) -> Agent | None:
     return _from_row(row) if row else None
 
 
-async def list_page(db: Executor, workspace: str, *, after: str | None, limit: int) -> list[Agent]:
-    """By agent id; keyset on the id (the primary key's order), so pages never shift."""
+async def list_page(
+    db: Executor, workspace: str, *, after: str | None, size: int, max_bytes: int
+) -> tuple[list[Agent], bool]:
+    """Up to `size` agents by id after `after`, fewer when their schemas and texts would pass
+    `max_bytes` (but always one), and whether more follow. Keyset on the id (the primary key's
+    order), so pages never shift; the byte budget is applied in the database so that large
+    agents past it are never sent."""
     rows = await db.fetch(
         f"""
-        SELECT {_COLUMNS} FROM agents
-        WHERE workspace = $1 AND ($2::text IS NULL OR agent_id > $2)
-        ORDER BY agent_id
-        LIMIT $3""",
+        WITH page AS (
+            SELECT {_COLUMNS},
+                   octet_length(instructions) + octet_length(description)
+                   + coalesce(octet_length(input_schema::text), 0)
+                   + coalesce(octet_length(output_schema::text), 0) AS bytes
+            FROM agents
+            WHERE workspace = $1 AND ($2::text IS NULL OR agent_id > $2)
+            ORDER BY agent_id
+            LIMIT $3 + 1),
+        sized AS (
+            SELECT *, row_number() OVER w AS n, sum(bytes) OVER w AS running,
+                   count(*) OVER () AS fetched
+            FROM page WINDOW w AS (ORDER BY agent_id))
+        SELECT * FROM sized WHERE n <= $3 AND (n = 1 OR running <= $4) ORDER BY agent_id""",
         workspace,
         after,
-        limit,
+        size,
+        max_bytes,
     )
-    return [_from_row(r) for r in rows]
+    fetched = rows[0]["fetched"] if rows else 0
+    return [_from_row(r) for r in rows], fetched > len(rows)
 
 
 async def update_if_unchanged(

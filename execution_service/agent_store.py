@@ -25,6 +25,10 @@ from service_kit.db import Executor
 from service_kit.errors import InvalidArgument
 from service_kit.pagination import PageRequest
 
+# A page of agents stops early, before this many bytes of schemas, instructions and
+# descriptions (at least one agent): a page of large agents must stay well inside a gRPC
+# message (4 MB by default for receivers).
+MAX_PAGE_BYTES = 1_000_000
 # An update without the caller's etag re-reads and retries this often when other writers
 # keep winning the race, then gives up with ABORTED.
 MAX_UPDATE_ATTEMPTS = 5
@@ -62,13 +66,13 @@ class AgentStore:
         return found
 
     async def page(self, workspace: str, page: PageRequest) -> tuple[list[Agent], str | None]:
-        """One page by agent id, and the last id when there may be a next page."""
+        """One page by agent id (fewer than asked when the agents are large), and the last id
+        when more follow."""
         after = page.cursor["id"] if page.cursor else None
-        rows = await repo.list_page(self._pool, workspace, after=after, limit=page.size + 1)
-        if len(rows) <= page.size:
-            return rows, None
-        rows = rows[: page.size]
-        return rows, rows[-1].agent_id
+        rows, more = await repo.list_page(
+            self._pool, workspace, after=after, size=page.size, max_bytes=MAX_PAGE_BYTES
+        )
+        return rows, rows[-1].agent_id if more else None
 
     async def update(
         self,

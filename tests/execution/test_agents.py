@@ -228,6 +228,29 @@ async def test_list_pages_by_agent_id(workspace: Workspace, execution_stub: Stub
         assert len(violations(err)) == 1
 
 
+async def test_a_page_of_large_agents_stops_early_and_the_next_page_goes_on(
+    workspace: Workspace, execution_stub: Stub
+) -> None:
+    """Large agents fill a page before its size: the response stays far below gRPC's
+    message limit, and paging still reaches every agent once."""
+    ws, stub = await workspace(), execution_stub()
+    ids = [f"big-{i:02d}" for i in range(15)]
+    for agent_id in ids:
+        await create(stub, ws, agent_id=agent_id, instructions="x" * 95_000)
+    parent = f"workspaces/{ws}"
+    first = await stub.ListAgents(pb.ListAgentsRequest(parent=parent, page_size=50))
+    assert 1 <= len(first.agents) < len(ids) and first.next_page_token
+    assert first.ByteSize() < 1_500_000
+    seen, token = [], ""
+    while True:
+        page = await stub.ListAgents(pb.ListAgentsRequest(parent=parent, page_token=token))
+        seen += [a.name.rsplit("/", 1)[1] for a in page.agents]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ids
+
+
 # --- update masks ---------------------------------------------------------------------------
 
 
