@@ -24,7 +24,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -401,6 +401,21 @@ def structured_output_violations(
                 FieldViolation(where, f"is recursive; {mode} does not allow recursion")
             )
     return violations
+
+
+def output_schema_violations(
+    document: dict[str, Any], field_: str, providers: Iterable[str]
+) -> list[FieldViolation]:
+    """All save-time checks of an output schema that will be requested from `providers`
+    (an ad hoc Execute's `output_schema`, for example): [] when it may be used."""
+    violations = schema_violations(document, field_, output=True)
+    if violations:
+        return violations
+    return [
+        v
+        for provider in dict.fromkeys(providers)
+        for v in structured_output_violations(document, provider, field_)
+    ]
 
 
 # --- run time -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from execution_service.schemas import (
     JsonSchema,
     SchemaViolation,
     compiled,
+    output_schema_violations,
     schema_violations,
     structured_output_violations,
     validate,
@@ -362,3 +363,14 @@ def test_anthropic_optional_and_union_property_limits() -> None:
     [found] = structured_output_violations(unions, "anthropic", "o")
     assert found.field == "o" and "17 union properties" in found.description
     assert structured_output_violations(unions, "openai", "o") == []
+
+
+def test_output_schema_violations_runs_the_general_checks_then_each_provider_once() -> None:
+    assert [v.field for v in output_schema_violations({"type": "array"}, "f", ["openai"])] == [
+        "f.type"
+    ]
+    open_object = {"type": "object", "properties": {"a": {"type": "string"}}}
+    fields = [v.field for v in output_schema_violations(open_object, "f", ["openai", "openai"])]
+    assert fields == ["f.additionalProperties", "f.required"]
+    good = closed({"a": {"type": "string"}})
+    assert output_schema_violations(good, "f", ["openai", "anthropic"]) == []
