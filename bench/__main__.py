@@ -8,7 +8,7 @@ import os
 import platform
 from pathlib import Path
 
-from bench import keyvault_bench
+from bench import keyvault_bench, schema_bench
 
 
 def machine() -> str:
@@ -20,6 +20,9 @@ def machine() -> str:
 
 async def main(args: argparse.Namespace) -> None:
     lines = [f"# make bench ({machine()})", ""]
+    if args.only in (None, "schema"):
+        lines += schema_bench.run(args.seconds)
+        lines.append("")
     if args.only in (None, "keyvault"):
         lines += await keyvault_bench.run(args.seconds)
         lines.append("")
@@ -37,5 +40,5 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per case")
-    parser.add_argument("--only", choices=["keyvault", "execution"])
+    parser.add_argument("--only", choices=["schema", "keyvault", "execution"])
     asyncio.run(main(parser.parse_args()))

@@ -16,7 +16,7 @@ async with ExecutionClient.connect("localhost:50052", **tls) as execution:
   `ExecutionClientSync` (blocking) wrap the generated stubs in `clients.gen`; methods take
   workspace ids and provider names and return the generated messages (`ApiKey`,
   `Execution`, `AgentStats`, ...), pages as `Page`, Execute's stream as `Started` / `Delta`
-  / `Completed` events.
+  / `Completed` events; agents as `AgentView` (plain values, schemas as dicts).
 - `mtls_channel` / `mtls_channel_sync` build mTLS channels from PEM paths. gRPC itself
   retries the idempotent methods (`RETRIED_METHODS`) on UNAVAILABLE through the channel's
   service config; Execute is never retried automatically.
@@ -37,6 +37,7 @@ from ._channel import (
     service_config,
 )
 from ._errors import (
+    Aborted,
     AlreadyExists,
     ClientError,
     DeadlineExceeded,
@@ -52,6 +53,8 @@ from ._execution import DEFAULT_EXECUTION_ADDRESS, ExecutionClient, ExecutionCli
 from ._keyvault import DEFAULT_KEYVAULT_ADDRESS, KeyVaultClient, KeyVaultClientSync
 from ._rich_status import FieldViolation
 from ._types import (
+    AgentRoute,
+    AgentView,
     Completed,
     Delta,
     ExecuteEvent,
@@ -61,16 +64,21 @@ from ._types import (
     RevealedApiKey,
     Started,
     StateLike,
+    agent_name,
     api_key_name,
+    json_document,
     workspace_name,
 )
 from .gen.execution.v1.resources_pb2 import (
+    Agent,
     AgentStats,
     Execution,
     ExecutionError,
     ExecutionState,
     Message,
     MessageRole,
+    Route,
+    SchemaViolation,
     Usage,
 )
 from .gen.keyvault.v1.resources_pb2 import ApiKey, AuditEvent, Provider
@@ -82,7 +90,11 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "NOT_RETRIED_METHODS",
     "RETRIED_METHODS",
+    "Aborted",
+    "Agent",
+    "AgentRoute",
     "AgentStats",
+    "AgentView",
     "AlreadyExists",
     "ApiKey",
     "AuditEvent",
@@ -112,12 +124,16 @@ __all__ = [
     "ResourceExhausted",
     "RetryPolicy",
     "RevealedApiKey",
+    "Route",
+    "SchemaViolation",
     "Started",
     "StateLike",
     "Unauthenticated",
     "Unavailable",
     "Usage",
+    "agent_name",
     "api_key_name",
+    "json_document",
     "mtls_channel",
     "mtls_channel_sync",
     "service_config",

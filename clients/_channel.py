@@ -36,11 +36,18 @@ RETRIED_METHODS: tuple[tuple[str, str], ...] = (
     (EXECUTION_SERVICE, "ListExecutions"),
     (EXECUTION_SERVICE, "GetAgentStats"),
     (EXECUTION_SERVICE, "TestApiKey"),
+    (EXECUTION_SERVICE, "GetAgent"),
+    (EXECUTION_SERVICE, "ListAgents"),
+    (EXECUTION_SERVICE, "DeleteAgent"),
 )
-# Never retried automatically: Execute calls the provider and records an execution;
-# WatchApiKeyChanges is a long-lived stream that its subscriber opens again itself.
+# Never retried automatically: Execute calls the provider and records an execution; a
+# repeated CreateAgent or UpdateAgent that had in fact succeeded would answer ALREADY_EXISTS
+# or ABORTED (its etag is spent), hiding the success; WatchApiKeyChanges is a long-lived
+# stream that its subscriber opens again itself.
 NOT_RETRIED_METHODS: tuple[tuple[str, str], ...] = (
     (EXECUTION_SERVICE, "Execute"),
+    (EXECUTION_SERVICE, "CreateAgent"),
+    (EXECUTION_SERVICE, "UpdateAgent"),
     (KEYVAULT_SERVICE, "WatchApiKeyChanges"),
 )
 

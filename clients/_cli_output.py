@@ -13,7 +13,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ._types import Delta, ExecuteEvent, Started
+from ._types import AgentRoute, AgentView, Delta, ExecuteEvent, Started
 from .gen.execution.v1 import resources_pb2 as ex_res
 from .gen.keyvault.v1 import resources_pb2 as kv_res
 
@@ -250,3 +250,68 @@ def audit_rows(events: Sequence[kv_res.AuditEvent]) -> str:
             for e in events
         ],
     )
+
+
+def route(r: AgentRoute) -> str:
+    settings = [
+        f"{name} {value}"
+        for name, value in (
+            ("max tokens", r.max_tokens),
+            ("temperature", r.temperature),
+            ("top p", r.top_p),
+        )
+        if value is not None
+    ]
+    if r.stop_sequences:
+        settings.append(f"stop {list(r.stop_sequences)}")
+    return f"{r.provider} {r.model}" + (f" ({', '.join(settings)})" if settings else "")
+
+
+def _schema_summary(schema: dict[str, Any] | None) -> str:
+    if schema is None:
+        return "-"
+    properties = schema.get("properties")
+    return f"{len(properties)} properties" if isinstance(properties, dict) else "yes"
+
+
+def agent_rows(agents: Sequence[AgentView]) -> str:
+    return table(
+        ["AGENT", "PROVIDER", "MODEL", "INPUT SCHEMA", "OUTPUT SCHEMA", "ETAG", "UPDATED"],
+        [
+            [
+                a.agent_id,
+                a.routes[0].provider if a.routes else "-",
+                a.routes[0].model if a.routes else "-",
+                _schema_summary(a.input_schema),
+                _schema_summary(a.output_schema),
+                a.etag,
+                time(a.message, "update_time"),
+            ]
+            for a in agents
+        ],
+    )
+
+
+def agent_fields(a: AgentView) -> str:
+    pairs = [
+        ("name", a.name),
+        ("display name", a.display_name or "-"),
+        ("description", a.description or "-"),
+        *(
+            (f"route {i + 1}" if len(a.routes) > 1 else "route", route(r))
+            for i, r in enumerate(a.routes)
+        ),
+        ("labels", ", ".join(f"{k}={v}" for k, v in sorted(a.labels.items())) or "-"),
+        ("etag", a.etag),
+        ("created", time(a.message, "create_time")),
+        ("updated", time(a.message, "update_time")),
+    ]
+    text = fields(pairs)
+    for title, body in (
+        ("instructions", a.instructions or None),
+        ("input schema", dumps(a.input_schema) if a.input_schema is not None else None),
+        ("output schema", dumps(a.output_schema) if a.output_schema is not None else None),
+    ):
+        if body is not None:
+            text += f"\n\n{title}:\n{body}"
+    return text

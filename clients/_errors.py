@@ -74,6 +74,13 @@ class AlreadyExists(ClientError):
     default_code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class Aborted(ClientError):
+    """A conditional write lost: the resource changed since its etag was read
+    (`reason` ETAG_MISMATCH). Read it again and retry."""
+
+    default_code = grpc.StatusCode.ABORTED
+
+
 class PermissionDenied(ClientError):
     """The caller's certificate identity is not allowed to call this method."""
 
@@ -112,6 +119,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ClientError]] = {
         InvalidArgument,
         NotFound,
         AlreadyExists,
+        Aborted,
         PermissionDenied,
         Unauthenticated,
         FailedPrecondition,

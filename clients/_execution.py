@@ -20,19 +20,25 @@ import grpc
 from ._base import AsyncClientBase, SyncClientBase
 from ._errors import error_from_rpc
 from ._types import (
+    AgentView,
     ExecuteEvent,
     MessageLike,
     Page,
     ProviderLike,
     Started,
     StateLike,
+    agent_name,
     agent_stats_request,
+    create_agent_request,
     event_from_response,
     execute_request,
     key_check_request,
     list_executions_request,
+    route_changes,
+    update_agent_request,
     walk_pages,
     walk_pages_sync,
+    workspace_name,
 )
 from .gen.execution.v1 import execution_service_pb2 as ex
 from .gen.execution.v1 import execution_service_pb2_grpc as ex_grpc
@@ -193,6 +199,108 @@ class ExecutionClient(AsyncClientBase):
         )
         return await self._unary(self._stub.TestApiKey, request, timeout)
 
+    # --- agents ---------------------------------------------------------------------------
+
+    async def create_agent(
+        self,
+        workspace: str,
+        agent_id: str,
+        *,
+        provider: ProviderLike,
+        model: str,
+        instructions: str = "",
+        display_name: str = "",
+        description: str = "",
+        input_schema: Mapping[str, Any] | None = None,
+        output_schema: Mapping[str, Any] | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop_sequences: Iterable[str] = (),
+        labels: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AgentView:
+        """Define an agent (its id unique in the workspace). Schemas are JSON Schema
+        (draft 2020-12) dicts; the service refuses one its route's provider cannot use."""
+        request = create_agent_request(
+            workspace,
+            agent_id,
+            provider=provider,
+            model=model,
+            instructions=instructions,
+            display_name=display_name,
+            description=description,
+            input_schema=input_schema,
+            output_schema=output_schema,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop_sequences=stop_sequences,
+            labels=labels,
+        )
+        return AgentView.of((await self._unary(self._stub.CreateAgent, request, timeout)).agent)
+
+    async def get_agent(
+        self, workspace: str, agent_id: str, *, timeout: float | None = None
+    ) -> AgentView:
+        request = ex.GetAgentRequest(name=agent_name(workspace, agent_id))
+        return AgentView.of((await self._unary(self._stub.GetAgent, request, timeout)).agent)
+
+    async def list_agents(
+        self,
+        workspace: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[AgentView]:
+        """One page of the workspace's agents, by id."""
+        request = ex.ListAgentsRequest(
+            parent=workspace_name(workspace), page_size=page_size, page_token=page_token
+        )
+        reply = await self._unary(self._stub.ListAgents, request, timeout)
+        return Page([AgentView.of(a) for a in reply.agents], reply.next_page_token)
+
+    def iter_agents(
+        self, workspace: str, *, page_size: int = 0, limit: int | None = None
+    ) -> AsyncIterator[AgentView]:
+        return walk_pages(
+            lambda token: self.list_agents(workspace, page_size=page_size, page_token=token),
+            limit,
+        )
+
+    async def update_agent(
+        self,
+        workspace: str,
+        agent_id: str,
+        *,
+        etag: str = "",
+        clear: Iterable[str] = (),
+        timeout: float | None = None,
+        **changes: Any,
+    ) -> AgentView:
+        """Change the fields given as keywords (display_name, description, instructions,
+        input_schema, output_schema, labels, and the route's provider, model, max_tokens,
+        temperature, top_p, stop_sequences); `clear` names fields to empty. With `etag`,
+        only if the agent is still at that version (else `Aborted`). Changing a route
+        setting reads the agent first and updates only the version read."""
+        base = None
+        if route_changes(changes):
+            current = await self.get_agent(workspace, agent_id, timeout=timeout)
+            base = current.message.routes[0] if current.message.routes else None
+            etag = etag or current.etag
+        request = update_agent_request(
+            workspace, agent_id, etag=etag, base_route=base, clear=clear, **changes
+        )
+        return AgentView.of((await self._unary(self._stub.UpdateAgent, request, timeout)).agent)
+
+    async def delete_agent(
+        self, workspace: str, agent_id: str, *, etag: str = "", timeout: float | None = None
+    ) -> None:
+        """With `etag`, only if the agent is still at that version (else `Aborted`)."""
+        request = ex.DeleteAgentRequest(name=agent_name(workspace, agent_id), etag=etag)
+        await self._unary(self._stub.DeleteAgent, request, timeout)
+
 
 class ExecutionClientSync(SyncClientBase):
     """Blocking client of `execution.v1.ExecutionService`; the same methods as
@@ -325,3 +433,96 @@ class ExecutionClientSync(SyncClientBase):
             workspace, provider, candidate_api_key=candidate_api_key, base_url=base_url
         )
         return self._unary(self._stub.TestApiKey, request, timeout)
+
+    # --- agents ---------------------------------------------------------------------------
+
+    def create_agent(
+        self,
+        workspace: str,
+        agent_id: str,
+        *,
+        provider: ProviderLike,
+        model: str,
+        instructions: str = "",
+        display_name: str = "",
+        description: str = "",
+        input_schema: Mapping[str, Any] | None = None,
+        output_schema: Mapping[str, Any] | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop_sequences: Iterable[str] = (),
+        labels: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AgentView:
+        request = create_agent_request(
+            workspace,
+            agent_id,
+            provider=provider,
+            model=model,
+            instructions=instructions,
+            display_name=display_name,
+            description=description,
+            input_schema=input_schema,
+            output_schema=output_schema,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop_sequences=stop_sequences,
+            labels=labels,
+        )
+        return AgentView.of((self._unary(self._stub.CreateAgent, request, timeout)).agent)
+
+    def get_agent(
+        self, workspace: str, agent_id: str, *, timeout: float | None = None
+    ) -> AgentView:
+        request = ex.GetAgentRequest(name=agent_name(workspace, agent_id))
+        return AgentView.of((self._unary(self._stub.GetAgent, request, timeout)).agent)
+
+    def list_agents(
+        self,
+        workspace: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[AgentView]:
+        request = ex.ListAgentsRequest(
+            parent=workspace_name(workspace), page_size=page_size, page_token=page_token
+        )
+        reply = self._unary(self._stub.ListAgents, request, timeout)
+        return Page([AgentView.of(a) for a in reply.agents], reply.next_page_token)
+
+    def iter_agents(
+        self, workspace: str, *, page_size: int = 0, limit: int | None = None
+    ) -> Iterator[AgentView]:
+        return walk_pages_sync(
+            lambda token: self.list_agents(workspace, page_size=page_size, page_token=token),
+            limit,
+        )
+
+    def update_agent(
+        self,
+        workspace: str,
+        agent_id: str,
+        *,
+        etag: str = "",
+        clear: Iterable[str] = (),
+        timeout: float | None = None,
+        **changes: Any,
+    ) -> AgentView:
+        base = None
+        if route_changes(changes):
+            current = self.get_agent(workspace, agent_id, timeout=timeout)
+            base = current.message.routes[0] if current.message.routes else None
+            etag = etag or current.etag
+        request = update_agent_request(
+            workspace, agent_id, etag=etag, base_route=base, clear=clear, **changes
+        )
+        return AgentView.of((self._unary(self._stub.UpdateAgent, request, timeout)).agent)
+
+    def delete_agent(
+        self, workspace: str, agent_id: str, *, etag: str = "", timeout: float | None = None
+    ) -> None:
+        request = ex.DeleteAgentRequest(name=agent_name(workspace, agent_id), etag=etag)
+        self._unary(self._stub.DeleteAgent, request, timeout)

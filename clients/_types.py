@@ -6,8 +6,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from .gen.execution.v1 import execution_service_pb2 as ex
@@ -110,6 +112,230 @@ def event_from_response(response: ex.ExecuteResponse) -> ExecuteEvent:
     if kind == "completed":
         return Completed(response.completed)
     raise ValueError(f"unexpected Execute event {kind!r}")
+
+
+# --- agents -----------------------------------------------------------------------------
+
+
+def json_document(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A `google.protobuf.Struct` as plain JSON. Struct numbers are doubles, so integral ones
+    become ints again (a schema's `"maxItems": 3`, not `3.0`)."""
+    document: dict[str, Any] = _integral(json_format.MessageToDict(struct))
+    return document
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def struct(document: Mapping[str, Any]) -> struct_pb2.Struct:
+    value = struct_pb2.Struct()
+    value.update(document)
+    return value
+
+
+@dataclass(frozen=True)
+class AgentRoute:
+    """Where an agent runs: provider (`openai` / `anthropic`), model, generation settings."""
+
+    provider: str
+    model: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop_sequences: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """An agent as plain Python values (schemas as dicts); `message` is the `Agent` itself."""
+
+    name: str
+    workspace: str
+    agent_id: str
+    display_name: str
+    description: str
+    instructions: str
+    routes: tuple[AgentRoute, ...]
+    input_schema: dict[str, Any] | None
+    output_schema: dict[str, Any] | None
+    labels: dict[str, str]
+    create_time: dt.datetime
+    update_time: dt.datetime
+    etag: str
+    message: ex_res.Agent = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, agent: ex_res.Agent) -> AgentView:
+        _, workspace, _, agent_id = agent.name.split("/", 3)
+        return cls(
+            name=agent.name,
+            workspace=workspace,
+            agent_id=agent_id,
+            display_name=agent.display_name,
+            description=agent.description,
+            instructions=agent.instructions,
+            routes=tuple(_route_view(r) for r in agent.routes),
+            input_schema=json_document(agent.input_schema)
+            if agent.HasField("input_schema")
+            else None,
+            output_schema=json_document(agent.output_schema)
+            if agent.HasField("output_schema")
+            else None,
+            labels=dict(agent.labels),
+            create_time=agent.create_time.ToDatetime(tzinfo=dt.UTC),
+            update_time=agent.update_time.ToDatetime(tzinfo=dt.UTC),
+            etag=agent.etag,
+            message=agent,
+        )
+
+
+def _route_view(route: ex_res.Route) -> AgentRoute:
+    config = route.generation_config
+    return AgentRoute(
+        provider=kv_res.Provider.Name(route.provider).removeprefix("PROVIDER_").lower(),
+        model=route.model,
+        max_tokens=config.max_tokens if config.HasField("max_tokens") else None,
+        temperature=config.temperature if config.HasField("temperature") else None,
+        top_p=config.top_p if config.HasField("top_p") else None,
+        stop_sequences=tuple(config.stop_sequences),
+    )
+
+
+def agent_name(workspace: str, agent_id: str) -> str:
+    """`workspaces/{workspace}/agents/{agent}`."""
+    return f"{workspace_name(workspace)}/agents/{agent_id}"
+
+
+# The route's settings, by keyword: any given changes the agent's (single) route.
+ROUTE_SETTINGS = ("provider", "model", "max_tokens", "temperature", "top_p", "stop_sequences")
+
+
+def route_message(
+    base: ex_res.Route | None = None,
+    *,
+    provider: ProviderLike | None = None,
+    model: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    stop_sequences: Iterable[str] | None = None,
+) -> ex_res.Route:
+    """A route: `base` (if any) with the given settings changed."""
+    route = ex_res.Route()
+    if base is not None:
+        route.CopyFrom(base)
+    if provider is not None:
+        route.provider = provider_value(provider)
+    if model is not None:
+        route.model = model
+    config = route.generation_config
+    if max_tokens is not None:
+        config.max_tokens = max_tokens
+    if temperature is not None:
+        config.temperature = temperature
+    if top_p is not None:
+        config.top_p = top_p
+    if stop_sequences is not None:
+        config.ClearField("stop_sequences")
+        config.stop_sequences.extend(stop_sequences)
+    return route
+
+
+def agent_message(
+    *,
+    name: str = "",
+    display_name: str | None = None,
+    description: str | None = None,
+    instructions: str | None = None,
+    route: ex_res.Route | None = None,
+    input_schema: Mapping[str, Any] | None = None,
+    output_schema: Mapping[str, Any] | None = None,
+    labels: Mapping[str, str] | None = None,
+    etag: str = "",
+) -> tuple[ex_res.Agent, list[str]]:
+    """An `Agent` with the given fields, and the names of the fields given (an update mask)."""
+    agent = ex_res.Agent(name=name, etag=etag)
+    given: list[str] = []
+    for field_name, value in (
+        ("display_name", display_name),
+        ("description", description),
+        ("instructions", instructions),
+    ):
+        if value is not None:
+            setattr(agent, field_name, value)
+            given.append(field_name)
+    if route is not None:
+        agent.routes.append(route)
+        given.append("routes")
+    for field_name, schema in (("input_schema", input_schema), ("output_schema", output_schema)):
+        if schema is not None:
+            getattr(agent, field_name).CopyFrom(struct(schema))
+            given.append(field_name)
+    if labels is not None:
+        agent.labels.update(labels)
+        given.append("labels")
+    return agent, given
+
+
+def create_agent_request(
+    workspace: str,
+    agent_id: str,
+    *,
+    input_schema: Mapping[str, Any] | None = None,
+    output_schema: Mapping[str, Any] | None = None,
+    display_name: str = "",
+    description: str = "",
+    instructions: str = "",
+    labels: Mapping[str, str] | None = None,
+    **route: Any,
+) -> ex.CreateAgentRequest:
+    """`route` holds the ROUTE_SETTINGS (provider and model at least)."""
+    agent, _ = agent_message(
+        display_name=display_name,
+        description=description,
+        instructions=instructions,
+        route=route_message(**route),
+        input_schema=input_schema,
+        output_schema=output_schema,
+        labels=labels or {},
+    )
+    return ex.CreateAgentRequest(parent=workspace_name(workspace), agent_id=agent_id, agent=agent)
+
+
+def route_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The route settings among an update's keyword arguments (None: unchanged)."""
+    return {k: v for k, v in changes.items() if k in ROUTE_SETTINGS and v is not None}
+
+
+def update_agent_request(
+    workspace: str,
+    agent_id: str,
+    *,
+    etag: str = "",
+    base_route: ex_res.Route | None = None,
+    clear: Iterable[str] = (),
+    **changes: Any,
+) -> ex.UpdateAgentRequest:
+    """Change the fields given (None: unchanged; route settings change `base_route`, the
+    agent's current route) and reset the `clear`ed ones to empty. With `etag`, only if the
+    agent is still at that version."""
+    moved = route_changes(changes)
+    others = {k: v for k, v in changes.items() if k not in ROUTE_SETTINGS}
+    route = route_message(base_route, **moved) if moved else None
+    agent, given = agent_message(
+        name=agent_name(workspace, agent_id), etag=etag, route=route, **others
+    )
+    paths = list(dict.fromkeys([*given, *clear]))
+    if not paths:
+        raise ValueError("nothing to update: give at least one field")
+    return ex.UpdateAgentRequest(agent=agent, update_mask=FieldMask(paths=paths))
 
 
 # --- names and enums ----------------------------------------------------------------------

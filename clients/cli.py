@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import datetime as dt
 import getpass
+import json
 import os
 import re
 import sys
@@ -25,7 +26,7 @@ from ._channel import DEFAULT_TIMEOUT
 from ._errors import ClientError
 from ._execution import DEFAULT_EXECUTION_ADDRESS, ExecutionClientSync
 from ._keyvault import DEFAULT_KEYVAULT_ADDRESS, KeyVaultClientSync
-from ._types import Completed, Delta, api_key_name, workspace_name
+from ._types import Completed, Delta, agent_name, api_key_name, workspace_name
 from .gen.execution.v1 import resources_pb2 as ex_res
 
 PROG = "agentctl"
@@ -294,6 +295,120 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- agents -----------------------------------------------------------------------------------
+
+AGENT_FIELDS = (
+    "display_name",
+    "description",
+    "instructions",
+    "input_schema",
+    "output_schema",
+    "labels",
+)
+
+
+def _read_text(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except OSError as err:
+        raise UsageProblem(f"cannot read {what} {path}: {err.strerror or err}") from None
+
+
+def _schema_file(path: str, flag: str) -> dict[str, Any]:
+    text = _read_text(path, f"{flag}")
+    try:
+        schema = json.loads(text)
+    except ValueError as err:
+        raise UsageProblem(f"{flag} {path} is not JSON: {err}") from None
+    if not isinstance(schema, dict):
+        raise UsageProblem(f"{flag} {path} must hold a JSON object (a JSON Schema)")
+    return schema
+
+
+def _agent_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The agent fields and route settings the flags give (None: not given)."""
+    instructions = args.instructions
+    if instructions is not None and instructions.startswith("@"):
+        instructions = _read_text(instructions[1:], "--instructions")
+    return {
+        "display_name": args.display_name,
+        "description": args.description,
+        "instructions": instructions,
+        "input_schema": _schema_file(args.input_schema, "--input-schema")
+        if args.input_schema
+        else None,
+        "output_schema": _schema_file(args.output_schema, "--output-schema")
+        if args.output_schema
+        else None,
+        "labels": dict(args.label) if args.label is not None else None,
+        "provider": args.provider,
+        "model": args.model,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+    }
+
+
+def _show_agent(args: argparse.Namespace, agent: Any) -> None:
+    if args.json:
+        _json(show.as_json(agent.message))
+    else:
+        _out(show.agent_fields(agent))
+
+
+def cmd_agents_create(args: argparse.Namespace) -> int:
+    changes = {k: v for k, v in _agent_changes(args).items() if v is not None}
+    with _execution(args) as client:
+        agent = client.create_agent(args.workspace, args.agent, **changes)
+    _show_agent(args, agent)
+    return 0
+
+
+def cmd_agents_get(args: argparse.Namespace) -> int:
+    with _execution(args) as client:
+        agent = client.get_agent(args.workspace, args.agent)
+    _show_agent(args, agent)
+    return 0
+
+
+def cmd_agents_list(args: argparse.Namespace) -> int:
+    with _execution(args) as client:
+        agents = list(
+            client.iter_agents(args.workspace, page_size=min(args.limit, 1000), limit=args.limit)
+        )
+    if args.json:
+        _json({"agents": [show.as_json(a.message) for a in agents]})
+    elif agents:
+        _out(show.agent_rows(agents))
+    else:
+        _out(f"no agents in {workspace_name(args.workspace)}")
+    return 0
+
+
+def cmd_agents_update(args: argparse.Namespace) -> int:
+    changes = {k: v for k, v in _agent_changes(args).items() if v is not None}
+    clear = [name.replace("-", "_") for name in args.clear or []]
+    if not changes and not clear:
+        raise UsageProblem("nothing to update: give the fields to change (or --clear FIELD)")
+    with _execution(args) as client:
+        agent = client.update_agent(
+            args.workspace, args.agent, etag=args.etag or "", clear=clear, **changes
+        )
+    _show_agent(args, agent)
+    return 0
+
+
+def cmd_agents_delete(args: argparse.Namespace) -> int:
+    with _execution(args) as client:
+        client.delete_agent(args.workspace, args.agent, etag=args.etag or "")
+    name = agent_name(args.workspace, args.agent)
+    if args.json:
+        _json({"name": name, "deleted": True})
+    else:
+        _out(f"deleted {name}")
+    return 0
+
+
 # --- admin ------------------------------------------------------------------------------------
 
 
@@ -501,6 +616,68 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         metavar="DURATION",
         help="window length back from now, e.g. 1h, 24h, 7d (default 24h)",
     )
+
+    agents = commands.add_parser("agents", help="agents: instructions, route and JSON Schemas")
+    agent_commands = agents.add_subparsers(dest="agents_command", metavar="COMMAND", required=True)
+
+    def agent_flags(sub: argparse.ArgumentParser, *, create: bool) -> None:
+        workspace(sub)
+        sub.add_argument("agent", metavar="AGENT", help="agent id, e.g. support-bot")
+        route = "" if create else " (changes the route)"
+        sub.add_argument(
+            "--provider", required=create, type=_provider, help="openai or anthropic" + route
+        )
+        sub.add_argument("--model", required=create, help="e.g. gpt-4o-mini" + route)
+        sub.add_argument("--max-tokens", type=_positive, metavar="N", help="maximum output tokens")
+        sub.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
+        sub.add_argument("--instructions", metavar="TEXT", help="system prompt; @FILE reads a file")
+        sub.add_argument("--display-name", metavar="TEXT")
+        sub.add_argument("--description", metavar="TEXT")
+        sub.add_argument(
+            "--input-schema", metavar="FILE", help="JSON Schema (draft 2020-12) of the input"
+        )
+        sub.add_argument(
+            "--output-schema",
+            metavar="FILE",
+            help="JSON Schema of the output (object root), for structured output",
+        )
+        sub.add_argument(
+            "--label",
+            action="append",
+            type=_label,
+            metavar="KEY=VALUE",
+            help="repeatable" + ("" if create else "; replaces all labels"),
+        )
+
+    sub = leaf(agent_commands, "create", "execution", cmd_agents_create, "define an agent")
+    agent_flags(sub, create=True)
+    sub = leaf(
+        agent_commands,
+        "update",
+        "execution",
+        cmd_agents_update,
+        "change the fields given (only those); --etag makes it conditional",
+    )
+    agent_flags(sub, create=False)
+    sub.add_argument(
+        "--clear",
+        action="append",
+        choices=[f.replace("_", "-") for f in AGENT_FIELDS],
+        metavar="FIELD",
+        help="empty this field (repeatable): "
+        + ", ".join(f.replace("_", "-") for f in AGENT_FIELDS),
+    )
+    sub.add_argument("--etag", help="only if the agent is still at this version")
+    sub = leaf(agent_commands, "get", "execution", cmd_agents_get, "show an agent")
+    workspace(sub)
+    sub.add_argument("agent", metavar="AGENT")
+    sub = leaf(agent_commands, "list", "execution", cmd_agents_list, "list agents by id")
+    workspace(sub)
+    sub.add_argument("--limit", type=_positive, default=100, help="at most N (default 100)")
+    sub = leaf(agent_commands, "delete", "execution", cmd_agents_delete, "delete an agent")
+    workspace(sub)
+    sub.add_argument("agent", metavar="AGENT")
+    sub.add_argument("--etag", help="only if the agent is still at this version")
 
     admin = commands.add_parser("admin", help="key vault administration (admin certificate)")
     admin_commands = admin.add_subparsers(dest="admin_command", metavar="COMMAND", required=True)

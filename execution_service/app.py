@@ -13,6 +13,7 @@ import grpc
 import httpx
 
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
+from execution_service.agent_store import AgentStore
 from execution_service.engine import ExecutionEngine
 from execution_service.errors import DOMAIN
 from execution_service.history import History
@@ -122,7 +123,9 @@ async def start_execution(
             prices=prices,
             settings=settings.engine,
         )
-        servicer = ExecutionServicer(engine, History(pool), KeyChecker(keys, http, settings.engine))
+        servicer = ExecutionServicer(
+            engine, History(pool), KeyChecker(keys, http, settings.engine), AgentStore(pool)
+        )
         server = GrpcServer(
             service_names=[SERVICE_NAME],
             register=register(servicer),

@@ -35,6 +35,45 @@ class ExecutionInProgress(AlreadyExists):
         )
 
 
+class AgentNotFound(NotFound):
+    default_reason = "AGENT_NOT_FOUND"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} does not exist", metadata={"agent": name})
+
+
+class AgentAlreadyExists(AlreadyExists):
+    default_reason = "AGENT_ALREADY_EXISTS"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} already exists", metadata={"agent": name})
+
+
+class EtagMismatch(ServiceError):
+    """The resource changed since the caller read it (optimistic concurrency): read it again."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ETAG_MISMATCH"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"{name} has changed since the given etag was read; get it again and retry",
+            metadata={"agent": name},
+        )
+
+
+class AgentConcurrentlyModified(ServiceError):
+    """An update without an etag lost the race to other writers on every attempt."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "AGENT_CONCURRENTLY_MODIFIED"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"{name} kept changing during the update; retry it", metadata={"agent": name}
+        )
+
+
 class KeyVaultUnavailable(Unavailable):
     default_reason = "KEYVAULT_UNAVAILABLE"
 

@@ -9,12 +9,16 @@ from contextlib import aclosing
 from typing import Any
 
 import grpc
+from google.protobuf import struct_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from clients.gen.execution.v1 import resources_pb2 as res
+from execution_service import agent_requests
+from execution_service.agent_store import AgentStore
+from execution_service.agents import AGENT_CURSOR, Agent
 from execution_service.engine import Completed, Delta, ExecutionEngine, Started
 from execution_service.history import EXECUTION_CURSOR, History
 from execution_service.key_check import KeyChecker
@@ -111,6 +115,43 @@ def _stats_message(s: AgentStats) -> res.AgentStats:
     )
 
 
+def _struct(document: Any) -> struct_pb2.Struct | None:
+    if document is None:
+        return None
+    struct = struct_pb2.Struct()
+    struct.update(document)
+    return struct
+
+
+def agent_message(agent: Agent) -> res.Agent:
+    spec = agent.spec
+    return res.Agent(
+        name=agent.name,
+        display_name=spec.display_name,
+        description=spec.description,
+        instructions=spec.instructions,
+        routes=[
+            res.Route(
+                provider=_PROVIDER_ENUM[r.provider],  # type: ignore[arg-type]
+                model=r.model,
+                generation_config=res.GenerationConfig(
+                    max_tokens=r.generation.max_tokens,
+                    temperature=r.generation.temperature,
+                    top_p=r.generation.top_p,
+                    stop_sequences=r.generation.stop_sequences,
+                ),
+            )
+            for r in spec.routes
+        ],
+        input_schema=_struct(spec.input_schema.document if spec.input_schema else None),
+        output_schema=_struct(spec.output_schema.document if spec.output_schema else None),
+        labels=spec.labels,
+        create_time=_timestamp(agent.create_time),
+        update_time=_timestamp(agent.update_time),
+        etag=agent.etag,
+    )
+
+
 def _optional_time(message: Any, field: str) -> dt.datetime | None:
     if not message.HasField(field):
         return None
@@ -126,10 +167,13 @@ def _deadline(context: Any) -> float | None:
 
 
 class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
-    def __init__(self, engine: ExecutionEngine, history: History, checker: KeyChecker) -> None:
+    def __init__(
+        self, engine: ExecutionEngine, history: History, checker: KeyChecker, agents: AgentStore
+    ) -> None:
         self._engine = engine
         self._history = history
         self._checker = checker
+        self._agents = agents
 
     async def Execute(  # type: ignore[override]
         self, request: pb.ExecuteRequest, context: Any
@@ -216,6 +260,48 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
             message=verdict.message,
             latency=_duration(verdict.seconds),
         )
+
+    # --- agents: standard methods ---------------------------------------------------------
+
+    async def CreateAgent(
+        self, request: pb.CreateAgentRequest, context: Any
+    ) -> pb.CreateAgentResponse:
+        command = agent_requests.create_agent(request)
+        agent = await self._agents.create(command.workspace, command.agent_id, command.spec)
+        return pb.CreateAgentResponse(agent=agent_message(agent))
+
+    async def GetAgent(self, request: pb.GetAgentRequest, context: Any) -> pb.GetAgentResponse:
+        workspace, agent_id = agent_requests.parse_agent_name(request.name)
+        return pb.GetAgentResponse(agent=agent_message(await self._agents.get(workspace, agent_id)))
+
+    async def ListAgents(
+        self, request: pb.ListAgentsRequest, context: Any
+    ) -> pb.ListAgentsResponse:
+        workspace = workspace_of(request.parent)
+        page = page_request(
+            request.page_size, request.page_token, query=request.parent, cursor=AGENT_CURSOR
+        )
+        agents, last = await self._agents.page(workspace, page)
+        token = page_token({"id": last}, query=request.parent, cursor=AGENT_CURSOR) if last else ""
+        return pb.ListAgentsResponse(
+            agents=[agent_message(a) for a in agents], next_page_token=token
+        )
+
+    async def UpdateAgent(
+        self, request: pb.UpdateAgentRequest, context: Any
+    ) -> pb.UpdateAgentResponse:
+        command = agent_requests.update_agent(request)
+        agent = await self._agents.update(
+            command.workspace, command.agent_id, command.changes, etag=command.etag
+        )
+        return pb.UpdateAgentResponse(agent=agent_message(agent))
+
+    async def DeleteAgent(
+        self, request: pb.DeleteAgentRequest, context: Any
+    ) -> pb.DeleteAgentResponse:
+        workspace, agent_id, etag = agent_requests.delete_agent(request)
+        await self._agents.delete(workspace, agent_id, etag=etag)
+        return pb.DeleteAgentResponse()
 
 
 def register(servicer: ExecutionServicer) -> Any:

@@ -55,12 +55,22 @@ class ExecuteCommand:
     labels: dict[str, str]
 
 
-def _agent_violation(agent_id: str) -> list[FieldViolation]:
+def agent_id_violations(agent_id: str, field: str = "agent_id") -> list[FieldViolation]:
     if _AGENT_ID.fullmatch(agent_id):
         return []
-    return [
-        FieldViolation("agent_id", "must be 1-128 characters of letters, digits, '.', '_', '-'")
-    ]
+    return [FieldViolation(field, "must be 1-128 characters of letters, digits, '.', '_', '-'")]
+
+
+def provider_violations(provider: int, field: str = "provider") -> list[FieldViolation]:
+    if provider in PROVIDERS:
+        return []
+    return [FieldViolation(field, "must be PROVIDER_OPENAI or PROVIDER_ANTHROPIC")]
+
+
+def model_violations(model: str, field: str = "model") -> list[FieldViolation]:
+    if _MODEL.fullmatch(model):
+        return []
+    return [FieldViolation(field, "must be 1-256 characters of [A-Za-z0-9._:/@-]")]
 
 
 def _message_violations(messages: list[res.Message]) -> list[FieldViolation]:
@@ -87,7 +97,7 @@ def _message_violations(messages: list[res.Message]) -> list[FieldViolation]:
     return violations
 
 
-def _config_violations(config: res.GenerationConfig) -> list[FieldViolation]:
+def generation_config_violations(config: res.GenerationConfig) -> list[FieldViolation]:
     violations = []
     if config.HasField("max_tokens") and not 1 <= config.max_tokens <= MAX_OUTPUT_TOKENS:
         violations.append(
@@ -110,7 +120,7 @@ def _config_violations(config: res.GenerationConfig) -> list[FieldViolation]:
     return violations
 
 
-def _label_violations(labels: dict[str, str]) -> list[FieldViolation]:
+def label_violations(labels: dict[str, str]) -> list[FieldViolation]:
     if len(labels) > MAX_LABELS:
         return [FieldViolation("labels", f"at most {MAX_LABELS} labels")]
     bad = [
@@ -138,21 +148,17 @@ def execute_command(request: pb.ExecuteRequest) -> ExecuteCommand:
         workspace = workspace_of(request.parent)
     except InvalidArgument as exc:
         violations += exc.violations
-    violations += _agent_violation(request.agent_id)
-    if request.provider not in PROVIDERS:
-        violations.append(
-            FieldViolation("provider", "must be PROVIDER_OPENAI or PROVIDER_ANTHROPIC")
-        )
-    if not _MODEL.fullmatch(request.model):
-        violations.append(FieldViolation("model", "must be 1-256 characters of [A-Za-z0-9._:/@-]"))
+    violations += agent_id_violations(request.agent_id)
+    violations += provider_violations(request.provider)
+    violations += model_violations(request.model)
     violations += _message_violations(list(request.messages))
-    violations += _config_violations(request.generation_config)
+    violations += generation_config_violations(request.generation_config)
     if request.request_id and not REQUEST_ID.fullmatch(request.request_id):
         violations.append(
             FieldViolation("request_id", "must be 1-128 characters of [A-Za-z0-9._:-]")
         )
     labels = dict(request.labels)
-    violations += _label_violations(labels)
+    violations += label_violations(labels)
     if violations:
         raise InvalidArgument(violations)
     config = request.generation_config
@@ -185,7 +191,7 @@ def parse_execution_name(name: str) -> tuple[str, str]:
 def agent_id_of(agent_id: str, *, required: bool) -> str | None:
     if not agent_id and not required:
         return None
-    violations = _agent_violation(agent_id)
+    violations = agent_id_violations(agent_id)
     if violations:
         raise InvalidArgument(violations)
     return agent_id

@@ -221,3 +221,38 @@ def test_shipped_keyvault_policy_matrix(workload: str) -> None:
     foreign = f"spiffe://evil.example/{workload}"
     assert not any(p.evaluate(foreign, f"{SERVICE}/{m}").allowed for m in METHODS)
     assert not p.evaluate(None, "/grpc.health.v1.Health/Check").allowed
+
+
+# The shipped execution policy, evaluated without a server (the gRPC-level matrices are in
+# tests/execution/test_api_errors.py and tests/execution/test_agents.py).
+EXECUTION_SERVICE = "/execution.v1.ExecutionService"
+EXECUTION_METHODS = (
+    "Execute",
+    "GetExecution",
+    "ListExecutions",
+    "GetAgentStats",
+    "TestApiKey",
+    "CreateAgent",
+    "GetAgent",
+    "ListAgents",
+    "UpdateAgent",
+    "DeleteAgent",
+)
+EXPECTED_EXECUTION_ALLOWED = {
+    "keyvault": set(),
+    "execution": set(),
+    "app": set(EXECUTION_METHODS),
+    "admin": {"GetExecution", "ListExecutions", "GetAgentStats", "GetAgent", "ListAgents"},
+}
+
+
+@pytest.mark.parametrize("workload", sorted(EXPECTED_EXECUTION_ALLOWED))
+def test_shipped_execution_policy_matrix(workload: str) -> None:
+    from execution_service.settings import DEFAULT_POLICY as EXECUTION_POLICY
+
+    p = Policy.from_file(EXECUTION_POLICY)
+    principal = f"spiffe://agents.internal/{workload}"
+    allowed = {
+        m for m in EXECUTION_METHODS if p.evaluate(principal, f"{EXECUTION_SERVICE}/{m}").allowed
+    }
+    assert allowed == EXPECTED_EXECUTION_ALLOWED[workload]

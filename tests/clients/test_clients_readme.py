@@ -79,3 +79,38 @@ async def test_readme_cli_walkthrough(
     assert re.search(r"^executions\s+\d+ \(running 0, succeeded \d+, failed 0", out, re.M)
     assert re.search(r"^\S+ \S+\s+SET\s+ALLOWED\s+spiffe://agents.internal/app\s+demo", out, re.M)
     assert "error:" not in err
+
+
+async def test_readme_cli_agents(execution: RunningExecution, pki: Path, tmp_path: Path) -> None:
+    script = readme_block("clients-agents").replace(".venv/bin/python", sys.executable)
+    (tmp_path / "certs").symlink_to(pki)
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("AGENTS_") and name != "PYTHONPATH"
+    }
+    env |= {
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "AGENTS_EXECUTION_ADDRESS": f"localhost:{execution.port}",
+    }
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-euo",
+        "pipefail",
+        "-c",
+        script,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+    raw_out, raw_err = await asyncio.wait_for(process.communicate(), timeout=60)
+    out, err = raw_out.decode(), raw_err.decode()
+    assert process.returncode == 0, err
+
+    assert re.search(r"^name\s+workspaces/demo/agents/faq-bot$", out, re.M)
+    assert re.search(r"^faq-bot\s+openai\s+gpt-4o-mini\s+-\s+2 properties\s", out, re.M)
+    assert "openai gpt-4o-mini (max tokens 300)" in out
+    assert "openai gpt-4o-mini (max tokens 500)" in out
+    assert out.rstrip().endswith("deleted workspaces/demo/agents/faq-bot")
+    assert err == ""

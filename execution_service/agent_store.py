@@ -1,0 +1,119 @@
+"""Agents over the database: create, read, page, update (update mask and etag), delete.
+
+`get_agent` is what running an agent by name needs: the agent with its parsed schemas and the
+etag its executions record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import asyncpg
+
+from execution_service import agent_repository as repo
+from execution_service.agents import Agent, AgentSpec, agent_name, new_etag, structured_output_fit
+from execution_service.errors import (
+    AgentAlreadyExists,
+    AgentConcurrentlyModified,
+    AgentNotFound,
+    EtagMismatch,
+)
+from service_kit.db import Executor
+from service_kit.errors import InvalidArgument
+from service_kit.pagination import PageRequest
+
+# A page of agents stops early, before this many bytes of schemas, instructions and
+# descriptions (at least one agent): a page of large agents must stay well inside a gRPC
+# message (4 MB by default for receivers).
+MAX_PAGE_BYTES = 1_000_000
+# An update without the caller's etag re-reads and retries this often when other writers
+# keep winning the race, then gives up with ABORTED.
+MAX_UPDATE_ATTEMPTS = 5
+
+
+async def get_agent(db: Executor, workspace: str, agent_id: str) -> Agent | None:
+    """The agent to run by name, with its parsed schemas and current etag; None when the
+    workspace has no such agent. `schemas.compiled(schema)` gives its cached validators."""
+    return await repo.get(db, workspace, agent_id)
+
+
+class AgentStore:
+    """Agents of every workspace, over the service's pool."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, random_bytes: Callable[[int], bytes] = secrets.token_bytes
+    ) -> None:
+        self._pool = pool
+        self._random_bytes = random_bytes
+
+    async def create(self, workspace: str, agent_id: str, spec: AgentSpec) -> Agent:
+        """`spec` as `agent_requests.create_agent` checked it (its output schema fits its
+        routes' providers)."""
+        created = await repo.insert(
+            self._pool, workspace, agent_id, spec, new_etag(self._random_bytes)
+        )
+        if created is None:
+            raise AgentAlreadyExists(agent_name(workspace, agent_id))
+        return created
+
+    async def get(self, workspace: str, agent_id: str) -> Agent:
+        found = await repo.get(self._pool, workspace, agent_id)
+        if found is None:
+            raise AgentNotFound(agent_name(workspace, agent_id))
+        return found
+
+    async def page(self, workspace: str, page: PageRequest) -> tuple[list[Agent], str | None]:
+        """One page by agent id (fewer than asked when the agents are large), and the last id
+        when more follow."""
+        after = page.cursor["id"] if page.cursor else None
+        rows, more = await repo.list_page(
+            self._pool, workspace, after=after, size=page.size, max_bytes=MAX_PAGE_BYTES
+        )
+        return rows, rows[-1].agent_id if more else None
+
+    async def update(
+        self,
+        workspace: str,
+        agent_id: str,
+        changes: Mapping[str, Any],
+        *,
+        etag: str | None,
+    ) -> Agent:
+        """Apply `changes` (updatable field -> new value). With `etag`, only if the agent is
+        still at that version: exactly one of several writers holding the same etag wins.
+        Without, the change applies to the latest version (re-read when another writer wins
+        the race, so the merged agent is always checked before it is written)."""
+        name = agent_name(workspace, agent_id)
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            current = await repo.get(self._pool, workspace, agent_id)
+            if current is None:
+                raise AgentNotFound(name)
+            if etag is not None and current.etag != etag:
+                raise EtagMismatch(name)
+            spec = dataclasses.replace(current.spec, **changes)
+            if changes.keys() & {"routes", "output_schema"}:
+                violations = structured_output_fit(spec)
+                if violations:
+                    raise InvalidArgument(violations)
+            updated = await repo.update_if_unchanged(
+                self._pool, current, spec, new_etag=new_etag(self._random_bytes)
+            )
+            if updated is not None:
+                return updated
+            if etag is not None:
+                # The one conditional UPDATE lost to another writer with the same etag.
+                if await repo.get(self._pool, workspace, agent_id) is None:
+                    raise AgentNotFound(name)
+                raise EtagMismatch(name)
+        raise AgentConcurrentlyModified(name)
+
+    async def delete(self, workspace: str, agent_id: str, *, etag: str | None) -> None:
+        name = agent_name(workspace, agent_id)
+        if await repo.delete(self._pool, workspace, agent_id, etag=etag):
+            return
+        if etag is not None and await repo.get(self._pool, workspace, agent_id) is not None:
+            raise EtagMismatch(name)
+        raise AgentNotFound(name)
