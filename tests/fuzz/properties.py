@@ -45,7 +45,8 @@ CALLERS: dict[str, frozenset[str]] = {
 }
 # Every call of these leaves one audit record, a denied one included.
 DENIALS_AUDITED = frozenset(
-    KV + m for m in ("SetApiKey", "DeleteApiKey", "RevealApiKey", "RewrapApiKeys", "ListAuditEvents")
+    KV + m
+    for m in ("SetApiKey", "DeleteApiKey", "RevealApiKey", "RewrapApiKeys", "ListAuditEvents")
 )
 # These record a request they refuse as invalid (one FAILED record).
 FAILURES_AUDITED = frozenset(KV + m for m in ("SetApiKey", "DeleteApiKey", "RevealApiKey"))

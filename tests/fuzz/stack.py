@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from keyvault_service.app import RunningKeyVault
 from provider_emulator.server import RunningEmulator
 from service_kit import devcerts
 from service_kit.tls import TlsFiles, channel_credentials
+from tests.fuzz.strategies import SEED
 from tests.keyvault.support import session_ca
 from tests.keyvault.test_authorization import mint
 
@@ -114,6 +114,14 @@ class FuzzStack:
             )
         return self.channels[key]
 
+    def set_key(self, name: str) -> None:
+        """Store a key (as app) under `name`, so that a later call finds one."""
+        self.channel("keyvault", "app").unary_unary(
+            "/keyvault.v1.KeyVaultService/SetApiKey",
+            request_serializer=kv.SetApiKeyRequest.SerializeToString,
+            response_deserializer=kv.SetApiKeyResponse.FromString,
+        )(kv.SetApiKeyRequest(name=name, api_key=SEED_KEYS["openai"]), timeout=30)
+
     def snapshot(self) -> Snapshot:
         return self.runner.run(self._snapshot())
 
@@ -147,14 +155,9 @@ SEED_KEYS = {"openai": "sk-fuzz-seed-openai-0123456789", "anthropic": "sk-ant-fu
 
 def seed(stack: FuzzStack) -> None:
     """A workspace with both keys, two executions, and a real page token of each listing."""
-    ws = stack.seed_workspace = f"seed-{uuid.uuid4().hex[:8]}"
-    app_vault = stack.channel("keyvault", "app")
-    for provider, key in SEED_KEYS.items():
-        app_vault.unary_unary(
-            "/keyvault.v1.KeyVaultService/SetApiKey",
-            request_serializer=kv.SetApiKeyRequest.SerializeToString,
-            response_deserializer=kv.SetApiKeyResponse.FromString,
-        )(kv.SetApiKeyRequest(name=f"workspaces/{ws}/apiKeys/{provider}", api_key=key), timeout=30)
+    ws = stack.seed_workspace = SEED
+    for provider in SEED_KEYS:
+        stack.set_key(f"workspaces/{ws}/apiKeys/{provider}")
     app_exec = stack.channel("execution", "app")
     for agent in ("agent-a", "agent-b"):
         responses = app_exec.unary_stream(
@@ -223,5 +226,3 @@ def credentials(
         certificate_chain=anonymous.cert_pem,
     )
     return by_identity
-
-

@@ -9,9 +9,12 @@ written out again here with full matches, independently of the services' validat
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import math
 import re
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any
@@ -111,6 +114,8 @@ def checked(rule: str, valid: st.SearchStrategy[str]) -> st.SearchStrategy[Drawn
 
 # --- identifiers -----------------------------------------------------------------------------
 
+# The seed workspace: both keys, two executions (each test session has fresh databases).
+SEED = "fuzz-seed"
 # A few fixed workspaces so that writes meet existing rows; never the seed workspace, whose
 # keys and executions the serving check relies on.
 POOL_WORKSPACES = st.sampled_from(["fuzz-a", "fuzz-b", "Fuzz_C-9"])
@@ -225,9 +230,7 @@ def optional_max_tokens() -> st.SearchStrategy[Drawn]:
     values = st.one_of(
         st.none(), st.sampled_from([0, 1, 16, 200_000, 200_001, -1, 2**31 - 1, -(2**31)]), INT32
     )
-    return values.map(
-        lambda n: Drawn(n, VALID if n is None or 1 <= n <= 200_000 else INVALID)
-    )
+    return values.map(lambda n: Drawn(n, VALID if n is None or 1 <= n <= 200_000 else INVALID))
 
 
 def enum_values(valid: tuple[int, ...]) -> st.SearchStrategy[Drawn]:
@@ -259,7 +262,13 @@ FORBIDDEN_URLS = [
     "https://",
     "not a url",
 ]
-ALLOWED_URLS = ["", EMULATOR, f"{EMULATOR}/v1", "https://api.openai.com", "https://api.anthropic.com"]
+ALLOWED_URLS = [
+    "",
+    EMULATOR,
+    f"{EMULATOR}/v1",
+    "https://api.openai.com",
+    "https://api.anthropic.com",
+]
 ALLOWED_HOSTS = {"127.0.0.1"}  # the fuzz stack's operator allowlist: the emulator
 
 
@@ -310,10 +319,10 @@ def decode_token(token: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TokenRecipe:
-    """How to make a page token from a genuine one of the seed listing. `field=None` with
-    `value` set replaces the whole decoded token."""
+    """How to make a page token from a genuine one of the seed listing, and what the contract
+    says of the result when it is sent with the seed listing's own query."""
 
-    kind: str  # "empty", "genuine", "field", "whole", "text"
+    kind: str  # "empty", "genuine", "field" (one field replaced or dropped), "whole", "text"
     field: str | None = None
     value: Any = None
     verdict: str = INVALID
@@ -328,15 +337,26 @@ class TokenRecipe:
         if self.kind == "whole":
             return encode_token(self.value)
         decoded = decode_token(genuine)
-        if self.value is _DROP:
+        if self.value is DROP:
             decoded.pop(self.field or "", None)
         else:
             decoded[self.field or ""] = self.value
         return encode_token(decoded)
 
+    def verdict_for(self, same_listing: bool) -> str:
+        """A token is bound to the listing that issued it: elsewhere, only "" is valid."""
+        if self.kind == "empty":
+            return VALID
+        return self.verdict if same_listing else INVALID
 
-_DROP = object()
-WRONG_TYPES = [7, -1, 1.5, True, None, [], ["openai"], {}, {"a": 1}, "a\x00b", "\x00", ""]
+
+class _Drop:
+    def __repr__(self) -> str:
+        return "DROP"
+
+
+DROP = _Drop()
+WRONG_TYPES = [7, -1, 1.5, True, None, [], ["openai"], {}, {"a": 1}, "a\x00b", "\x00", "", "\n"]
 HUGE_INTS = [10**30, 2**63, 2**63 - 1, -(2**63), -(2**63) - 1, 2**64]
 EXTREME_TIMES = [
     "0001-01-01T00:00:00+14:00",
@@ -344,42 +364,81 @@ EXTREME_TIMES = [
     "9999-12-31T23:59:59-14:00",
     "9999-12-31T23:59:59+14:00",
     "0001-01-01T00:00:00",
+    "2026-01-01T00:00:00",
     "not a time",
     "2026-13-01T00:00:00+00:00",
+    "2026-01-01T00:00:00+00:00",
 ]
 
 
-def page_tokens(cursor_fields: dict[str, list[Any]]) -> st.SearchStrategy[TokenRecipe]:
-    """Tokens for a listing whose genuine tokens carry `cursor_fields` (name: values that are
-    wrong for it) plus "q", the query the token is bound to."""
-    field_names = [*cursor_fields, "q"]
-    wrong = st.one_of(
+def text_cursor(value: Any) -> str:
+    """A provider name to continue after: any printable string is a position."""
+    return EITHER if isinstance(value, str) and value.isprintable() else INVALID
+
+
+def id_cursor(value: Any) -> str:
+    """A bigserial id to continue before: an int in PostgreSQL's bigint range."""
+    return EITHER if type(value) is int and 0 <= value < 2**63 else INVALID
+
+
+def time_cursor(value: Any) -> str:
+    """A creation time with its offset, representable in UTC."""
+    try:
+        moment = dt.datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            return INVALID
+        moment.astimezone(dt.UTC)
+    except (TypeError, ValueError, OverflowError):
+        return INVALID
+    return EITHER
+
+
+def uuid_cursor(value: Any) -> str:
+    try:
+        uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        return INVALID
+    return EITHER
+
+
+Judge = Callable[[Any], str]
+
+
+def page_tokens(cursor: dict[str, tuple[list[Any], Judge]]) -> st.SearchStrategy[TokenRecipe]:
+    """Tokens for a listing whose genuine tokens carry the `cursor` fields (each with values
+    to try and the rule that judges them) and "q", the query the token is bound to."""
+    replaced = st.one_of(
         *[
-            st.tuples(st.just(name), st.sampled_from(values + WRONG_TYPES + HUGE_INTS))
-            for name, values in cursor_fields.items()
+            st.sampled_from(values + WRONG_TYPES + HUGE_INTS).map(
+                lambda v, name=name, judge=judge: TokenRecipe("field", name, v, judge(v))
+            )
+            for name, (values, judge) in cursor.items()
         ],
-        st.tuples(st.just("q"), st.sampled_from(["", "workspaces/other", 5, None, "q\x00"])),
+        st.sampled_from(["", "workspaces/other", 5, None, "q\x00", ["q"]]).map(
+            lambda v: TokenRecipe("field", "q", v, INVALID)
+        ),
     )
     return st.one_of(
         st.just(TokenRecipe("empty", verdict=VALID)),
         st.just(TokenRecipe("genuine", verdict=VALID)),
-        wrong.map(lambda fv: TokenRecipe("field", fv[0], fv[1])),
-        st.sampled_from(field_names).map(lambda f: TokenRecipe("field", f, _DROP)),
+        replaced,
+        st.sampled_from([*cursor, "q"]).map(lambda f: TokenRecipe("field", f, DROP, INVALID)),
         st.sampled_from([[], 5, "x", None, [1, 2], {"q": None}]).map(
             lambda v: TokenRecipe("whole", value=v)
         ),
         st.binary(max_size=40).map(lambda b: TokenRecipe("whole", value=b)),
-        st.text(max_size=60)
-        .filter(bool)
-        .map(lambda t: TokenRecipe("text", value=t)),
-        st.sampled_from(["%%%", "====", "eyJ", "e30", "bnVsbA", "W10"]).map(
+        st.text(max_size=60).filter(bool).map(lambda t: TokenRecipe("text", value=t)),
+        st.sampled_from(["%%%", "====", "eyJ", "e30", "bnVsbA", "W10", "\x00"]).map(
             lambda t: TokenRecipe("text", value=t)
         ),
     )
 
 
-KEY_TOKENS = page_tokens({"provider": []})
-AUDIT_TOKENS = page_tokens({"id": [0.5, "1"]})
+KEY_TOKENS = page_tokens({"provider": (["anthropic", "zzz", "a" * 5000], text_cursor)})
+AUDIT_TOKENS = page_tokens({"id": ([0, 1, 0.5, "1"], id_cursor)})
 EXECUTION_TOKENS = page_tokens(
-    {"t": EXTREME_TIMES, "id": ["not-a-uuid", "00000000-0000-0000-0000-00000000000g"]}
+    {
+        "t": (EXTREME_TIMES, time_cursor),
+        "id": (["not-a-uuid", "00000000-0000-0000-0000-000000000000"], uuid_cursor),
+    }
 )
