@@ -19,10 +19,11 @@ from google.protobuf import message_factory
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from hypothesis import event
+from hypothesis import strategies as st
 
 from clients.gen.execution.v1 import execution_service_pb2 as ex
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
-from tests.fuzz.stack import ANONYMOUS, FuzzStack, Snapshot, spiffe_of
+from tests.fuzz.stack import ANONYMOUS, IDENTITIES, FuzzStack, Snapshot, spiffe_of
 from tests.fuzz.strategies import INVALID, VALID
 
 KV = "/keyvault.v1.KeyVaultService/"
@@ -37,6 +38,7 @@ CALLERS: dict[str, frozenset[str]] = {
     KV + "RevealApiKey": frozenset({"execution"}),
     KV + "RewrapApiKeys": frozenset({"admin"}),
     KV + "ListAuditEvents": frozenset({"admin"}),
+    KV + "WatchApiKeyChanges": frozenset({"execution"}),  # a stream that stays open
     EX + "Execute": frozenset({"app"}),
     EX + "GetExecution": frozenset({"app", "admin"}),
     EX + "ListExecutions": frozenset({"app", "admin"}),
@@ -55,6 +57,15 @@ FORBIDDEN_CODES = frozenset(
 )
 MAX_STREAMED = 100  # a streaming answer is read this far, then the call is cancelled
 CALL_TIMEOUT = 30.0
+# Execute's stream ends by itself; any other stream (a subscription) is watched this long,
+# and one still open after answering is a success.
+FINITE_STREAMS = frozenset({EX + "Execute"})
+OPEN_STREAM_WINDOW = 1.5
+
+
+def callers(right: str) -> st.SearchStrategy[str]:
+    """Mostly the identity the policy admits, sometimes any other."""
+    return st.sampled_from([right] * len(IDENTITIES) + list(IDENTITIES))
 
 
 @dataclass(frozen=True)
@@ -103,11 +114,14 @@ def invoke(stack: FuzzStack, method: Method, identity: str, payload: bytes) -> A
     """Send `payload` as the serialized request, exactly as given."""
     channel = stack.channel(method.service, identity)
     metadata = (("x-request-id", f"fuzz-{uuid.uuid4().hex}"),)
+    open_ended = method.streaming and method.path not in FINITE_STREAMS
     received = 0
     try:
         if method.streaming:
             call = channel.unary_stream(method.path)(
-                payload, timeout=CALL_TIMEOUT, metadata=metadata
+                payload,
+                timeout=OPEN_STREAM_WINDOW if open_ended else CALL_TIMEOUT,
+                metadata=metadata,
             )
             for _ in call:
                 received += 1
@@ -120,6 +134,8 @@ def invoke(stack: FuzzStack, method: Method, identity: str, payload: bytes) -> A
     except grpc.RpcError as err:
         if received >= MAX_STREAMED and err.code() == grpc.StatusCode.CANCELLED:
             return Answer(grpc.StatusCode.OK, "", received)
+        if open_ended and received and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return Answer(grpc.StatusCode.OK, "", received)  # answered, and still open
         return Answer(err.code(), err.details() or "", received)
     return Answer(grpc.StatusCode.OK, "", received)
 

@@ -26,7 +26,7 @@ from keyvault_service.app import RunningKeyVault
 from provider_emulator.server import RunningEmulator
 from service_kit import devcerts
 from service_kit.tls import TlsFiles, channel_credentials
-from tests.fuzz.strategies import SEED
+from tests.fuzz.strategies import EMULATOR, SEED
 from tests.keyvault.support import session_ca
 from tests.keyvault.test_authorization import mint
 
@@ -95,6 +95,7 @@ class FuzzStack:
     channels: dict[tuple[str, str], grpc.Channel] = field(default_factory=dict)
     # Filled by `seed`: a workspace with both providers' keys, and real page tokens.
     seed_workspace: str = ""
+    seed_execution: str = ""
     tokens: dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # Hypothesis prints it with every failing example
@@ -113,6 +114,9 @@ class FuzzStack:
                 options=[("grpc.max_send_message_length", 16 * 1024 * 1024)],
             )
         return self.channels[key]
+
+    def with_emulator(self, url: str) -> str:
+        return url.replace(EMULATOR, self.emulator.base_url)
 
     def set_key(self, name: str) -> None:
         """Store a key (as app) under `name`, so that a later call finds one."""
@@ -174,7 +178,7 @@ def seed(stack: FuzzStack) -> None:
             ),
             timeout=30,
         )
-        list(responses)
+        stack.seed_execution = list(responses)[-1].completed.name
 
     def token(service: str, identity: str, method: str, request: Any, response: Any) -> str:
         answer = stack.channel(service, identity).unary_unary(

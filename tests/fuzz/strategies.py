@@ -39,6 +39,14 @@ class Drawn:
     verdict: str
 
 
+def ok(value: Any) -> Drawn:
+    return Drawn(value, VALID)
+
+
+def bad(value: Any) -> Drawn:
+    return Drawn(value, INVALID)
+
+
 # --- the documented rules, as full matches -------------------------------------------------
 
 WORKSPACE = r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}"
@@ -269,7 +277,9 @@ ALLOWED_URLS = [
     "https://api.openai.com",
     "https://api.anthropic.com",
 ]
-ALLOWED_HOSTS = {"127.0.0.1"}  # the fuzz stack's operator allowlist: the emulator
+# The operator allowlist the test settings builders give both services (in production,
+# PROVIDER_ALLOWED_HOSTS): it admits the emulator on loopback.
+ALLOWED_HOSTS = {"127.0.0.1", "localhost"}
 
 
 def base_url_verdict(url: str) -> str:
@@ -426,7 +436,7 @@ def page_tokens(cursor: dict[str, tuple[list[Any], Judge]]) -> st.SearchStrategy
         st.sampled_from([[], 5, "x", None, [1, 2], {"q": None}]).map(
             lambda v: TokenRecipe("whole", value=v)
         ),
-        st.binary(max_size=40).map(lambda b: TokenRecipe("whole", value=b)),
+        st.binary(min_size=1, max_size=40).map(lambda b: TokenRecipe("whole", value=b)),
         st.text(max_size=60).filter(bool).map(lambda t: TokenRecipe("text", value=t)),
         st.sampled_from(["%%%", "====", "eyJ", "e30", "bnVsbA", "W10", "\x00"]).map(
             lambda t: TokenRecipe("text", value=t)

@@ -11,13 +11,12 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
-from tests.fuzz.properties import KV, check_call
-from tests.fuzz.stack import ANONYMOUS, IDENTITIES, FuzzStack
+from tests.fuzz.properties import KV, callers, check_call
+from tests.fuzz.stack import ANONYMOUS, FuzzStack
 from tests.fuzz.strategies import (
     API_KEYS,
     AUDIT_TOKENS,
     EMULATOR,
-    INVALID,
     KEY_TOKENS,
     POOL_WORKSPACES,
     SEED,
@@ -25,34 +24,19 @@ from tests.fuzz.strategies import (
     WORKSPACES,
     Drawn,
     TokenRecipe,
+    bad,
     base_urls,
     batch_sizes,
     checked,
     combine,
     key_names,
+    ok,
     page_sizes,
     parents,
 )
 
 SEED_PARENT = f"workspaces/{SEED}"
 SEED_KEY = f"{SEED_PARENT}/apiKeys/openai"
-
-
-def callers(right: str) -> st.SearchStrategy[str]:
-    """Mostly the identity the policy admits, sometimes any other."""
-    return st.sampled_from([right] * len(IDENTITIES) + list(IDENTITIES))
-
-
-def ok(value: object) -> Drawn:
-    return Drawn(value, VALID)
-
-
-def bad(value: object) -> Drawn:
-    return Drawn(value, INVALID)
-
-
-def with_emulator(url: str, stack: FuzzStack) -> str:
-    return url.replace(EMULATOR, stack.emulator.base_url)
 
 
 # --- SetApiKey -----------------------------------------------------------------------------
@@ -91,7 +75,7 @@ def test_set_api_key(
     fuzz_stack: FuzzStack, name: Drawn, api_key: Drawn, base_url: Drawn, who: str
 ) -> None:
     request = kv.SetApiKeyRequest(
-        name=name.value, api_key=api_key.value, base_url=with_emulator(base_url.value, fuzz_stack)
+        name=name.value, api_key=api_key.value, base_url=fuzz_stack.with_emulator(base_url.value)
     )
     verdict = combine(name.verdict, api_key.verdict, base_url.verdict)
     check_call(fuzz_stack, KV + "SetApiKey", request, verdict, who)
