@@ -54,6 +54,7 @@ PROVIDERS = ("openai", "anthropic")
 RULES = {
     "workspace": re.compile(WORKSPACE),
     "parent": re.compile(rf"workspaces/{WORKSPACE}"),
+    "audit_parent": re.compile(rf"workspaces/({WORKSPACE}|-)"),  # "-": every workspace
     "key_name": re.compile(rf"workspaces/{WORKSPACE}/apiKeys/(openai|anthropic)"),
     "execution_name": re.compile(
         rf"workspaces/{WORKSPACE}/executions/"
@@ -140,8 +141,10 @@ REQUEST_IDS = st.from_regex(r"[A-Za-z0-9._:-]{1,40}", fullmatch=True)
 API_KEYS = st.from_regex(r"[\x21-\x7e]{8,64}", fullmatch=True)
 
 
-def parents(workspaces: st.SearchStrategy[str] = WORKSPACES) -> st.SearchStrategy[Drawn]:
-    return checked("parent", workspaces.map(lambda ws: f"workspaces/{ws}"))
+def parents(
+    workspaces: st.SearchStrategy[str] = WORKSPACES, rule: str = "parent"
+) -> st.SearchStrategy[Drawn]:
+    return checked(rule, workspaces.map(lambda ws: f"workspaces/{ws}"))
 
 
 def key_names(workspaces: st.SearchStrategy[str] = POOL_WORKSPACES) -> st.SearchStrategy[Drawn]:

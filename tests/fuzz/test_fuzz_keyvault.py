@@ -157,9 +157,7 @@ def test_list_api_keys(
     check_call(fuzz_stack, KV + "ListApiKeys", request, verdict, who)
 
 
-AUDIT_PARENTS = st.one_of(
-    parents(SEED_OR_ANY), st.just(Drawn("workspaces/-", VALID)), parents(st.just("-"))
-)
+AUDIT_PARENTS = parents(st.one_of(SEED_OR_ANY, st.just("-")), rule="audit_parent")
 
 
 @given(parent=AUDIT_PARENTS, size=page_sizes(), token=AUDIT_TOKENS, who=callers("admin"))
