@@ -127,7 +127,7 @@ SEED_OR_ANY = st.one_of(st.just(SEED), WORKSPACES)
     parent=ok(SEED_PARENT), size=ok(1001), token=TokenRecipe("empty", verdict=VALID), who="app"
 )
 @example(parent=ok(SEED_PARENT), size=ok(1), token=TokenRecipe("genuine", verdict=VALID), who="app")
-@example(parent=ok(SEED_PARENT + "\n"), size=ok(0), token=TokenRecipe("empty"), who="app")
+@example(parent=bad(SEED_PARENT + "\n"), size=ok(0), token=TokenRecipe("empty"), who="app")
 @example(
     parent=ok("workspaces/other"),
     size=ok(1),
