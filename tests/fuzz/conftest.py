@@ -35,7 +35,7 @@ _COMMON: dict[str, Any] = dict(
         HealthCheck.filter_too_much,
     ],
 )
-settings.register_profile("ci", max_examples=25, derandomize=True, database=None, **_COMMON)
+settings.register_profile("ci", max_examples=40, derandomize=True, database=None, **_COMMON)
 settings.register_profile(
     "fuzz",
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "1500")),

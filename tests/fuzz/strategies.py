@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import math
 import re
+import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import event
 from hypothesis import strategies as st
 
 VALID, EITHER, INVALID = "valid", "either", "invalid"
@@ -72,6 +74,32 @@ def verdict_of(rule: str, value: str) -> str:
     return VALID if RULES[rule].fullmatch(value) else INVALID
 
 
+def shape_of(text: str) -> str:
+    """The class of hostile text a value belongs to, for the campaign's statistics."""
+    categories = {unicodedata.category(c) for c in text}
+    if not text:
+        return "empty"
+    if text.endswith("\n"):
+        return "trailing newline"
+    if "\x00" in text:
+        return "NUL"
+    if "Cc" in categories:
+        return "control character"
+    if "Cf" in categories:
+        return "format character (RTL mark, BOM)"
+    if any(ord(c) > 0xFFFF for c in text):
+        return "astral character"
+    if not text.isascii():
+        return "non-ASCII"
+    return "huge" if len(text) > 256 else "plain"
+
+
+def judged(rule: str, value: str) -> Drawn:
+    drawn = Drawn(value, verdict_of(rule, value))
+    event(f"{rule}: {shape_of(value)}, {drawn.verdict}")
+    return drawn
+
+
 # --- hostile text ----------------------------------------------------------------------------
 
 CONTROL = st.characters(codec="utf-8", categories=["Cc"])  # NUL, \n, \t, DEL, C1 controls
@@ -117,8 +145,9 @@ def hostile(valid: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 
 
 def checked(rule: str, valid: st.SearchStrategy[str]) -> st.SearchStrategy[Drawn]:
-    """Mostly valid values, often near-misses; each judged by `rule`."""
-    return st.one_of(valid, hostile(valid)).map(lambda v: Drawn(v, verdict_of(rule, v)))
+    """Mostly valid values (so that whole requests are valid often enough to reach the
+    database and the providers), often near-misses; each judged by `rule`."""
+    return st.one_of(valid, valid, hostile(valid)).map(lambda v: judged(rule, v))
 
 
 # --- identifiers -----------------------------------------------------------------------------
@@ -314,7 +343,13 @@ def base_urls(candidates: list[str] | None = None) -> st.SearchStrategy[Drawn]:
     """`candidates`: the well-formed URLs that may be used (TestApiKey calls them)."""
     fine = st.sampled_from(candidates or ALLOWED_URLS)
     urls = st.one_of(fine, st.sampled_from(FORBIDDEN_URLS), hostile(fine))
-    return urls.map(lambda u: Drawn(u, base_url_verdict(u)))
+
+    def judge(url: str) -> Drawn:
+        drawn = Drawn(url, base_url_verdict(url))
+        event(f"base_url: {shape_of(url)}, {drawn.verdict}")
+        return drawn
+
+    return urls.map(judge)
 
 
 # --- page tokens -----------------------------------------------------------------------------
