@@ -244,7 +244,7 @@ def timestamps() -> st.SearchStrategy[Drawn]:
 
 
 def window(start: Drawn, end: Drawn) -> str:
-    """Both times valid, but not in order: the window is empty, which is a caller's error."""
+    """A time window whose start is not before its end is the caller's error."""
     if start.value is None or end.value is None or INVALID in (start.verdict, end.verdict):
         return VALID
     s, e = start.value, end.value
