@@ -150,6 +150,15 @@ def checked(rule: str, valid: st.SearchStrategy[str]) -> st.SearchStrategy[Drawn
     return st.one_of(valid, valid, hostile(valid)).map(lambda v: judged(rule, v))
 
 
+def optional(rule: str, valid: st.SearchStrategy[str]) -> st.SearchStrategy[Drawn]:
+    """A field where "" means "not given" (a filter, a request id): empty is valid."""
+
+    def judge(value: str) -> Drawn:
+        return Drawn(value, VALID) if value == "" else judged(rule, value)
+
+    return st.one_of(st.just(""), valid, valid, hostile(valid)).map(judge)
+
+
 # --- identifiers -----------------------------------------------------------------------------
 
 # The seed workspace: both keys, two executions (each test session has fresh databases).

@@ -38,6 +38,7 @@ from tests.fuzz.strategies import (
     execution_names,
     hostile,
     ok,
+    optional,
     optional_float,
     optional_max_tokens,
     page_sizes,
@@ -114,7 +115,7 @@ def labels(draw: st.DrawFn) -> Drawn:
     return Drawn(value, combine(*verdicts, VALID if len(value) <= 16 else INVALID))
 
 
-OPTIONAL_REQUEST_IDS = st.one_of(st.just(Drawn("", VALID)), checked("request_id", REQUEST_IDS))
+OPTIONAL_REQUEST_IDS = optional("request_id", REQUEST_IDS)
 HELLO = [res.Message(role=USER, content="hello")]
 EXECUTE = dict(
     parent=ok(SEED_PARENT),
@@ -226,7 +227,7 @@ def test_get_execution(fuzz_stack: FuzzStack, name: Drawn, who: str) -> None:
 
 # --- ListExecutions and GetAgentStats: filters, time windows ---------------------------------
 
-OPTIONAL_AGENT_IDS = st.one_of(st.just(Drawn("", VALID)), checked("agent_id", AGENT_IDS))
+OPTIONAL_AGENT_IDS = optional("agent_id", AGENT_IDS)
 STATES = enum_values((0, 1, 2, 3, 4))
 NO_TIME = Drawn(None, VALID)
 
