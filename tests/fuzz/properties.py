@@ -44,6 +44,11 @@ CALLERS: dict[str, frozenset[str]] = {
     EX + "ListExecutions": frozenset({"app", "admin"}),
     EX + "GetAgentStats": frozenset({"app", "admin"}),
     EX + "TestApiKey": frozenset({"app"}),
+    EX + "CreateAgent": frozenset({"app"}),
+    EX + "GetAgent": frozenset({"app"}),
+    EX + "ListAgents": frozenset({"app"}),
+    EX + "UpdateAgent": frozenset({"app"}),
+    EX + "DeleteAgent": frozenset({"app"}),
 }
 # Every call of these leaves one audit record, a denied one included.
 DENIALS_AUDITED = frozenset(
