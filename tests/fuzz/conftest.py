@@ -1,53 +1,26 @@
-"""Hypothesis profiles and the fuzz stack's session fixture (see stack.py)."""
+"""The fuzz stack's session fixture (see stack.py), and the check that it still serves."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, settings
-from hypothesis.database import DirectoryBasedExampleDatabase
 
 from execution_service.app import start_execution
 from keyvault_service.app import start_keyvault
 from provider_emulator.server import start_emulator
 from service_kit.tls import TlsFiles
-from tests.conftest import PROJECT_ROOT
 from tests.execution.conftest import execution_settings
 from tests.fuzz.properties import assert_serving
 from tests.fuzz.stack import FuzzStack, LoopThread, credentials, seed
 from tests.keyvault.conftest import keyring_of, vault_settings
 
-# --- Hypothesis profiles -------------------------------------------------------------------
-# "ci" (the default, `make test`): a bounded, derandomized run per RPC; the known bug shapes
-# are pinned with @example so they are tried on every run whatever the seed.
-# "fuzz" (`make fuzz`): a long randomized campaign that keeps its failures in .run/.
-_COMMON: dict[str, Any] = dict(
-    deadline=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.filter_too_much,
-    ],
-)
-settings.register_profile("ci", max_examples=40, derandomize=True, database=None, **_COMMON)
-settings.register_profile(
-    "fuzz",
-    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "1500")),
-    database=DirectoryBasedExampleDatabase(str(PROJECT_ROOT / ".run" / "hypothesis")),
-    **_COMMON,
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
 # An unreachable provider fails fast: a valid-looking base URL must not stall the campaign.
+# (The provider allowlist comes with the settings builders: it admits the emulator.)
 CONNECT_TIMEOUT = 1.0
-# The operator allowlist of provider hosts admits the emulator (and only it).
-ALLOWED_PROVIDER_HOSTS = "127.0.0.1"
 
 
 @pytest.fixture(scope="session")

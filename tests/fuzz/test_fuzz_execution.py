@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from clients.gen.execution.v1 import execution_service_pb2 as ex
 from clients.gen.execution.v1 import resources_pb2 as res
+from tests.fuzz.profiles import fuzz_settings
 from tests.fuzz.properties import EX, callers, check_call
 from tests.fuzz.stack import ANONYMOUS, FuzzStack
 from tests.fuzz.strategies import (
@@ -130,6 +131,7 @@ EXECUTE = dict(
 )
 
 
+@fuzz_settings
 @given(
     parent=parents(SEED_OR_ANY),
     agent_id=checked("agent_id", AGENT_IDS),
@@ -185,6 +187,7 @@ def test_execute(
 
 @example(suffix="\n")
 @example(suffix="\r\n")
+@fuzz_settings
 @given(suffix=st.sampled_from(["\n", "\r\n", "\x00", " "]))
 def test_execute_request_id_variants_are_not_new_executions(
     fuzz_stack: FuzzStack, suffix: str
@@ -210,6 +213,7 @@ def test_execute_request_id_variants_are_not_new_executions(
 SEED_EXECUTION = "{seed-execution}"  # replaced by a real execution of the seed workspace
 
 
+@fuzz_settings
 @given(
     name=st.one_of(execution_names(SEED_OR_ANY), st.just(Drawn(SEED_EXECUTION, VALID))),
     who=callers("app"),
@@ -254,6 +258,7 @@ def _token_at(moment: str) -> TokenRecipe:
     return TokenRecipe("field", "t", moment, time_cursor(moment))
 
 
+@fuzz_settings
 @given(
     parent=parents(SEED_OR_ANY),
     size=page_sizes(),
@@ -309,6 +314,7 @@ def test_list_executions(
     check_call(fuzz_stack, EX + "ListExecutions", request, verdict, who)
 
 
+@fuzz_settings
 @given(
     parent=parents(SEED_OR_ANY),
     agent_id=checked("agent_id", AGENT_IDS),
@@ -352,6 +358,7 @@ TEST_URLS = base_urls(["", EMULATOR, f"{EMULATOR}/v1", "https://127.0.0.1:1"])
 TEST = dict(parent=ok(SEED_PARENT), provider=ok(1), candidate=ok(""), base_url=ok(""), who="app")
 
 
+@fuzz_settings
 @given(
     parent=parents(SEED_OR_ANY),
     provider=PROVIDERS,

@@ -11,6 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
+from tests.fuzz.profiles import fuzz_settings
 from tests.fuzz.properties import KV, callers, check_call
 from tests.fuzz.stack import ANONYMOUS, FuzzStack
 from tests.fuzz.strategies import (
@@ -49,6 +50,7 @@ SET = dict(
 )
 
 
+@fuzz_settings
 @given(
     name=key_names(),
     api_key=checked("api_key", API_KEYS),
@@ -86,6 +88,7 @@ def test_set_api_key(
 SEED_OR_POOL = st.one_of(st.just(SEED), POOL_WORKSPACES)
 
 
+@fuzz_settings
 @given(name=key_names(SEED_OR_POOL), who=callers("app"))
 @example(name=bad(SEED_KEY + "\n"), who="app")
 @example(name=bad(SEED_KEY + "\x00"), who="admin")
@@ -95,6 +98,7 @@ def test_get_api_key(fuzz_stack: FuzzStack, name: Drawn, who: str) -> None:
     check_call(fuzz_stack, KV + "GetApiKey", request, name.verdict, who)
 
 
+@fuzz_settings
 @given(name=key_names(), who=callers("app"))
 @example(name=bad("workspaces/fuzz-a/apiKeys/openai\n"), who="app")
 @example(name=bad("workspaces/fuzz-a/apiKeys/anthropic\r\n"), who="app")
@@ -108,6 +112,7 @@ def test_delete_api_key(fuzz_stack: FuzzStack, name: Drawn, who: str) -> None:
     check_call(fuzz_stack, KV + "DeleteApiKey", request, name.verdict, who)
 
 
+@fuzz_settings
 @given(name=key_names(SEED_OR_POOL), who=callers("execution"))
 @example(name=bad(SEED_KEY + "\n"), who="execution")
 @example(name=ok(SEED_KEY), who="app")
@@ -122,6 +127,7 @@ def test_reveal_api_key(fuzz_stack: FuzzStack, name: Drawn, who: str) -> None:
 SEED_OR_ANY = st.one_of(st.just(SEED), WORKSPACES)
 
 
+@fuzz_settings
 @given(parent=parents(SEED_OR_ANY), size=page_sizes(), token=KEY_TOKENS, who=callers("app"))
 @example(
     parent=ok(SEED_PARENT), size=ok(1001), token=TokenRecipe("empty", verdict=VALID), who="app"
@@ -160,6 +166,7 @@ def test_list_api_keys(
 AUDIT_PARENTS = parents(st.one_of(SEED_OR_ANY, st.just("-")), rule="audit_parent")
 
 
+@fuzz_settings
 @given(parent=AUDIT_PARENTS, size=page_sizes(), token=AUDIT_TOKENS, who=callers("admin"))
 @example(
     parent=ok(SEED_PARENT), size=ok(1001), token=TokenRecipe("empty", verdict=VALID), who="admin"
@@ -185,6 +192,7 @@ def test_list_audit_events(
 # --- RewrapApiKeys ---------------------------------------------------------------------------
 
 
+@fuzz_settings
 @given(size=batch_sizes(), who=callers("admin"))
 @example(size=bad(-1), who="admin")
 @example(size=ok(0), who="app")

@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError, Message
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from tests.fuzz.profiles import fuzz_settings
 from tests.fuzz.properties import CALLERS, KV, METHODS, Method, callers, check_call
 from tests.fuzz.stack import ANONYMOUS, IDENTITIES, FuzzStack
 from tests.fuzz.strategies import EITHER, INVALID, Drawn
@@ -105,6 +106,7 @@ REVEAL = KV + "RevealApiKey"
 BAD_NAME = tag(1, WIRE_LEN) + varint(2) + b"\xff\xfe"
 
 
+@fuzz_settings
 @given(call=raw_calls())
 @example(call=(REVEAL, Drawn(BAD_NAME, INVALID), "app"))
 @example(call=(REVEAL, Drawn(BAD_NAME, INVALID), ANONYMOUS))
@@ -118,6 +120,7 @@ def test_malformed_requests(fuzz_stack: FuzzStack, call: tuple[str, Drawn, str])
     check_call(fuzz_stack, path, payload.value, payload.verdict, who, malformed=True)
 
 
+@fuzz_settings
 @given(path=st.sampled_from(sorted(METHODS)), who=st.sampled_from(IDENTITIES))
 def test_plausible_requests_as_anyone(fuzz_stack: FuzzStack, path: str, who: str) -> None:
     """Every RPC, as every identity: the policy holds for each, an RPC without fields too."""
