@@ -289,7 +289,10 @@ def enum_values(valid: tuple[int, ...]) -> st.SearchStrategy[Drawn]:
 
 # --- base URLs -------------------------------------------------------------------------------
 
-EMULATOR = "{emulator}"  # replaced by the running emulator's URL when the request is sent
+# Stands for the running emulator's URL, which replaces it when the request is sent. It is a
+# URL of the same class (http, the allowlisted host, a port), so that a value is judged the
+# same before and after; a near-miss the replacement no longer matches names port 9 (closed).
+EMULATOR = "http://127.0.0.1:9"
 # Refused by default: metadata, link-local, private and loopback destinations, and port 0.
 FORBIDDEN_URLS = [
     "https://169.254.169.254",
