@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from clients.gen.execution.v1 import execution_service_pb2 as ex
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
 from tests.fuzz.stack import ANONYMOUS, IDENTITIES, FuzzStack, Snapshot, spiffe_of
-from tests.fuzz.strategies import INVALID, VALID
+from tests.fuzz.strategies import INVALID, KEY_CANARY, VALID
 
 KV = "/keyvault.v1.KeyVaultService/"
 EX = "/execution.v1.ExecutionService/"
@@ -113,6 +113,12 @@ class Answer:
     code: grpc.StatusCode
     details: str
     responses: int
+    error_bytes: bytes = b""  # the details and trailing metadata of an error, for leak checks
+
+
+def _error_bytes(err: grpc.RpcError) -> bytes:
+    values = [v if isinstance(v, bytes) else v.encode() for _, v in err.trailing_metadata() or ()]
+    return b"\n".join([(err.details() or "").encode(), *values])
 
 
 def invoke(stack: FuzzStack, method: Method, identity: str, payload: bytes) -> Answer:
@@ -141,7 +147,7 @@ def invoke(stack: FuzzStack, method: Method, identity: str, payload: bytes) -> A
             return Answer(grpc.StatusCode.OK, "", received)
         if open_ended and received and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
             return Answer(grpc.StatusCode.OK, "", received)  # answered, and still open
-        return Answer(err.code(), err.details() or "", received)
+        return Answer(err.code(), err.details() or "", received, _error_bytes(err))
     return Answer(grpc.StatusCode.OK, "", received)
 
 
@@ -158,9 +164,12 @@ def check_call(
     identity: str,
     *,
     malformed: bool = False,
+    secret: str = "",
 ) -> Answer:
     """Call `path` as `identity` and check every property. `malformed`: `request` is bytes
-    that are not a well-formed message (the server cannot know which fields it named)."""
+    that are not a well-formed message (the server cannot know which fields it named).
+    `secret`: an API key the request carries (with the canary prefix), which no error and no
+    audit record may echo."""
     method = METHODS[path]
     payload = request if isinstance(request, bytes) else request.SerializeToString()
     before = stack.snapshot()
@@ -172,6 +181,12 @@ def check_call(
 
     after = stack.snapshot()
     audit = stack.audit_after(before.audit_last_id)
+    if KEY_CANARY in secret:
+        needle = secret.encode().lower()
+        assert needle not in answer.error_bytes.lower(), f"the error echoes the key: {what}"
+        assert not any(needle in repr(r).encode().lower() for r in audit), (
+            f"an audit record holds the key: {what}"
+        )
     callers = CALLERS.get(path)
     if callers is not None and identity not in callers:
         denial = (

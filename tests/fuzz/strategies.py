@@ -176,7 +176,10 @@ MODELS = st.one_of(
     st.from_regex(r"[A-Za-z0-9._:/@-]{1,40}", fullmatch=True),
 )
 REQUEST_IDS = st.from_regex(r"[A-Za-z0-9._:-]{1,40}", fullmatch=True)
-API_KEYS = st.from_regex(r"[\x21-\x7e]{8,64}", fullmatch=True)
+# Generated keys carry a canary prefix that no product text contains, so that finding one in
+# an error or an audit record means the key itself leaked.
+KEY_CANARY = "sk-fuzz-"
+API_KEYS = st.from_regex(r"[\x21-\x7e]{8,48}", fullmatch=True).map(lambda k: KEY_CANARY + k)
 
 
 def parents(

@@ -389,4 +389,4 @@ def test_test_api_key(
         base_url=fuzz_stack.with_emulator(base_url.value),
     )
     verdict = combine(parent.verdict, provider.verdict, candidate.verdict, base_url.verdict)
-    check_call(fuzz_stack, EX + "TestApiKey", request, verdict, who)
+    check_call(fuzz_stack, EX + "TestApiKey", request, verdict, who, secret=candidate.value)

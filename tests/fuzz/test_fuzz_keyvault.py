@@ -80,7 +80,7 @@ def test_set_api_key(
         name=name.value, api_key=api_key.value, base_url=fuzz_stack.with_emulator(base_url.value)
     )
     verdict = combine(name.verdict, api_key.verdict, base_url.verdict)
-    check_call(fuzz_stack, KV + "SetApiKey", request, verdict, who)
+    check_call(fuzz_stack, KV + "SetApiKey", request, verdict, who, secret=api_key.value)
 
 
 # --- GetApiKey, DeleteApiKey, RevealApiKey: a key name ---------------------------------------
