@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from clients.gen.execution.v1 import execution_service_pb2 as ex
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
-from tests.fuzz.stack import ANONYMOUS, IDENTITIES, FuzzStack, Snapshot, spiffe_of
+from tests.fuzz.stack import ANONYMOUS, IDENTITIES, AuditRow, FuzzStack, Snapshot, spiffe_of
 from tests.fuzz.strategies import INVALID, KEY_CANARY, VALID
 
 KV = "/keyvault.v1.KeyVaultService/"
@@ -182,45 +182,74 @@ def check_call(
     after = stack.snapshot()
     audit = stack.audit_after(before.audit_last_id)
     if KEY_CANARY in secret:
-        needle = secret.encode().lower()
-        assert needle not in answer.error_bytes.lower(), f"the error echoes the key: {what}"
-        assert not any(needle in repr(r).encode().lower() for r in audit), (
-            f"an audit record holds the key: {what}"
-        )
+        _assert_not_echoed(secret, answer, audit, what)
     callers = CALLERS.get(path)
     if callers is not None and identity not in callers:
-        denial = (
-            grpc.StatusCode.UNAUTHENTICATED
-            if identity == ANONYMOUS
-            else grpc.StatusCode.PERMISSION_DENIED
-        )
-        assert answer.code == denial, f"not denied as {denial.name}: {what}"
-        _unchanged(before, after, what)
-        records = [(r.outcome, r.caller, r.reason) for r in audit]
-        if path in DENIALS_AUDITED:
-            expected = [("DENIED", spiffe_of(identity), denial.name)]
-            assert records == expected, f"denial audit {records} != {expected}: {what}"
-        else:
-            assert all(r.outcome == "DENIED" for r in audit) and len(audit) <= 1, (
-                f"a denial wrote audit records {records}: {what}"
-            )
+        _assert_denied(path, identity, answer, before, after, audit, what)
         return answer
-
     if verdict == INVALID:
         assert answer.code == grpc.StatusCode.INVALID_ARGUMENT, f"invalid request accepted: {what}"
     if verdict == VALID:
         assert answer.code != grpc.StatusCode.INVALID_ARGUMENT, f"valid request refused: {what}"
     if answer.code == grpc.StatusCode.INVALID_ARGUMENT:
-        _unchanged(before, after, what)
-        records = [(r.outcome, r.caller) for r in audit]
-        if path in FAILURES_AUDITED and not malformed:
-            expected = [("FAILED", spiffe_of(identity))]
-            assert records == expected, f"invalid-request audit {records} != {expected}: {what}"
-        else:
-            assert len(audit) <= 1 and all(r.outcome == "FAILED" for r in audit), (
-                f"an invalid request wrote audit records {records}: {what}"
-            )
+        audits_failure = path in FAILURES_AUDITED and not malformed
+        _assert_refused_cleanly(audits_failure, identity, before, after, audit, what)
     return answer
+
+
+def _assert_not_echoed(secret: str, answer: Answer, audit: list[AuditRow], what: str) -> None:
+    needle = secret.encode().lower()
+    assert needle not in answer.error_bytes.lower(), f"the error echoes the key: {what}"
+    assert not any(needle in repr(r).encode().lower() for r in audit), (
+        f"an audit record holds the key: {what}"
+    )
+
+
+def _assert_denied(
+    path: str,
+    identity: str,
+    answer: Answer,
+    before: Snapshot,
+    after: Snapshot,
+    audit: list[AuditRow],
+    what: str,
+) -> None:
+    """Denied as the identity calls for, nothing changed, the denial audited where due."""
+    denial = (
+        grpc.StatusCode.UNAUTHENTICATED
+        if identity == ANONYMOUS
+        else grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert answer.code == denial, f"not denied as {denial.name}: {what}"
+    _unchanged(before, after, what)
+    records = [(r.outcome, r.caller, r.reason) for r in audit]
+    if path in DENIALS_AUDITED:
+        expected = [("DENIED", spiffe_of(identity), denial.name)]
+        assert records == expected, f"denial audit {records} != {expected}: {what}"
+    else:
+        assert all(r.outcome == "DENIED" for r in audit) and len(audit) <= 1, (
+            f"a denial wrote audit records {records}: {what}"
+        )
+
+
+def _assert_refused_cleanly(
+    audits_failure: bool,
+    identity: str,
+    before: Snapshot,
+    after: Snapshot,
+    audit: list[AuditRow],
+    what: str,
+) -> None:
+    """An INVALID_ARGUMENT changed nothing, and left at most its one FAILED record."""
+    _unchanged(before, after, what)
+    records = [(r.outcome, r.caller) for r in audit]
+    if audits_failure:
+        expected = [("FAILED", spiffe_of(identity))]
+        assert records == expected, f"invalid-request audit {records} != {expected}: {what}"
+    else:
+        assert len(audit) <= 1 and all(r.outcome == "FAILED" for r in audit), (
+            f"an invalid request wrote audit records {records}: {what}"
+        )
 
 
 def assert_serving(stack: FuzzStack) -> None:
