@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 BUF    := tools/buf/node_modules/.bin/buf
 
-.PHONY: install proto certs run demo test lint bench clean
+.PHONY: install proto certs run demo test fuzz lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is required") if sys.version_info < (3, 11) else None'
@@ -29,6 +29,9 @@ demo: $(STAMP)  ## emulator + a stored key + one streamed execution + the agent'
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+fuzz: $(STAMP)  ## a long property-based campaign over every RPC (tests/fuzz); prints what it tried
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/fuzz --hypothesis-show-statistics --timeout=0
 
 $(BUF): tools/buf/package.json
 	cd tools/buf && npm install --silent --no-audit --no-fund
