@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import anthropic
 import httpx
-import jsonschema
+import jsonschema_rs
 import openai
 import pytest
 from emulator_helpers import (
@@ -53,11 +53,10 @@ SCHEMA: dict[str, Any] = {
         }
     },
 }
-CHECKER = jsonschema.Draft202012Validator.FORMAT_CHECKER
 
 
 def _valid(document: Any, schema: dict[str, Any] = SCHEMA) -> bool:
-    return jsonschema.Draft202012Validator(schema, format_checker=CHECKER).is_valid(document)
+    return bool(jsonschema_rs.validator_for(schema, validate_formats=True).is_valid(document))
 
 
 class Location(BaseModel):

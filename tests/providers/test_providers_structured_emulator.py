@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import jsonschema
+import jsonschema_rs
 import pytest
 from provider_testkit import Outcome, RecordingSleep, collect
 
@@ -51,9 +51,7 @@ SCHEMA: dict[str, Any] = {
         }
     },
 }
-VALIDATOR = jsonschema.Draft202012Validator(
-    SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-)
+VALIDATOR = jsonschema_rs.validator_for(SCHEMA, validate_formats=True)
 
 # (provider, model): OpenAI json_schema; Anthropic structured outputs; Anthropic forced tool.
 MODES = {
