@@ -35,6 +35,13 @@ RPC_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 
+DATABASE_UP = Gauge(
+    "service_database_up",
+    "1 while the service's database answers the health watch's ping, 0 while it does not "
+    "(health checks then answer NOT_SERVING).",
+    ["grpc_service"],
+)
+
 # --- key vault --------------------------------------------------------------------------
 
 KEY_REVEALS = Counter(

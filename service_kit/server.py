@@ -16,7 +16,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from service_kit import db
-from service_kit.metrics import MetricsEndpoint, metrics_host, serve_metrics
+from service_kit.metrics import DATABASE_UP, MetricsEndpoint, metrics_host, serve_metrics
 from service_kit.tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class GrpcServer:
         serving = await db.ping(pool) if pool is not None else True
         await self.set_serving(serving)
         if pool is not None:
+            self._record_database_up(serving)
             self._watch = asyncio.create_task(self._watch_database(pool, check_interval))
 
     async def _watch_database(self, pool: asyncpg.Pool, interval: float) -> None:
@@ -88,12 +89,17 @@ class GrpcServer:
         serving: bool | None = None
         while True:
             now_serving = await db.ping(pool, timeout=min(interval, 2.0))
+            self._record_database_up(now_serving)
             if now_serving != serving:
                 await self.set_serving(now_serving)
                 if serving is not None:
                     log.warning("database %s", "reachable" if now_serving else "unreachable")
                 serving = now_serving
             await asyncio.sleep(interval)
+
+    def _record_database_up(self, up: bool) -> None:
+        for name in self.service_names:
+            DATABASE_UP.labels(name).set(1 if up else 0)
 
     async def announce_draining(self, seconds: float) -> None:
         """Answer health checks NOT_SERVING while still serving every call, for `seconds`:
