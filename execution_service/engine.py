@@ -388,6 +388,7 @@ class ExecutionEngine:
             "the process running this execution stopped before it finished",
             spare=self._records.pending_ids(),
         )
+        metrics.EXECUTIONS_INTERRUPTED.inc(swept)
         if swept:
             log.warning("marked interrupted executions failed", extra={"count": swept})
         return swept

@@ -78,6 +78,11 @@ EXECUTIONS_FINISHED = Counter(
     "Executions finished, by provider, state (SUCCEEDED, FAILED, CANCELLED) and failure reason.",
     ["provider", "state", "reason"],
 )
+EXECUTIONS_INTERRUPTED = Counter(
+    "execution_executions_interrupted_total",
+    "Executions the sweeper failed with reason INTERRUPTED: their owner stopped renewing "
+    "the lease (it crashed, or gave up on the terminal record).",
+)
 EXECUTION_RECORDS_PENDING = Gauge(
     "execution_records_pending",
     "Finished executions whose terminal record the database refused, being retried.",
