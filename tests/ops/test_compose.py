@@ -34,12 +34,18 @@ def _compose_command() -> list[str] | None:
     return None
 
 
-def _compose_config(environ: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+def _compose_config(
+    environ: Mapping[str, str], *profiles: str, quiet: bool = True
+) -> subprocess.CompletedProcess[str]:
     command = _compose_command()
     if command is None:
-        pytest.skip("docker-compose not installed (Debian: apt-get install docker-compose)")
+        message = "docker compose not installed (Debian: apt-get install docker-compose)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)  # CI installs it (.ci/run): a skip would hide a broken file
+        pytest.skip(message)
+    flags = [arg for profile in profiles for arg in ("--profile", profile)]
     return subprocess.run(
-        [*command, "-f", str(COMPOSE_FILE), "config", "--quiet"],
+        [*command, "-f", str(COMPOSE_FILE), *flags, "config", *(["--quiet"] if quiet else [])],
         cwd=PROJECT_ROOT,
         env=dict(environ),
         capture_output=True,
@@ -51,9 +57,39 @@ def _compose_config(environ: Mapping[str, str]) -> subprocess.CompletedProcess[s
 
 def _host_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYVAULT_", "EXECUTION_"))}
-    for name in ("OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "POSTGRES_PASSWORD", "LOG_LEVEL"):
+    for name in (
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_BASE_URL",
+        "POSTGRES_PASSWORD",
+        "LOG_LEVEL",
+        "PROVIDER_ALLOWED_HOSTS",
+        "GRAFANA_ADMIN_PASSWORD",
+    ):
         env.pop(name, None)
     return env | extra
+
+
+def _rendered(*profiles: str, **host: str) -> dict[str, Any]:
+    """The file as Compose resolves it (variables, paths) with these profiles."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML not installed (pip install pyyaml)")
+    result = _compose_config(
+        _host_env(KEYVAULT_MASTER_KEYS=DUMMY_MASTER_KEYS, **host), *profiles, quiet=False
+    )
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, Any] = yaml.safe_load(result.stdout)
+    return loaded
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> source, from short (`src:dst:ro`) or long (`source:`) syntax."""
+    found = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+        else:
+            source, target = volume["source"], volume["target"]
+        found[target] = source
+    return found
 
 
 def test_compose_file_is_valid_and_demands_a_master_key() -> None:
@@ -62,6 +98,38 @@ def test_compose_file_is_valid_and_demands_a_master_key() -> None:
     missing = _compose_config(_host_env())
     assert missing.returncode != 0
     assert "set KEYVAULT_MASTER_KEYS" in missing.stderr
+
+
+def test_the_emulator_profile_renders_the_egress_allowlist() -> None:
+    """A key stored with --base-url http://emulator:8089 is usable only if the services
+    allowlist the emulator's host: the documented command passes it through to both."""
+    rendered = _rendered(
+        "emulator",
+        PROVIDER_ALLOWED_HOSTS="emulator",
+        OPENAI_BASE_URL="http://emulator:8089",
+        ANTHROPIC_BASE_URL="http://emulator:8089",
+    )
+    services = rendered["services"]
+    assert "emulator" in services
+    for name in ("keyvault", "execution"):
+        assert services[name]["environment"]["PROVIDER_ALLOWED_HOSTS"] == "emulator", name
+    execution = ExecutionSettings.from_env(services["execution"]["environment"])
+    assert execution.engine.egress.is_allowlisted("emulator")
+    assert execution.engine.anthropic_base_url == "http://emulator:8089"
+
+
+def test_the_observability_profile_mounts_the_checked_in_configuration() -> None:
+    services = _rendered("observability")["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    config_dir = Path(_mounts(prometheus)["/etc/prometheus"])
+    assert config_dir.resolve() == (PROJECT_ROOT / "deploy" / "prometheus").resolve()
+    assert {"prometheus.yml", "alerts.yml"} <= {p.name for p in config_dir.iterdir()}
+    grafana_mounts = _mounts(grafana)
+    provisioning = Path(grafana_mounts["/etc/grafana/provisioning"])
+    assert (provisioning / "datasources" / "prometheus.yml").is_file()
+    dashboards = Path(grafana_mounts["/etc/grafana/dashboards"])
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (dashboards / Path(home).relative_to("/etc/grafana/dashboards")).is_file()
 
 
 def test_no_secret_is_committed_with_the_deployment_files() -> None:
@@ -173,6 +241,51 @@ def test_the_emulator_is_opt_in(compose: dict[str, Any]) -> None:
         assert "profiles" not in compose["services"][name], name
 
 
+def test_long_running_services_restart_and_the_certs_job_does_not(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    assert services["certs"]["restart"] == "no"  # a one-shot job: it exits when done
+    long_running = set(services) - {"certs"}
+    assert {"postgres", "keyvault", "execution", "emulator", "prometheus", "grafana"} <= (
+        long_running
+    )
+    for name in long_running:
+        assert services[name].get("restart") == "unless-stopped", name
+
+
+def test_prometheus_scrapes_both_services_where_they_serve_metrics(
+    compose: dict[str, Any],
+) -> None:
+    """The observability profile: Prometheus scrapes the ports the services' settings use,
+    and Grafana reads the dashboards where the provisioning file looks for them."""
+    yaml = pytest.importorskip("yaml")
+    services = compose["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["observability"], name
+    scrape = yaml.safe_load((PROJECT_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        job["job_name"]: [t for c in job["static_configs"] for t in c["targets"]]
+        for job in scrape["scrape_configs"]
+    }
+    vault = KeyVaultSettings.from_env(
+        environment(services["keyvault"], KEYVAULT_MASTER_KEYS=DUMMY_MASTER_KEYS)
+    )
+    execution = ExecutionSettings.from_env(environment(services["execution"]))
+    assert targets == {
+        "keyvault": [f"keyvault:{vault.server.metrics_port}"],
+        "execution": [f"execution:{execution.server.metrics_port}"],
+    }
+    assert scrape["rule_files"] == ["alerts.yml"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+
+    provider_file = PROJECT_ROOT / "deploy" / "grafana" / "provisioning" / "dashboards"
+    (provider,) = yaml.safe_load((provider_file / "agent-pair.yml").read_text())["providers"]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
+    source = mounted[provider["options"]["path"]]
+    assert (PROJECT_ROOT / source / "agent-pair.json").is_file()
+
+
 def test_service_environments_are_settings_the_services_read(compose: dict[str, Any]) -> None:
     """Each service's compose environment, read by its own settings code: a misspelt
     variable would leave a default (127.0.0.1, certs/, no metrics) and fail here."""
@@ -224,6 +337,8 @@ def test_grpc_and_metrics_ports_are_published_on_loopback(compose: dict[str, Any
         "keyvault": {"127.0.0.1:50051:50051", "127.0.0.1:9451:9451"},
         "execution": {"127.0.0.1:50052:50052", "127.0.0.1:9452:9452"},
         "emulator": {"127.0.0.1:8089:8089"},
+        "prometheus": {"127.0.0.1:9090:9090"},
+        "grafana": {"127.0.0.1:3000:3000"},
     }
     for name, ports in expected.items():
         assert set(services[name]["ports"]) == ports, name
