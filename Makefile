@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 BUF    := tools/buf/node_modules/.bin/buf
 
-.PHONY: install proto certs run demo test fuzz lint lint-compose lint-alerts lint-contracts bench clean
+.PHONY: install proto certs run demo test fuzz lint lint-compose lint-alerts lint-contracts lock bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is required") if sys.version_info < (3, 11) else None'
@@ -65,6 +65,9 @@ lint-contracts: $(BUF)  ## buf lint, and buf breaking against the previous commi
 	@if git rev-parse --verify --quiet HEAD~1 >/dev/null 2>&1; then \
 	  $(BUF) breaking --against '.git#ref=HEAD~1' && echo "protos: nothing breaking since HEAD~1"; \
 	else echo "no previous commit in this clone (a single commit, or shallow): buf breaking skipped"; fi
+
+lock: $(STAMP)  ## requirements/runtime.lock: the image's pinned dependencies, from .venv
+	$(PY) deploy/runtime_lock.py
 
 bench: $(STAMP)  ## throughput and latency figures (not a test)
 	$(PY) -m bench

