@@ -63,7 +63,7 @@ def render(pins: dict[str, str]) -> str:
 
 
 def read_lock(text: str) -> dict[str, str]:
-    pins = {}
+    pins: dict[str, str] = {}
     for line in text.splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, version = line.partition("==")
