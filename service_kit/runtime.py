@@ -105,7 +105,11 @@ async def serve(
 ) -> None:
     """A service's main: settings, database, then serve until SIGTERM/SIGINT and drain."""
     configure_logging(service, os.environ.get("LOG_LEVEL", "INFO"))
-    expected: tuple[type[Exception], ...] = (*startup_errors, OSError)
+    expected: tuple[type[Exception], ...] = (
+        *startup_errors,
+        OSError,
+        embedded_pg.EmbeddedPostgresMissing,
+    )
     try:
         settings = load_settings(os.environ)
         url = await resolve_database_url(settings.database_url, database)
