@@ -177,3 +177,23 @@ def test_the_alert_rules_pass_their_unit_tests() -> None:
     result = run_promtool("test", "rules", "alerts_test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_every_exported_metric_is_in_the_readme_table() -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from service_kit import metrics
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("## Metrics and logs", 1)[1].split("\n## ", 1)[0]
+    documented = {
+        name.removesuffix("_total") for name in re.findall(r"^\| `([a-z_]+)` \|", section, re.M)
+    }
+    defined = {
+        family.name
+        for value in vars(metrics).values()
+        if isinstance(value, MetricWrapperBase)
+        for family in value.describe()
+    }
+    assert "service_database_up" in defined
+    assert defined == documented
