@@ -13,7 +13,9 @@ from tests.readme_shell import project_folder, readme_block, run_block
 async def test_agents_readme_commands(
     execution: RunningExecution, pki: Path, tmp_path: Path
 ) -> None:
-    script = readme_block("grpcurl-agents").replace("localhost:50052", f"localhost:{execution.port}")
+    script = readme_block("grpcurl-agents").replace(
+        "localhost:50052", f"localhost:{execution.port}"
+    )
     code, out, err = await run_block(script, project_folder(tmp_path, pki))
     assert code == 0, err
     created, got, listed, updated, deleted = json_documents(out)
