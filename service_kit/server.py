@@ -148,12 +148,13 @@ def check_address_free(address: str) -> None:
             try:
                 probe.bind(sockaddr)
             except OSError as exc:
+                # Other failures (an address family the host lacks, say) are gRPC's to judge:
+                # it serves when any of the resolved addresses can be bound.
                 if exc.errno == errno.EADDRINUSE:
                     raise OSError(
                         f"{address} is already in use: another process (is the service "
                         "already running?) listens there"
                     ) from exc
-                raise OSError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
 
 
 async def wait_for_shutdown_signal() -> str:
