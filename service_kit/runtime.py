@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -68,7 +68,9 @@ _DATABASE_ERRORS: tuple[type[Exception], ...] = (
 def database_problem(database_env: str, url: str, exc: Exception) -> str:
     """One line naming the database (host, port, name; never the password) and the cause."""
     parts = urlsplit(url)
-    where = f"{parts.hostname or 'a local socket'}:{parts.port or 5432}{parts.path or ''}"
+    socket_folder = parse_qs(parts.query).get("host", [""])[0]  # a Unix socket's folder
+    host = parts.hostname or socket_folder or "localhost"
+    where = f"{host}:{parts.port or 5432}{parts.path or ''}"
     cause = exc.__cause__ if isinstance(exc, db.DatabaseUnreachable) else exc
     reason = (
         cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from keyvault_service.keyring import generate_master_key
+from service_kit import db
+from service_kit.runtime import database_problem
 from tests.ops.conftest import free_port
 
 
@@ -124,3 +126,21 @@ async def test_a_bad_master_key_is_named(vault_env: dict[str, str]) -> None:
     )
     assert code != 0
     assert "KEYVAULT_MASTER_KEYS" in the_error_line(err)
+
+
+def test_the_database_is_named_without_its_password() -> None:
+    refused = db.DatabaseUnreachable("cannot connect")
+    refused.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    over_tcp = database_problem(
+        "EXECUTION_DATABASE_URL",
+        "postgresql://svc:hunter2-secret@db.internal:6543/execution",
+        refused,
+    )
+    assert over_tcp == (
+        "cannot use the database at db.internal:6543/execution (EXECUTION_DATABASE_URL): "
+        "Connection refused"
+    )
+    on_socket = database_problem(
+        "KEYVAULT_DATABASE_URL", "postgresql://svc:hunter2-secret@/keyvault?host=/srv/pg", refused
+    )
+    assert "/srv/pg:5432/keyvault" in on_socket and "hunter2" not in on_socket
