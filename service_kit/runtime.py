@@ -15,7 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from service_kit import db, embedded_pg
+from service_kit import embedded_pg
+from service_kit.db import DatabaseUnreachable
 from service_kit.logs import configure_logging
 from service_kit.server import GrpcServer, wait_for_shutdown_signal
 from service_kit.settings import ServerSettings
@@ -56,7 +57,7 @@ async def resolve_database_url(configured: str | None, database: str) -> str:
 
 # Start-up failures that mean the configured database cannot be used as given.
 _DATABASE_ERRORS: tuple[type[Exception], ...] = (
-    db.DatabaseUnreachable,
+    DatabaseUnreachable,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
@@ -71,7 +72,7 @@ def database_problem(database_env: str, url: str, exc: Exception) -> str:
     socket_folder = parse_qs(parts.query).get("host", [""])[0]  # a Unix socket's folder
     host = parts.hostname or socket_folder or "localhost"
     where = f"{host}:{parts.port or 5432}{parts.path or ''}"
-    cause = exc.__cause__ if isinstance(exc, db.DatabaseUnreachable) else exc
+    cause = exc.__cause__ if isinstance(exc, DatabaseUnreachable) else exc
     reason = (
         cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
     ) or type(cause).__name__
