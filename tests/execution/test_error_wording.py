@@ -9,12 +9,15 @@ from __future__ import annotations
 import socket
 
 import grpc
+import httpx
 import pytest
 
 from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
+from execution_service.http_transport import provider_http_client
 from provider_emulator.server import RunningEmulator
+from service_kit.egress import EgressPolicy
 from tests.execution.support import (
     ANTHROPIC,
     OPENAI,
@@ -102,3 +105,19 @@ async def test_an_unreachable_http_endpoint_says_so(
     assert_own_words(
         outcome.error.details() or "", stored.error.message, verdict.message, logs.text
     )
+
+
+async def test_the_transport_names_a_refused_connection_in_its_own_words() -> None:
+    """Below the one translation into provider errors: what a traceback or a debugger shows."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = provider_http_client(
+        connect_timeout=5, read_timeout=5, egress=EgressPolicy.parse("127.0.0.1")
+    )
+    try:
+        with pytest.raises(httpx.ConnectError) as refused:
+            await client.get(f"http://127.0.0.1:{port}/v1/models")
+    finally:
+        await client.aclose()
+    assert str(refused.value) == f"could not connect to http://127.0.0.1:{port}"
