@@ -165,7 +165,33 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         _out(show.api_key_rows(keys))
     else:
         _out(f"no API keys in {workspace_name(args.workspace)}")
+        if _nothing_in_workspace(args):
+            print(
+                f"note: workspace {args.workspace} has no keys, no executions and no agents "
+                "(workspace names are case-sensitive, and nothing registers them: check the "
+                "spelling)",
+                file=sys.stderr,
+                flush=True,
+            )
     return 0
+
+
+# `keys list` asks the execution service only to tell an empty workspace from a mistyped one;
+# it does not wait long for that.
+_WORKSPACE_HINT_TIMEOUT = 3.0
+
+
+def _nothing_in_workspace(args: argparse.Namespace) -> bool:
+    """True when the execution service answers that the workspace has no executions and no
+    agents; False when it has some, or could not be asked (then only the keys are known)."""
+    timeout = min(args.timeout or DEFAULT_TIMEOUT, _WORKSPACE_HINT_TIMEOUT)
+    try:
+        with _execution(args) as execution:
+            executions = execution.list_executions(args.workspace, page_size=1, timeout=timeout)
+            agents = execution.list_agents(args.workspace, page_size=1, timeout=timeout)
+    except ClientError:
+        return False
+    return not executions.items and not agents.items
 
 
 def cmd_keys_get(args: argparse.Namespace) -> int:
@@ -477,22 +503,33 @@ def _common_parents() -> dict[str, argparse.ArgumentParser]:
         ),
     )
 
-    vault = _Parser(add_help=False, parents=[output])
-    vault.add_argument(
-        "--vault",
-        metavar="HOST:PORT",
-        default=os.environ.get("AGENTS_VAULT_ADDRESS") or DEFAULT_KEYVAULT_ADDRESS,
-        help="key vault address " + _env_help("AGENTS_VAULT_ADDRESS", DEFAULT_KEYVAULT_ADDRESS),
-    )
-    execution = _Parser(add_help=False, parents=[output])
-    execution.add_argument(
-        "--execution",
-        metavar="HOST:PORT",
-        default=os.environ.get("AGENTS_EXECUTION_ADDRESS") or DEFAULT_EXECUTION_ADDRESS,
-        help="execution service address "
-        + _env_help("AGENTS_EXECUTION_ADDRESS", DEFAULT_EXECUTION_ADDRESS),
-    )
-    return {"vault": vault, "execution": execution}
+    def vault_address(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument(
+            "--vault",
+            metavar="HOST:PORT",
+            default=os.environ.get("AGENTS_VAULT_ADDRESS") or DEFAULT_KEYVAULT_ADDRESS,
+            help="key vault address " + _env_help("AGENTS_VAULT_ADDRESS", DEFAULT_KEYVAULT_ADDRESS),
+        )
+        return parser
+
+    def execution_address(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument(
+            "--execution",
+            metavar="HOST:PORT",
+            default=os.environ.get("AGENTS_EXECUTION_ADDRESS") or DEFAULT_EXECUTION_ADDRESS,
+            help="execution service address "
+            + _env_help("AGENTS_EXECUTION_ADDRESS", DEFAULT_EXECUTION_ADDRESS),
+        )
+        return parser
+
+    def new() -> argparse.ArgumentParser:
+        return _Parser(add_help=False, parents=[output])
+
+    return {
+        "vault": vault_address(new()),
+        "execution": execution_address(new()),
+        "both": execution_address(vault_address(new())),  # `keys list` asks both
+    }
 
 
 Handler = Callable[[argparse.Namespace], int]
@@ -544,7 +581,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     source.add_argument(
         "--stdin", action="store_true", help="read the key from standard input (prompts on a tty)"
     )
-    sub.add_argument("--base-url", default="", help="OpenAI-compatible endpoint for the key")
+    sub.add_argument(
+        "--base-url",
+        default="",
+        help="endpoint to call with this key instead of the provider's own, for either "
+        "provider (a proxy, a self-hosted OpenAI-compatible server, the local emulator)",
+    )
 
     for name, handler, text in (
         ("get", cmd_keys_get, "show a key's metadata (never the key)"),
@@ -553,7 +595,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         sub = leaf(keys_commands, name, "vault", handler, text)
         workspace(sub)
         provider(sub)
-    sub = leaf(keys_commands, "list", "vault", cmd_keys_list, "list a workspace's keys")
+    sub = leaf(keys_commands, "list", "both", cmd_keys_list, "list a workspace's keys")
     workspace(sub)
     sub = leaf(
         keys_commands,

@@ -88,10 +88,16 @@ class ProviderTransport(AiohttpTransport):
                         "calls may not reach",
                         request=request,
                     ) from None
-                raise httpx.ConnectError(str(exc), request=request) from cause
+                raise httpx.ConnectError(_no_connection(request), request=request) from cause
             if isinstance(cause, aiohttp.ServerDisconnectedError):
-                raise httpx.ConnectError(str(exc), request=request) from cause
+                raise httpx.ConnectError(_no_connection(request), request=request) from cause
             raise
+
+
+def _no_connection(request: httpx.Request) -> str:
+    # aiohttp's own text says "ssl:default" even for a plain http URL.
+    url = request.url
+    return f"could not connect to {url.scheme}://{url.host}:{url.port or ''}".rstrip(":")
 
 
 def provider_http_client(

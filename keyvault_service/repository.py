@@ -290,7 +290,7 @@ async def lock_rewrap_batch(
 
 async def store_rewrapped(conn: Connection, rows: list[tuple[str, str, bytes, int]]) -> None:
     await conn.executemany(
-        """UPDATE api_keys SET ciphertext = $3, key_version = $4, update_time = now()
+        """UPDATE api_keys SET ciphertext = $3, key_version = $4, rewrap_time = now()
            WHERE workspace = $1 AND provider = $2""",
         rows,
     )

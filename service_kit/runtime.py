@@ -11,8 +11,12 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
 
 from service_kit import embedded_pg
+from service_kit.db import DatabaseUnreachable
 from service_kit.logs import configure_logging
 from service_kit.server import GrpcServer, wait_for_shutdown_signal
 from service_kit.settings import ServerSettings
@@ -49,6 +53,30 @@ async def resolve_database_url(configured: str | None, database: str) -> str:
     url = await embedded_pg.ensure_database(server.get_uri(), database)
     log.info("using the embedded PostgreSQL", extra={"database": database})
     return url
+
+
+# Start-up failures that mean the configured database cannot be used as given.
+_DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    DatabaseUnreachable,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InvalidAuthorizationSpecificationError,  # wrong password, unknown role
+    asyncpg.InvalidCatalogNameError,  # no such database
+)
+
+
+def database_problem(database_env: str, url: str, exc: Exception) -> str:
+    """One line naming the database (host, port, name; never the password) and the cause."""
+    parts = urlsplit(url)
+    socket_folder = parse_qs(parts.query).get("host", [""])[0]  # a Unix socket's folder
+    host = parts.hostname or socket_folder or "localhost"
+    where = f"{host}:{parts.port or 5432}{parts.path or ''}"
+    cause = exc.__cause__ if isinstance(exc, DatabaseUnreachable) else exc
+    reason = (
+        cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+    ) or type(cause).__name__
+    return f"cannot use the database at {where} ({database_env}): {reason}"
 
 
 def fail_start(message: str) -> None:
@@ -124,6 +152,9 @@ async def serve(
         settings = _as_worker(settings, int(index))
     try:
         running = await start(settings, url)
+    except _DATABASE_ERRORS as exc:
+        fail_start(database_problem(database_env, url, exc))
+        return
     except expected as exc:
         fail_start(str(exc))
         return

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Callable, Iterable
 
 import asyncpg
@@ -59,9 +61,14 @@ class GrpcServer:
         reflection.enable_server_reflection(
             (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = self.server.add_secure_port(address, server_credentials(tls))
+        if not reuse_port:
+            check_address_free(address)
+        try:
+            self.port = self.server.add_secure_port(address, server_credentials(tls))
+        except RuntimeError as exc:  # gRPC's "Failed to bind", with no reason attached
+            raise OSError(f"could not listen on {address}") from exc
         if self.port == 0:
-            raise OSError(f"could not bind {address}")
+            raise OSError(f"could not listen on {address}")
         self._watch: asyncio.Task[None] | None = None
 
     async def set_serving(self, serving: bool) -> None:
@@ -128,6 +135,32 @@ class GrpcServer:
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)  # waits out serve_forever's poll
             self.metrics = None
+
+
+def check_address_free(address: str) -> None:
+    """OSError naming `address` when nothing may listen there (most often: another process,
+    or this service started twice, already does). gRPC itself reports only "Failed to bind"."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        candidates = socket.getaddrinfo(
+            host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, ValueError) as exc:
+        raise OSError(f"cannot listen on {address}: not a host:port this machine has") from exc
+    for family, kind, proto, _, sockaddr in candidates:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                # Other failures (an address family the host lacks, say) are gRPC's to judge:
+                # it serves when any of the resolved addresses can be bound.
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(
+                        f"{address} is already in use: another process (is the service "
+                        "already running?) listens there"
+                    ) from exc
 
 
 async def wait_for_shutdown_signal() -> str:

@@ -9,8 +9,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 log = logging.getLogger(__name__)
+
+
+class TlsFileError(OSError):
+    """A certificate, private key or CA file that is missing, unreadable or not PEM; the
+    message names the file and never quotes its content."""
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TlsFileError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
+    try:
+        if what == "private key":
+            serialization.load_pem_private_key(data, password=None)
+        else:
+            x509.load_pem_x509_certificates(data)
+    except (ValueError, TypeError) as exc:  # TypeError: a key that needs a password
+        raise TlsFileError(f"the {what} {path} is not a usable PEM {what}") from exc
+    return data
 
 
 @dataclass(frozen=True)
@@ -28,7 +50,13 @@ class TlsFiles:
         )
 
     def read(self) -> tuple[bytes, bytes, bytes]:
-        return self.cert.read_bytes(), self.key.read_bytes(), self.ca.read_bytes()
+        """The three files' bytes; TlsFileError when one is missing or not PEM (gRPC would
+        only say that creating the credentials failed)."""
+        return (
+            _read(self.cert, "certificate"),
+            _read(self.key, "private key"),
+            _read(self.ca, "CA certificate"),
+        )
 
     def mtimes(self) -> tuple[int, ...]:
         return tuple(os.stat(p).st_mtime_ns for p in (self.cert, self.key, self.ca))

@@ -33,6 +33,9 @@ MAX_MESSAGE_CHARS = 1000
 # One text for every connection failure before an answer: refused, reset, no route, name
 # not found. Socket details would let a caller map ports and hosts the service can reach.
 UNREACHABLE_MESSAGE = "could not connect to the provider"
+# A stream cut after the status line: the HTTP library's own text for it (a chunked body
+# ending early reads "TransferEncodingError: 400, ...") looks like an HTTP status it is not.
+CUT_MESSAGE = "the connection to the provider closed before the response was complete"
 
 
 class ErrorReason(StrEnum):
@@ -183,9 +186,10 @@ def translate_transport_error(exc: httpx.HTTPError, *, response_started: bool) -
 
     ``response_started`` tells whether the response's status line had arrived: a reset
     before it means the provider was not reached; a reset after it cuts the stream.
-    Messages name the exception class; a failure to connect gets one fixed text whatever
-    the cause (no addresses, ports or OS words); they never quote a request header (h11's
-    protocol errors can echo header values, so those get a fixed text).
+    Messages name the exception class; a failure to connect, and a connection lost once the
+    response has begun, each get one fixed text whatever the cause (no addresses, ports, OS
+    or library words); they never quote a request header (h11's protocol errors can echo
+    header values, so those get a fixed text).
     """
     name = type(exc).__name__
     if isinstance(exc, DestinationForbidden):
@@ -213,7 +217,7 @@ def translate_transport_error(exc: httpx.HTTPError, *, response_started: bool) -
         if response_started:
             return ProviderError(
                 ErrorReason.PROVIDER_STREAM_ERROR,
-                f"connection to the provider broke during the response ({name}: {exc})",
+                CUT_MESSAGE,
                 retryable=True,
             )
         return ProviderError(ErrorReason.PROVIDER_UNREACHABLE, UNREACHABLE_MESSAGE, retryable=True)

@@ -1,37 +1,24 @@
 """The README's agents grpcurl block, run as written by bash with the real grpcurl (only the
-execution service's port and the certificate folder are substituted)."""
+execution service's port is substituted), from a project folder with the PATH it sets."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 
 from execution_service.app import RunningExecution
-from tests.execution.test_readme_grpcurl_execution import json_documents, readme_block
+from tests.execution.test_readme_grpcurl_execution import json_documents
+from tests.readme_shell import project_folder, readme_block, run_block
 
 
-async def test_agents_readme_commands(execution: RunningExecution, pki: Path) -> None:
-    script = (
-        readme_block("grpcurl-agents")
-        .replace("localhost:50052", f"localhost:{execution.port}")
-        .replace("certs/", f"{pki}/")
+async def test_agents_readme_commands(
+    execution: RunningExecution, pki: Path, tmp_path: Path
+) -> None:
+    script = readme_block("grpcurl-agents").replace(
+        "localhost:50052", f"localhost:{execution.port}"
     )
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    process = await asyncio.create_subprocess_exec(
-        "bash",
-        "-euo",
-        "pipefail",
-        "-c",
-        script,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    created, got, listed, updated, deleted = json_documents(out.decode())
+    code, out, err = await run_block(script, project_folder(tmp_path, pki))
+    assert code == 0, err
+    created, got, listed, updated, deleted = json_documents(out)
 
     agent = created["agent"]
     assert agent["name"] == "workspaces/demo/agents/triage-bot"

@@ -1,32 +1,19 @@
 """The README's execution grpcurl block, run as written by bash with the real grpcurl.
 
-Only the ports (the vault's, the execution service's and the emulator's defaults) and the
-certificate folder are substituted; the commands run in order, as a user would paste them.
+Only the ports (the vault's, the execution service's and the emulator's defaults) are
+substituted; the commands run in order, as a user would paste them, from a project folder with
+the PATH the block sets.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import re
-import sys
 from pathlib import Path
 
 from execution_service.app import RunningExecution
 from keyvault_service.app import RunningKeyVault
 from provider_emulator.server import RunningEmulator
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def readme_block(block: str) -> str:
-    text = (PROJECT_ROOT / "README.md").read_text()
-    match = re.search(
-        rf"<!-- {block}:begin -->\s*```sh\n(.*?)```\s*<!-- {block}:end -->", text, re.S
-    )
-    assert match, f"README has no {block} block"
-    return match.group(1)
+from tests.readme_shell import project_folder, readme_block, run_block
 
 
 def json_documents(output: str) -> list[dict]:
@@ -42,29 +29,21 @@ def json_documents(output: str) -> list[dict]:
 
 
 async def test_execution_readme_commands(
-    pair_vault: RunningKeyVault, execution: RunningExecution, emulator: RunningEmulator, pki: Path
+    pair_vault: RunningKeyVault,
+    execution: RunningExecution,
+    emulator: RunningEmulator,
+    pki: Path,
+    tmp_path: Path,
 ) -> None:
     script = (
         readme_block("grpcurl-execution")
         .replace("localhost:50051", f"localhost:{pair_vault.port}")
         .replace("localhost:50052", f"localhost:{execution.port}")
         .replace("127.0.0.1:8089", f"127.0.0.1:{emulator.port}")
-        .replace("certs/", f"{pki}/")
     )
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    process = await asyncio.create_subprocess_exec(
-        "bash",
-        "-euo",
-        "pipefail",
-        "-c",
-        script,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    docs = json_documents(out.decode())
+    code, out, err = await run_block(script, project_folder(tmp_path, pki))
+    assert code == 0, err
+    docs = json_documents(out)
 
     stored, verdict, *stream = docs[:5]
     assert stored["api_key"]["key_hint"] == "sk-...6789"

@@ -91,6 +91,15 @@ async def stored_versions(url: str) -> dict[str, tuple[int, bytes]]:
     return {f"{r['workspace']}/{r['provider']}": (r["key_version"], r["ciphertext"]) for r in rows}
 
 
+async def rewrap_times(url: str) -> dict[str, object]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT workspace, provider, rewrap_time FROM api_keys")
+    finally:
+        await conn.close()
+    return {f"{r['workspace']}/{r['provider']}": r["rewrap_time"] for r in rows}
+
+
 async def test_rotation_through_restarts_and_batched_rewrap(
     start_vault: StartVault, make_database: MakeDatabase, connect: Connect
 ) -> None:
@@ -131,11 +140,15 @@ async def test_rotation_through_restarts_and_batched_rewrap(
         meta = await mid.get(n)
         # Rewrap changes only the encryption, never what callers see of the key.
         assert meta.master_key_version == 2
-        assert (meta.key_hint, meta.fingerprint, meta.create_time) == (
+        assert (meta.key_hint, meta.fingerprint, meta.create_time, meta.update_time) == (
             before[n].key_hint,
             before[n].fingerprint,
             before[n].create_time,
+            before[n].update_time,  # the time the key was set, not the rewrap's
         )
+    rewrapped_at = await rewrap_times(url)
+    assert all(rewrapped_at[f"{ws}/openai"] is not None for ws in workspaces)
+    assert rewrapped_at[f"{new_ws}/openai"] is None  # already under the primary: untouched
     assert ciphertexts_after[f"{new_ws}/openai"] == ciphertexts_before[f"{new_ws}/openai"]
     rewraps = [e for e in await audit_events(mid.admin) if e.action == res.AUDIT_ACTION_REWRAP]
     assert len(rewraps) == 2
