@@ -59,6 +59,10 @@ class AgentStore:
             raise AgentAlreadyExists(agent_name(workspace, agent_id))
         return created
 
+    async def read(self, workspace: str, agent_id: str) -> Agent | None:
+        """The agent to run, as it is now (None when there is none)."""
+        return await get_agent(self._pool, workspace, agent_id)
+
     async def get(self, workspace: str, agent_id: str) -> Agent:
         found = await repo.get(self._pool, workspace, agent_id)
         if found is None:

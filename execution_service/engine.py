@@ -36,15 +36,16 @@ from execution_service.model import (
     Outcome,
     Usage,
 )
+from execution_service.output_check import OutputVerdict, check_output
+from execution_service.plan import ExecutionPlan
 from execution_service.pricing import PriceTable, cost_nanos
-from execution_service.providers.base import Finish, TextDelta, UsageReport
+from execution_service.providers.base import Finish, Refusal, TextDelta, UsageReport
 from execution_service.providers.call import stream_chat
 from execution_service.providers.errors import ErrorReason, ProviderError
 from execution_service.providers.registry import get_provider
 from execution_service.settings import EngineSettings
 from execution_service.terminal_records import TerminalRecord, TerminalRecords
 from execution_service.token_estimate import resolve_usage
-from execution_service.validation import ExecuteCommand
 from service_kit import metrics
 from service_kit.db import UNAVAILABLE_ERRORS
 from service_kit.errors import ServiceError, Unavailable
@@ -79,6 +80,8 @@ class _Progress:
     usage: UsageReport | None = None
     finish_reason: str = ""
     first_token_time: dt.datetime | None = None
+    refusal: list[str] | None = None  # the refusal's pieces, once the model refused
+    verdict: OutputVerdict | None = None  # on the output, once the stream completed
 
 
 # The caller's deadline timer started before its request reached this process, so the
@@ -156,7 +159,7 @@ class ExecutionEngine:
     # --- Execute ----------------------------------------------------------------------------
 
     async def execute(
-        self, cmd: ExecuteCommand, *, deadline: float | None, request_id: str
+        self, cmd: ExecutionPlan, *, deadline: float | None, request_id: str
     ) -> AsyncGenerator[Event, None]:
         """Started, then Deltas, then Completed; a failure raises a ServiceError naming the
         execution after its FAILED row is written. When the database cannot take the terminal
@@ -180,6 +183,8 @@ class ExecutionEngine:
                 create_time=self._now(),
                 request_id=cmd.request_id,
                 labels=cmd.labels,
+                agent=cmd.agent,
+                agent_etag=cmd.agent_etag,
             ),
             lease_owner=self.owner,
             lease_seconds=self._settings.lease_seconds,
@@ -218,10 +223,20 @@ class ExecutionEngine:
             error = ExecutionError("INTERNAL", "internal error")
             await self._recorded(execution, cmd, progress, FAILED, error)
             raise
+        progress.verdict = verdict = check_output(
+            cmd.output_schema,
+            "".join(progress.parts),
+            refusal=None if progress.refusal is None else "".join(progress.refusal),
+            finish_reason=progress.finish_reason,
+        )
+        if verdict.error is not None:
+            error = verdict.error
+            await self._recorded(execution, cmd, progress, FAILED, error)
+            raise execution_failed(error.reason, error.message, execution.name) from None
         yield Completed(await self._recorded(execution, cmd, progress, SUCCEEDED, None))
 
     async def _stream(
-        self, cmd: ExecuteCommand, progress: _Progress, deadline: float | None, request_id: str
+        self, cmd: ExecutionPlan, progress: _Progress, deadline: float | None, request_id: str
     ) -> AsyncIterator[str]:
         provider = get_provider(cmd.provider)
         refetched = False
@@ -256,6 +271,8 @@ class ExecutionEngine:
                                 progress.first_token_time = self._now()
                             progress.parts.append(event.text)
                             yield event.text
+                        elif isinstance(event, Refusal):
+                            progress.refusal = [*(progress.refusal or []), event.text]
                         elif isinstance(event, UsageReport):
                             progress.usage = event
                         elif isinstance(event, Finish):
@@ -274,7 +291,7 @@ class ExecutionEngine:
     async def _recorded(
         self,
         execution: Execution,
-        cmd: ExecuteCommand,
+        cmd: ExecutionPlan,
         progress: _Progress,
         state: str,
         error: ExecutionError | None,
@@ -289,7 +306,7 @@ class ExecutionEngine:
     async def _finish(
         self,
         execution: Execution,
-        cmd: ExecuteCommand,
+        cmd: ExecutionPlan,
         progress: _Progress,
         state: str,
         error: ExecutionError | None,
@@ -309,12 +326,13 @@ class ExecutionEngine:
 
     def _outcome(
         self,
-        cmd: ExecuteCommand,
+        cmd: ExecutionPlan,
         progress: _Progress,
         state: str,
         error: ExecutionError | None,
     ) -> Outcome:
         text = "".join(progress.parts)
+        verdict = progress.verdict
         if progress.usage is None and not text:
             usage = Usage()  # the provider never answered with anything billable
         else:
@@ -336,6 +354,8 @@ class ExecutionEngine:
             output_text=text if self._settings.store_output else None,
             first_token_time=progress.first_token_time,
             end_time=self._now(),
+            output=verdict.output if verdict else None,
+            output_valid=verdict.output_valid if verdict else None,
         )
 
     async def _replay(self, existing: Execution) -> AsyncIterator[Event]:

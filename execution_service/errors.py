@@ -99,6 +99,10 @@ _PROVIDER_STATUS: dict[str, type[ServiceError]] = {
     "PROVIDER_RATE_LIMITED": ResourceExhausted,
     "PROVIDER_QUOTA_EXCEEDED": ResourceExhausted,
     "DEADLINE_EXCEEDED": DeadlineExceeded,
+    # The answer came, but not the structured output asked for: retrying the same request is
+    # not the fix (the error message names the first violations; the record has them all).
+    "OUTPUT_SCHEMA_VIOLATION": FailedPrecondition,
+    "OUTPUT_REFUSED": FailedPrecondition,
 }
 
 

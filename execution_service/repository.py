@@ -12,6 +12,7 @@ import asyncpg
 from execution_service.model import (
     FAILED,
     INTERRUPTED,
+    OUTPUT_FAILURES,
     RUNNING,
     AgentStats,
     Execution,
@@ -19,17 +20,24 @@ from execution_service.model import (
     Outcome,
     Usage,
 )
+from execution_service.schemas import SchemaViolation
 from service_kit.db import Executor
 
 _COLUMNS = """id, workspace, agent_id, provider, model, state, request_id, labels, input_tokens,
     output_tokens, cache_read_tokens, cache_write_tokens, usage_estimated, cost_nanos, attempts,
     error_reason, error_message, provider_status, finish_reason, output_text, create_time,
-    first_token_time, end_time"""
+    first_token_time, end_time, agent, agent_etag, output::text AS output, output_valid,
+    error_violations::text AS error_violations"""
 
 
 def _from_row(row: asyncpg.Record) -> Execution:
     error = (
-        ExecutionError(row["error_reason"], row["error_message"], row["provider_status"])
+        ExecutionError(
+            row["error_reason"],
+            row["error_message"],
+            row["provider_status"],
+            _violations(row["error_violations"]),
+        )
         if row["error_reason"]
         else None
     )
@@ -58,11 +66,29 @@ def _from_row(row: asyncpg.Record) -> Execution:
         create_time=row["create_time"],
         first_token_time=row["first_token_time"],
         end_time=row["end_time"],
+        agent=row["agent"] or "",
+        agent_etag=row["agent_etag"] or "",
+        output=None if row["output"] is None else json.loads(row["output"]),
+        output_valid=row["output_valid"],
+    )
+
+
+def _violations(text: str | None) -> tuple[SchemaViolation, ...]:
+    if text is None:
+        return ()
+    return tuple(SchemaViolation(v["pointer"], v["description"]) for v in json.loads(text))
+
+
+def _violations_json(error: ExecutionError) -> str | None:
+    if not error.violations:
+        return None
+    return json.dumps(
+        [{"pointer": v.pointer, "description": v.description} for v in error.violations]
     )
 
 
 def _start_columns(execution: Execution) -> tuple[object, ...]:
-    """What an execution is from its start: the first eight columns of both writes below."""
+    """What an execution is from its start: the first ten columns of both writes below."""
     return (
         execution.id,
         execution.workspace,
@@ -72,6 +98,8 @@ def _start_columns(execution: Execution) -> tuple[object, ...]:
         execution.request_id,
         json.dumps(execution.labels),
         execution.create_time,
+        execution.agent or None,
+        execution.agent_etag or None,
     )
 
 
@@ -86,9 +114,9 @@ async def insert_running(
     inserted = await db.fetchval(
         """
         INSERT INTO executions (id, workspace, agent_id, provider, model, state, request_id, labels,
-                                create_time, lease_owner, lease_expires_at)
-        VALUES ($1, $2, $3, $4, $5, 'RUNNING', $6, $7::jsonb, $8::timestamptz, $9,
-                $8::timestamptz + make_interval(secs => $10::float8))
+                                create_time, agent, agent_etag, lease_owner, lease_expires_at)
+        VALUES ($1, $2, $3, $4, $5, 'RUNNING', $6, $7::jsonb, $8::timestamptz, $9, $10, $11,
+                $8::timestamptz + make_interval(secs => $12::float8))
         ON CONFLICT (workspace, request_id) WHERE request_id IS NOT NULL DO NOTHING
         RETURNING true""",
         *_start_columns(execution),
@@ -113,12 +141,12 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
     recorded = await db.fetchval(
         f"""
         INSERT INTO executions AS e (id, workspace, agent_id, provider, model, request_id,
-            labels, create_time, state, input_tokens, output_tokens, cache_read_tokens,
-            cache_write_tokens, usage_estimated, cost_nanos, attempts, error_reason,
-            error_message, provider_status, finish_reason, output_text, first_token_time,
-            end_time)
-        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15,
-            $16, $17, $18, $19, $20, $21, $22, $23)
+            labels, create_time, agent, agent_etag, state, input_tokens, output_tokens,
+            cache_read_tokens, cache_write_tokens, usage_estimated, cost_nanos, attempts,
+            error_reason, error_message, provider_status, finish_reason, output_text,
+            first_token_time, end_time, output, output_valid, error_violations)
+        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+            $17, $18, $19, $20, $21, $22, $23, $24, $25, $26::jsonb, $27, $28::jsonb)
         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
             input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
             cache_read_tokens = EXCLUDED.cache_read_tokens,
@@ -129,6 +157,8 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
             provider_status = EXCLUDED.provider_status,
             finish_reason = EXCLUDED.finish_reason, output_text = EXCLUDED.output_text,
             first_token_time = EXCLUDED.first_token_time, end_time = EXCLUDED.end_time,
+            output = EXCLUDED.output, output_valid = EXCLUDED.output_valid,
+            error_violations = EXCLUDED.error_violations,
             lease_owner = NULL, lease_expires_at = NULL
         WHERE e.state = '{RUNNING}' OR (e.state = '{FAILED}' AND e.error_reason = '{INTERRUPTED}')
         RETURNING true""",
@@ -148,6 +178,9 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
         outcome.output_text,
         outcome.first_token_time,
         outcome.end_time,
+        None if outcome.output is None else json.dumps(outcome.output),
+        outcome.output_valid,
+        _violations_json(error),
     )
     if recorded:
         mine = dataclasses.replace(
@@ -161,6 +194,8 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
             output_text=outcome.output_text,
             first_token_time=outcome.first_token_time,
             end_time=outcome.end_time,
+            output=outcome.output,
+            output_valid=outcome.output_valid,
         )
         return mine, True
     row = await db.fetchrow(f"SELECT {_COLUMNS} FROM executions WHERE id = $1", execution.id)
@@ -248,13 +283,16 @@ async def agent_stats(
                    FILTER (WHERE first_token_time IS NOT NULL) AS ttft_p50,
                percentile_cont(0.95) WITHIN GROUP
                    (ORDER BY extract(epoch FROM first_token_time - create_time))
-                   FILTER (WHERE first_token_time IS NOT NULL) AS ttft_p95
+                   FILTER (WHERE first_token_time IS NOT NULL) AS ttft_p95,
+               count(*) FILTER (WHERE state = 'FAILED' AND error_reason = ANY($5::text[]))
+                   AS output_invalid
         FROM executions
         WHERE workspace = $1 AND agent_id = $2 AND create_time >= $3 AND create_time < $4""",
         workspace,
         agent_id,
         start,
         end,
+        list(OUTPUT_FAILURES),
     )
     assert row is not None
     return AgentStats(
@@ -274,6 +312,7 @@ async def agent_stats(
         latency_p95=row["latency_p95"],
         ttft_p50=row["ttft_p50"],
         ttft_p95=row["ttft_p95"],
+        output_invalid=row["output_invalid"],
     )
 
 
