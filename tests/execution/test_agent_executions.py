@@ -36,7 +36,7 @@ from tests.execution.support import (
     reveal_count,
     run,
 )
-from tests.execution.test_agents import INPUT_SCHEMA, create, route, struct
+from tests.execution.test_agents import create, route, struct
 
 # Strict-compatible for OpenAI and within Anthropic's subset (no maxItems, no bounds).
 OUTPUT_SCHEMA = {
