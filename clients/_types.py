@@ -476,8 +476,6 @@ def execute_request(
         elif input is not None:
             request.input_json = json.dumps(input)
         return request
-    if provider is None or not model:
-        raise ValueError("an ad hoc execute needs provider and model (or run an agent)")
     conversation: list[ex_res.Message] = []
     if system is not None:
         conversation.append(ex_res.Message(role=ex_res.MESSAGE_ROLE_SYSTEM, content=system))
@@ -494,7 +492,7 @@ def execute_request(
     return ex.ExecuteRequest(
         parent=workspace_name(workspace),
         agent_id=agent_id,
-        provider=provider_value(provider),
+        provider=provider_value(provider) if provider is not None else kv_res.PROVIDER_UNSPECIFIED,
         model=model,
         messages=conversation,
         generation_config=config,

@@ -45,11 +45,19 @@ class UsageProblem(Exception):
     """Bad input the parser could not catch (exit code 2)."""
 
 
+def _is_value(arg: str) -> bool:
+    return arg == "-" or not arg.startswith("-")
+
+
 class _Parser(argparse.ArgumentParser):
     """Never echoes a stray value back: one may be an API key typed as an argument."""
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
         parsed, extras = self.parse_known_args(args, namespace)
+        # `execute WORKSPACE [options] PROMPT`: argparse settles the optional PROMPT together
+        # with WORKSPACE, so a prompt after the options comes back as an extra value.
+        if getattr(parsed, "prompt", "") is None and extras and _is_value(extras[0]):
+            parsed.prompt = extras.pop(0)
         if extras:
             options = [a.split("=", 1)[0] for a in extras if a.startswith("-")]
             hidden = len(extras) - len(options)
