@@ -9,6 +9,7 @@ from service_kit.errors import (
     AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
+    FieldViolation,
     NotFound,
     ResourceExhausted,
     ServiceError,
@@ -71,6 +72,27 @@ class AgentConcurrentlyModified(ServiceError):
     def __init__(self, name: str) -> None:
         super().__init__(
             f"{name} kept changing during the update; retry it", metadata={"agent": name}
+        )
+
+
+class InputSchemaViolation(ServiceError):
+    """An agent's input breaks its input schema: one field violation per error (the first
+    `shown`), each named by its JSON pointer. The message names only the first two, so
+    that the status stays small (it travels in trailers, which peers cap at 8 KB)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INPUT_SCHEMA_VIOLATION"
+
+    def __init__(self, violations: list[FieldViolation], *, shown: int) -> None:
+        named = "; ".join(f"{v.field}: {v.description}" for v in violations[:2])
+        if len(violations) > 2:
+            named += f" (and {len(violations) - 2} more)"
+        listed = violations[:shown]
+        if len(violations) > shown:
+            more = len(violations) - shown
+            listed.append(FieldViolation("input", f"and {more} more violations not listed"))
+        super().__init__(
+            f"the input does not match the agent's input schema: {named}", violations=listed
         )
 
 

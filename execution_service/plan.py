@@ -17,9 +17,13 @@ from clients import json_document  # Struct -> JSON, the same on both ends of th
 from clients.gen.execution.v1 import execution_service_pb2 as pb
 from execution_service.agent_requests import parse_agent_name
 from execution_service.agents import Agent, agent_name
-from execution_service.errors import AgentNotFound
+from execution_service.errors import AgentNotFound, InputSchemaViolation
 from execution_service.providers.base import ChatMessage, ChatRequest, OutputSchema
-from execution_service.schemas import JsonSchema, canonical_json, output_schema_violations
+from execution_service.schemas import (
+    JsonSchema,
+    canonical_json,
+    output_schema_violations,
+)
 from execution_service.schemas import compiled as compiled_schema
 from execution_service.validation import (
     MAX_PROMPT_CHARS,
@@ -35,6 +39,7 @@ from service_kit.names import workspace_of
 # The ad hoc fields an Execute by agent must leave unset (the agent supplies them).
 AD_HOC_FIELDS = ("agent_id", "provider", "model", "messages", "generation_config", "output_schema")
 MAX_INPUT_CHARS = MAX_PROMPT_CHARS
+MAX_INPUT_VIOLATIONS = 6  # field violations listed (the status travels in trailers: 8 KB)
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,10 @@ def agent_plan(call: AgentCall, agent: Agent | None) -> ExecutionPlan:
     if spec.input_schema is not None:
         found = compiled_schema(spec.input_schema).validate(call.input, "input")
         if found:
-            raise InvalidArgument([FieldViolation(v.pointer, v.description) for v in found])
+            raise InputSchemaViolation(
+                [FieldViolation(v.pointer, v.description) for v in found],
+                shown=MAX_INPUT_VIOLATIONS,
+            )
     elif not isinstance(call.input, dict):
         raise InvalidArgument(
             [FieldViolation("input", "must be a JSON object (the agent has no input schema)")]

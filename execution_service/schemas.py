@@ -37,6 +37,7 @@ MAX_SCHEMA_BYTES = 64 * 1024  # serialized; a schema is configuration, not data
 MAX_SCHEMA_DEPTH = 32  # JSON nesting of the schema document itself
 MAX_REPORTED_ERRORS = 50  # per validated document: enough to act on, bounded in size
 MAX_DESCRIPTION_CHARS = 300  # an error message may quote the (caller's) offending value
+MAX_POINTER_CHARS = 200
 VALIDATOR_CACHE_SIZE = 1024
 
 # Keywords whose value is one subschema, a list of subschemas, or a name -> subschema map.
@@ -423,7 +424,11 @@ def output_schema_violations(
 
 def _pointer(prefix: str, path: list[str | int]) -> str:
     escaped = (str(p).replace("~", "~0").replace("/", "~1") for p in path)
-    return "/".join([prefix, *escaped])
+    pointer = "/".join([prefix, *escaped])
+    # The document's keys are the caller's (or the model's): bound what an error repeats.
+    if len(pointer) > MAX_POINTER_CHARS:
+        return pointer[: MAX_POINTER_CHARS - 3] + "..."
+    return pointer
 
 
 class CompiledSchema:

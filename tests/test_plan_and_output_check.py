@@ -7,6 +7,7 @@ import datetime as dt
 import json
 from typing import Any
 
+import grpc
 import pytest
 
 from clients._types import struct
@@ -14,9 +15,16 @@ from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import resources_pb2 as res
 from clients.gen.keyvault.v1 import resources_pb2 as kv_res
 from execution_service.agents import Agent, AgentSpec, GenerationSettings, Route
-from execution_service.errors import AgentNotFound
+from execution_service.errors import AgentNotFound, InputSchemaViolation
 from execution_service.output_check import MAX_REFUSAL_CHARS, check_output
-from execution_service.plan import AgentCall, ExecutionPlan, agent_plan, decode, input_message
+from execution_service.plan import (
+    MAX_INPUT_VIOLATIONS,
+    AgentCall,
+    ExecutionPlan,
+    agent_plan,
+    decode,
+    input_message,
+)
 from execution_service.schemas import JsonSchema
 from service_kit.errors import InvalidArgument
 
@@ -90,12 +98,24 @@ def test_no_instructions_means_no_system_message_and_no_schema_means_free_text()
 
 
 def test_input_violations_name_their_json_pointers() -> None:
-    with pytest.raises(InvalidArgument) as caught:
+    with pytest.raises(InputSchemaViolation) as caught:
         agent_plan(call({"customer": {"email": "nope"}}), an_agent())
-    assert violations(caught) == ["input/customer/email"]
-    with pytest.raises(InvalidArgument) as caught:
+    assert [v.field for v in caught.value.violations] == ["input/customer/email"]
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input/customer/email" in caught.value.message
+    with pytest.raises(InputSchemaViolation) as caught:
         agent_plan(call({}), an_agent())
-    assert violations(caught) == ["input"]
+    assert [v.field for v in caught.value.violations] == ["input"]
+
+
+def test_many_input_violations_are_listed_up_to_a_bound() -> None:
+    schema = JsonSchema.of({"type": "object", "additionalProperties": {"type": "integer"}})
+    document = {f"k{i}": "x" for i in range(20)}
+    with pytest.raises(InputSchemaViolation) as caught:
+        agent_plan(call(document), an_agent(input_schema=schema))
+    fields = [v.field for v in caught.value.violations]
+    assert len(fields) == MAX_INPUT_VIOLATIONS + 1 and fields[-1] == "input"
+    assert "(and 18 more)" in caught.value.message
     with pytest.raises(InvalidArgument) as caught:
         agent_plan(call([1]), an_agent(input_schema=None))
     assert violations(caught) == ["input"]

@@ -453,3 +453,24 @@ async def test_an_ad_hoc_execute_may_ask_for_structured_output(
     req.input_json = "{}"
     err = await expect_error(_collect(stub, req), grpc.StatusCode.INVALID_ARGUMENT)
     assert error_details(err)[1] == ["input_json"]
+
+
+async def test_many_long_input_violations_still_fit_in_the_status(
+    workspace: Workspace, execution_stub: Stub
+) -> None:
+    ws, stub = await workspace(openai=openai_key()), execution_stub()
+    await create(
+        stub,
+        ws,
+        "strict",
+        input_schema=struct({"type": "object", "additionalProperties": {"type": "integer"}}),
+        output_schema=None,
+    )
+    document = {f"{i:03d}" + "k" * 2000: "not a number " * 50 for i in range(80)}
+    req = by_agent(ws, "strict", input_json=json.dumps(document))
+    err = await expect_error(_collect(stub, req), grpc.StatusCode.INVALID_ARGUMENT)
+    fields = error_details(err)[1]
+    assert len(fields) == 7 and all(f.startswith("input/") for f in fields[:6])
+    assert fields[-1] == "input"  # "and 74 more violations not listed"
+    assert max(len(f) for f in fields) <= 200
+    assert await list_all(stub, ws) == []
