@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
+from typing import Any
 
 import asyncpg
 
@@ -79,12 +80,28 @@ def _violations(text: str | None) -> tuple[SchemaViolation, ...]:
     return tuple(SchemaViolation(v["pointer"], v["description"]) for v in json.loads(text))
 
 
+def _jsonb(value: Any) -> str:
+    """JSON text for a jsonb column, which cannot hold NUL characters: a model may write
+    `\\u0000` in its output, so those become U+FFFD in the stored document (the raw text
+    keeps them as written)."""
+    text = json.dumps(value)
+    return json.dumps(_without_nul(value)) if "\\u0000" in text else text
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
 def _violations_json(error: ExecutionError) -> str | None:
     if not error.violations:
         return None
-    return json.dumps(
-        [{"pointer": v.pointer, "description": v.description} for v in error.violations]
-    )
+    return _jsonb([{"pointer": v.pointer, "description": v.description} for v in error.violations])
 
 
 def _start_columns(execution: Execution) -> tuple[object, ...]:
@@ -178,7 +195,7 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
         outcome.output_text,
         outcome.first_token_time,
         outcome.end_time,
-        None if outcome.output is None else json.dumps(outcome.output),
+        None if outcome.output is None else _jsonb(outcome.output),
         outcome.output_valid,
         _violations_json(error),
     )

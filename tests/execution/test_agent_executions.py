@@ -474,3 +474,18 @@ async def test_many_long_input_violations_still_fit_in_the_status(
     assert fields[-1] == "input"  # "and 74 more violations not listed"
     assert max(len(f) for f in fields) <= 200
     assert await list_all(stub, ws) == []
+
+
+async def test_a_nul_escape_in_the_output_is_recorded(
+    workspace: Workspace, execution_stub: Stub, emulator: RunningEmulator
+) -> None:
+    key = openai_key()
+    ws, stub = await workspace(openai=key), execution_stub()
+    await make_agent(stub, ws)
+    text = '{"answer": "a\\u0000b", "status": "open", "items": []}'
+    emulator.state.script({"text": text}, key=key)
+    outcome = await run(stub, by_agent(ws))
+    done = outcome.completed
+    assert done.output_valid and outcome.text == text
+    stored = await get_execution(stub, done.name)
+    assert stored.output_text == text and stored.output["answer"] == "a\ufffdb"
