@@ -153,7 +153,6 @@ async def memory_with_slow_streams(
     ]
 
 
-AGENT_ID = "bench-structured"
 INSTRUCTIONS = "You triage support tickets. Answer with the ticket's category and priority."
 TICKET = {"subject": "Refund", "body": "My order 1234 arrived broken.", "customer_id": "c-42"}
 INPUT_SCHEMA = {
@@ -183,16 +182,16 @@ def _struct(document: dict[str, object]) -> struct_pb2.Struct:
     return value
 
 
-async def create_agent(stub: ex_grpc.ExecutionServiceStub) -> None:
+async def create_agent(stub: ex_grpc.ExecutionServiceStub, agent_id: str, schemas: bool) -> None:
     await stub.CreateAgent(
         ex.CreateAgentRequest(
             parent=f"workspaces/{WORKSPACE}",
-            agent_id=AGENT_ID,
+            agent_id=agent_id,
             agent=res.Agent(
                 instructions=INSTRUCTIONS,
                 routes=[res.Route(provider=kv_res.PROVIDER_OPENAI, model=MODEL)],
-                input_schema=_struct(INPUT_SCHEMA),
-                output_schema=_struct(OUTPUT_SCHEMA),
+                input_schema=_struct(INPUT_SCHEMA) if schemas else None,
+                output_schema=_struct(OUTPUT_SCHEMA) if schemas else None,
             ),
         )
     )
@@ -204,7 +203,7 @@ async def _first_delta(stub: ex_grpc.ExecutionServiceStub, request: ex.ExecuteRe
     async for event in stub.Execute(request):
         if first is None and event.HasField("delta"):
             first = time.perf_counter() - t0
-        if event.HasField("completed") and not event.completed.output_valid:
+        if event.HasField("completed") and event.completed.output_valid is False:
             raise RuntimeError("the structured output was not valid")
     assert first is not None
     return first
@@ -214,26 +213,28 @@ def _p50_p99(values: list[float]) -> str:
     return f"p50 {pct(values, 0.5) * 1e3:6.2f} ms  p99 {pct(values, 0.99) * 1e3:6.2f} ms"
 
 
-async def agent_vs_ad_hoc(port: int, samples: int) -> list[str]:
-    """The same execution both ways, alternating: by agent name (the agent is read, the input
-    validated) and ad hoc (the caller sends what the agent holds)."""
-    stub = ex_grpc.ExecutionServiceStub(secure_channel(port, "app"))
-    await create_agent(stub)
+async def _paired(
+    stub: ex_grpc.ExecutionServiceStub, schemas: bool, samples: int
+) -> tuple[list[float], list[float]]:
+    """Time to first token of one agent by name and of the same request ad hoc, alternating
+    which goes first."""
+    agent_id = "bench-structured" if schemas else "bench-free"
+    await create_agent(stub, agent_id, schemas)
     by_agent = ex.ExecuteRequest(
         parent=f"workspaces/{WORKSPACE}",
-        agent=f"workspaces/{WORKSPACE}/agents/{AGENT_ID}",
+        agent=f"workspaces/{WORKSPACE}/agents/{agent_id}",
         input=_struct(TICKET),
     )
     ad_hoc = ex.ExecuteRequest(
         parent=f"workspaces/{WORKSPACE}",
-        agent_id=AGENT_ID,
+        agent_id=agent_id,
         provider=kv_res.PROVIDER_OPENAI,
         model=MODEL,
         messages=[
             res.Message(role=res.MESSAGE_ROLE_SYSTEM, content=INSTRUCTIONS),
             res.Message(role=res.MESSAGE_ROLE_USER, content=json.dumps(TICKET, sort_keys=True)),
         ],
-        output_schema=_struct(OUTPUT_SCHEMA),
+        output_schema=_struct(OUTPUT_SCHEMA) if schemas else None,
     )
     agent: list[float] = []
     plain: list[float] = []
@@ -243,16 +244,28 @@ async def agent_vs_ad_hoc(port: int, samples: int) -> list[str]:
         if i >= 20:
             agent.append(first[pair.index(by_agent)])
             plain.append(first[pair.index(ad_hoc)])
-    added = [a - p for a, p in zip(agent, plain, strict=True)]
-    return [
-        f"(d) time to first token, agent by name vs the same request ad hoc, {samples} pairs:",
-        f"    ad hoc          {_p50_p99(plain)}",
-        f"    agent by name   {_p50_p99(agent)}",
-        f"    added by name   p50 {(pct(agent, 0.5) - pct(plain, 0.5)) * 1e3:6.3f} ms  "
-        f"p99 {(pct(agent, 0.99) - pct(plain, 0.99)) * 1e3:6.3f} ms  "
-        f"(paired differences: p50 {pct(added, 0.5) * 1e3:.3f} ms, "
-        f"p99 {pct(added, 0.99) * 1e3:.3f} ms)",
-    ]
+    return agent, plain
+
+
+async def agent_vs_ad_hoc(port: int, samples: int) -> list[str]:
+    """The same execution both ways: by agent name (the agent is read, the input validated)
+    and ad hoc (the caller sends what the agent holds; with an output schema, that schema is
+    checked on every request). Once with schemas, once without."""
+    stub = ex_grpc.ExecutionServiceStub(secure_channel(port, "app"))
+    lines = [f"(d) time to first token, agent by name vs the same request ad hoc, {samples} pairs:"]
+    for schemas in (True, False):
+        agent, plain = await _paired(stub, schemas, samples)
+        added = [a - p for a, p in zip(agent, plain, strict=True)]
+        lines += [
+            "    with input and output schemas:" if schemas else "    free text, no schemas:",
+            f"      ad hoc          {_p50_p99(plain)}",
+            f"      agent by name   {_p50_p99(agent)}",
+            f"      added by name   p50 {(pct(agent, 0.5) - pct(plain, 0.5)) * 1e3:6.3f} ms  "
+            f"p99 {(pct(agent, 0.99) - pct(plain, 0.99)) * 1e3:6.3f} ms  "
+            f"(paired differences: p50 {pct(added, 0.5) * 1e3:.3f} ms, "
+            f"p99 {pct(added, 0.99) * 1e3:.3f} ms)",
+        ]
+    return lines
 
 
 async def store_key(vault_port: int) -> None:
