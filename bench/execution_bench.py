@@ -203,7 +203,8 @@ async def _first_delta(stub: ex_grpc.ExecutionServiceStub, request: ex.ExecuteRe
     async for event in stub.Execute(request):
         if first is None and event.HasField("delta"):
             first = time.perf_counter() - t0
-        if event.HasField("completed") and event.completed.output_valid is False:
+        done = event.completed
+        if event.HasField("completed") and done.HasField("output_valid") and not done.output_valid:
             raise RuntimeError("the structured output was not valid")
     assert first is not None
     return first
