@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -23,7 +23,11 @@ import asyncpg
 import httpx
 
 from execution_service import repository as repo
-from execution_service.errors import ExecutionInProgress, execution_failed
+from execution_service.errors import (
+    AgentConcurrentlyModified,
+    ExecutionInProgress,
+    execution_failed,
+)
 from execution_service.keys import KeySource
 from execution_service.model import (
     CANCELLED,
@@ -87,6 +91,9 @@ class _Progress:
 # The caller's deadline timer started before its request reached this process, so the
 # cancellation it causes arrives up to a network delay before the deadline computed here.
 DEADLINE_SLACK = 0.25
+# An agent changing again and again while an execution of it is being recorded: plan it
+# again this often, then give up with ABORTED.
+MAX_REPLANS = 3
 
 
 def utc_now() -> dt.datetime:
@@ -159,36 +166,49 @@ class ExecutionEngine:
     # --- Execute ----------------------------------------------------------------------------
 
     async def execute(
-        self, cmd: ExecutionPlan, *, deadline: float | None, request_id: str
+        self,
+        cmd: ExecutionPlan,
+        *,
+        deadline: float | None,
+        request_id: str,
+        replan: Callable[[], Awaitable[ExecutionPlan]] | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Started, then Deltas, then Completed; a failure raises a ServiceError naming the
         execution after its FAILED row is written. When the database cannot take the terminal
         record, the stream ends UNAVAILABLE naming the execution instead, and the record is
-        retried in the background."""
+        retried in the background. `replan` plans again from the agent as it is now, when
+        the agent changed since `cmd` was planned (nothing is recorded for a stale plan)."""
         if cmd.request_id:
             existing = await repo.get_by_request_id(self._pool, cmd.workspace, cmd.request_id)
             if existing is not None:
                 async for event in self._replay(existing):
                     yield event
                 return
-        execution = await repo.insert_running(
-            self._start_pool,
-            Execution(
-                id=uuid.uuid4(),
-                workspace=cmd.workspace,
-                agent_id=cmd.agent_id,
-                provider=cmd.provider,
-                model=cmd.chat.model,
-                state=RUNNING,
-                create_time=self._now(),
-                request_id=cmd.request_id,
-                labels=cmd.labels,
-                agent=cmd.agent,
-                agent_etag=cmd.agent_etag,
-            ),
-            lease_owner=self.owner,
-            lease_seconds=self._settings.lease_seconds,
-        )
+        for attempt in range(MAX_REPLANS + 1):
+            try:
+                execution = await repo.insert_running(
+                    self._start_pool,
+                    Execution(
+                        id=uuid.uuid4(),
+                        workspace=cmd.workspace,
+                        agent_id=cmd.agent_id,
+                        provider=cmd.provider,
+                        model=cmd.chat.model,
+                        state=RUNNING,
+                        create_time=self._now(),
+                        request_id=cmd.request_id,
+                        labels=cmd.labels,
+                        agent=cmd.agent,
+                        agent_etag=cmd.agent_etag,
+                    ),
+                    lease_owner=self.owner,
+                    lease_seconds=self._settings.lease_seconds,
+                )
+                break
+            except repo.AgentChanged:
+                if replan is None or attempt == MAX_REPLANS:
+                    raise AgentConcurrentlyModified(cmd.agent) from None
+                cmd = await replan()
         if execution is None:  # a concurrent duplicate took the request id first
             assert cmd.request_id is not None
             existing = await repo.get_by_request_id(self._pool, cmd.workspace, cmd.request_id)

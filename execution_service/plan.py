@@ -33,7 +33,7 @@ from execution_service.validation import (
     label_violations,
     request_id_violations,
 )
-from service_kit.errors import FieldViolation, InvalidArgument
+from service_kit.errors import FieldViolation, InvalidArgument, ServiceError
 from service_kit.names import workspace_of
 
 # The ad hoc fields an Execute by agent must leave unset (the agent supplies them).
@@ -226,9 +226,19 @@ def agent_plan(call: AgentCall, agent: Agent | None) -> ExecutionPlan:
 ReadAgent = Callable[[str, str], Awaitable[Agent | None]]
 
 
-async def plan_execution(request: pb.ExecuteRequest, read_agent: ReadAgent) -> ExecutionPlan:
-    """The plan of an Execute request; an agent is read (once) only in the agent form."""
+async def plan_execution(
+    request: pb.ExecuteRequest, read_agent: ReadAgent, read_fresh: ReadAgent | None = None
+) -> ExecutionPlan:
+    """The plan of an Execute request; an agent is read only in the agent form. With
+    `read_fresh`, `read_agent` may give a copy read earlier: a refusal (input that breaks
+    the schema, say) is then given only after reading the agent as it is now, since the
+    copy may be out of date."""
     decoded = decode(request)
     if isinstance(decoded, ExecutionPlan):
         return decoded
-    return agent_plan(decoded, await read_agent(decoded.workspace, decoded.agent_id))
+    try:
+        return agent_plan(decoded, await read_agent(decoded.workspace, decoded.agent_id))
+    except ServiceError:
+        if read_fresh is None:
+            raise
+    return agent_plan(decoded, await read_fresh(decoded.workspace, decoded.agent_id))

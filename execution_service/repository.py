@@ -120,27 +120,50 @@ def _start_columns(execution: Execution) -> tuple[object, ...]:
     )
 
 
+class AgentChanged(Exception):
+    """The agent an execution was planned from is no longer at that version (or is gone)."""
+
+
 async def insert_running(
     db: Executor, execution: Execution, *, lease_owner: str, lease_seconds: float
 ) -> Execution | None:
     """Record a new RUNNING execution. Returns None when its request id is already taken.
 
+    An execution of an agent is recorded only while the agent is still at the version it
+    was planned from (`agent_etag`), checked in the same statement; otherwise nothing is
+    written and AgentChanged is raised (plan again from the agent as it is now). So a plan
+    may come from a copy of the agent kept in memory at no extra round trip, and an update
+    or delete still applies to every execution that starts after it.
+
     The row holds exactly what was given, so the answer is `execution` itself rather than
     the row decoded again (this is on every execution's time-to-first-token path).
     """
-    inserted = await db.fetchval(
+    row = await db.fetchrow(
         """
-        INSERT INTO executions (id, workspace, agent_id, provider, model, state, request_id, labels,
-                                create_time, agent, agent_etag, lease_owner, lease_expires_at)
-        VALUES ($1, $2, $3, $4, $5, 'RUNNING', $6, $7::jsonb, $8::timestamptz, $9, $10, $11,
-                $8::timestamptz + make_interval(secs => $12::float8))
-        ON CONFLICT (workspace, request_id) WHERE request_id IS NOT NULL DO NOTHING
-        RETURNING true""",
+        WITH agent_current AS (
+            SELECT $9::text IS NULL OR EXISTS (
+                SELECT 1 FROM agents WHERE workspace = $2 AND agent_id = $3 AND etag = $10
+            ) AS ok
+        ), inserted AS (
+            INSERT INTO executions (id, workspace, agent_id, provider, model, state, request_id,
+                                    labels, create_time, agent, agent_etag, lease_owner,
+                                    lease_expires_at)
+            SELECT $1, $2, $3, $4, $5, 'RUNNING', $6, $7::jsonb, $8::timestamptz, $9, $10, $11,
+                   $8::timestamptz + make_interval(secs => $12::float8)
+            FROM agent_current WHERE ok
+            ON CONFLICT (workspace, request_id) WHERE request_id IS NOT NULL DO NOTHING
+            RETURNING true
+        )
+        SELECT (SELECT ok FROM agent_current) AS agent_current,
+               EXISTS (SELECT 1 FROM inserted) AS inserted""",
         *_start_columns(execution),
         lease_owner,
         lease_seconds,
     )
-    return execution if inserted else None
+    assert row is not None
+    if not row["agent_current"]:
+        raise AgentChanged(execution.agent)
+    return execution if row["inserted"] else None
 
 
 async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[Execution, bool]:

@@ -23,7 +23,7 @@ from execution_service.engine import Completed, Delta, ExecutionEngine, Started
 from execution_service.history import EXECUTION_CURSOR, History
 from execution_service.key_check import KeyChecker
 from execution_service.model import AgentStats, Execution, ExecutionError
-from execution_service.plan import plan_execution
+from execution_service.plan import ExecutionPlan, plan_execution
 from execution_service.validation import (
     PROVIDERS,
     STATES,
@@ -197,9 +197,13 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
     async def Execute(  # type: ignore[override]
         self, request: pb.ExecuteRequest, context: Any
     ) -> AsyncIterator[pb.ExecuteResponse]:
-        plan = await plan_execution(request, self._agents.read)
+        plan = await plan_execution(request, self._agents.read, self._agents.read_fresh)
+
+        async def replan() -> ExecutionPlan:  # the agent changed since it was read
+            return await plan_execution(request, self._agents.read_fresh)
+
         events = self._engine.execute(
-            plan, deadline=_deadline(context), request_id=call_info().request_id
+            plan, replan=replan, deadline=_deadline(context), request_id=call_info().request_id
         )
         async with aclosing(events):
             async for event in events:

@@ -14,6 +14,7 @@ from clients._types import struct
 from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import resources_pb2 as res
 from clients.gen.keyvault.v1 import resources_pb2 as kv_res
+from execution_service.agent_store import AgentCache
 from execution_service.agents import Agent, AgentSpec, GenerationSettings, Route
 from execution_service.errors import AgentNotFound, InputSchemaViolation
 from execution_service.output_check import MAX_REFUSAL_CHARS, check_output
@@ -264,3 +265,25 @@ def test_many_violations_are_summarized() -> None:
     verdict = check_output(schema, text, refusal=None, finish_reason="stop")
     assert verdict.error is not None and len(verdict.error.violations) == 10
     assert "(and 7 more)" in verdict.error.message
+
+
+# --- the agents kept in memory ------------------------------------------------------------------
+
+
+def test_the_agent_cache_is_bounded_by_bytes_and_drops_the_least_recently_used() -> None:
+    def sized(agent_id: str, chars: int) -> Agent:
+        spec = AgentSpec(instructions="x" * chars, routes=(Route("openai", "m"),))
+        return Agent("ws1", agent_id, spec, NOW, NOW, "e")
+
+    cache = AgentCache(max_bytes=10_000)
+    cache.put(sized("a", 3000))
+    cache.put(sized("b", 3000))
+    assert cache.get("ws1", "a") is not None  # now the most recently used
+    cache.put(sized("c", 3000))  # over the budget: b goes
+    assert cache.get("ws1", "b") is None
+    assert cache.get("ws1", "a") is not None and cache.get("ws1", "c") is not None
+    cache.put(sized("huge", 20_000))  # never fits: not kept, nothing else dropped
+    assert cache.get("ws1", "huge") is None and len(cache) == 2
+    cache.drop("ws1", "a")
+    assert cache.get("ws1", "a") is None and len(cache) == 1
+    assert cache.get("ws2", "c") is None  # per workspace

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -21,6 +21,7 @@ from keyvault_service.app import RunningKeyVault
 from provider_emulator.server import RunningEmulator
 from service_kit.tls import TlsFiles
 from tests.conftest import secure_channel
+from tests.execution.conftest import StartExecution
 from tests.execution.support import (
     ANTHROPIC,
     OPENAI,
@@ -36,7 +37,7 @@ from tests.execution.support import (
     reveal_count,
     run,
 )
-from tests.execution.test_agents import create, route, struct
+from tests.execution.test_agents import INPUT_SCHEMA, create, route, struct
 
 # Strict-compatible for OpenAI and within Anthropic's subset (no maxItems, no bounds).
 OUTPUT_SCHEMA = {
@@ -489,3 +490,60 @@ async def test_a_nul_escape_in_the_output_is_recorded(
     assert done.output_valid and outcome.text == text
     stored = await get_execution(stub, done.name)
     assert stored.output_text == text and stored.output["answer"] == "a\ufffdb"
+
+
+async def test_every_process_runs_the_agent_as_it_is_now(
+    workspace: Workspace,
+    execution_stub: Stub,
+    start_execution_service: StartExecution,
+    make_database: Callable[[str], Awaitable[str]],
+    emulator: RunningEmulator,
+) -> None:
+    """Two processes on one database: one keeps the agent in memory after running it, the
+    other updates and deletes it; the first sees each change at its next execution."""
+    url = await make_database("ex")
+    runner_service = await start_execution_service(database_url=url)
+    editor_service = await start_execution_service(database_url=url)
+    runner, editor = (
+        execution_stub(port=runner_service.port),
+        execution_stub(port=editor_service.port),
+    )
+    key = openai_key()
+    ws = await workspace(openai=key)
+    first = await make_agent(editor, ws)
+    assert (await run(runner, by_agent(ws))).completed.agent_etag == first.etag  # now cached
+
+    changed = (
+        await editor.UpdateAgent(
+            pb.UpdateAgentRequest(
+                agent=res.Agent(name=first.name, instructions="Answer tersely."),
+                update_mask=FieldMask(paths=["instructions"]),
+            )
+        )
+    ).agent
+    done = (await run(runner, by_agent(ws))).completed
+    assert done.agent_etag == changed.etag
+    sent = emulator.state.find_requests(key=key)[-1].body
+    assert sent["messages"][0] == {"role": "system", "content": "Answer tersely."}
+
+    async def set_input_schema(schema: dict[str, Any]) -> None:
+        await editor.UpdateAgent(
+            pb.UpdateAgentRequest(
+                agent=res.Agent(name=first.name, input_schema=struct(schema)),
+                update_mask=FieldMask(paths=["input_schema"]),
+            )
+        )
+
+    stricter = {**INPUT_SCHEMA, "required": ["customer", "question", "order_id"]}
+    await set_input_schema(stricter)
+    err = await expect_error(_collect(runner, by_agent(ws)), grpc.StatusCode.INVALID_ARGUMENT)
+    assert error_details(err)[1] == ["input"]
+    await set_input_schema(INPUT_SCHEMA)  # relaxed again: the copy in memory is stricter
+    assert (await run(runner, by_agent(ws))).completed.output_valid
+    await set_input_schema(stricter)
+    err = await expect_error(_collect(runner, by_agent(ws)), grpc.StatusCode.INVALID_ARGUMENT)
+
+    await editor.DeleteAgent(pb.DeleteAgentRequest(name=first.name))
+    err = await expect_error(_collect(runner, by_agent(ws)), grpc.StatusCode.NOT_FOUND)
+    assert error_info(err).reason == "AGENT_NOT_FOUND"
+    assert len(await list_all(runner, ws)) == 3  # the refused runs recorded nothing
