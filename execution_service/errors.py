@@ -71,7 +71,7 @@ class AgentConcurrentlyModified(ServiceError):
 
     def __init__(self, name: str) -> None:
         super().__init__(
-            f"{name} kept changing during the update; retry it", metadata={"agent": name}
+            f"{name} kept changing while this call ran; retry it", metadata={"agent": name}
         )
 
 
