@@ -547,3 +547,25 @@ async def test_every_process_runs_the_agent_as_it_is_now(
     err = await expect_error(_collect(runner, by_agent(ws)), grpc.StatusCode.NOT_FOUND)
     assert error_info(err).reason == "AGENT_NOT_FOUND"
     assert len(await list_all(runner, ws)) == 3  # the refused runs recorded nothing
+
+
+async def test_a_refusal_fails_a_free_text_execution_too(
+    workspace: Workspace, execution_stub: Stub, emulator: RunningEmulator
+) -> None:
+    key = openai_key()
+    ws, stub = await workspace(openai=key), execution_stub()
+    emulator.state.script({"output_fault": "refusal", "text": "Not this one."}, key=key)
+    req = pb.ExecuteRequest(
+        parent=f"workspaces/{ws}",
+        agent_id="adhoc",
+        provider=OPENAI,
+        model="gpt-4o-mini",
+        messages=[res.Message(role=res.MESSAGE_ROLE_USER, content="Tell me a secret.")],
+    )
+    outcome = await run(stub, req)
+    assert outcome.error is not None
+    assert outcome.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(outcome.error).reason == "OUTPUT_REFUSED"
+    stored = await get_execution(stub, outcome.started.name)
+    assert stored.error.reason == "OUTPUT_REFUSED" and "Not this one." in stored.error.message
+    assert not stored.HasField("output_valid")
