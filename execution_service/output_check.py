@@ -7,12 +7,11 @@ schema fail the execution; the raw text is recorded either way, by the caller.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from execution_service.model import OUTPUT_REFUSED, OUTPUT_SCHEMA_VIOLATION, ExecutionError
-from execution_service.schemas import JsonSchema, SchemaViolation, compiled
+from execution_service.schemas import JsonSchema, SchemaViolation, compiled, parse_json
 
 OUTPUT = "output"  # the pointer prefix of the output document
 MAX_REFUSAL_CHARS = 1000  # the model's refusal becomes the error message: keep it bounded
@@ -25,10 +24,6 @@ class OutputVerdict:
     error: ExecutionError | None  # None: the output is what was asked for
     output: Any = None  # the parsed JSON, when the text was JSON
     output_valid: bool | None = None  # None: no output schema applied
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def refused(refusal: str, schema: JsonSchema | None) -> OutputVerdict:
@@ -59,7 +54,7 @@ def check_output(
     if schema is None:
         return OutputVerdict(None)
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
+        document = parse_json(text)
     except (ValueError, RecursionError) as exc:
         why = f"is not valid JSON ({exc})"
         if finish_reason in _CUT_REASONS:

@@ -8,7 +8,6 @@ planning an agent's run (`agent_plan`) are pure; `plan_execution` only adds the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from execution_service.schemas import (
     JsonSchema,
     canonical_json,
     output_schema_violations,
+    parse_json,
 )
 from execution_service.schemas import compiled as compiled_schema
 from execution_service.validation import (
@@ -145,10 +145,6 @@ def _agent_call(request: pb.ExecuteRequest) -> AgentCall:
     return AgentCall(workspace, agent_id, document, request.request_id or None, labels)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _input(request: pb.ExecuteRequest) -> tuple[Any, list[FieldViolation]]:
     """The input as parsed JSON: `input` (a Struct) or `input_json` (JSON text)."""
     kind = request.WhichOneof("agent_input")
@@ -165,9 +161,7 @@ def _input(request: pb.ExecuteRequest) -> tuple[Any, list[FieldViolation]]:
     if len(text) > MAX_INPUT_CHARS:
         return None, [FieldViolation("input_json", f"at most {MAX_INPUT_CHARS} characters")]
     try:
-        return json.loads(text, parse_constant=_reject_constant), []
-    except json.JSONDecodeError as exc:
-        return None, [FieldViolation("input_json", f"is not valid JSON: {exc}")]
+        return parse_json(text), []
     except (ValueError, RecursionError) as exc:
         return None, [FieldViolation("input_json", f"is not valid JSON: {exc}")]
 

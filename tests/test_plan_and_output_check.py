@@ -287,3 +287,19 @@ def test_the_agent_cache_is_bounded_by_bytes_and_drops_the_least_recently_used()
     cache.drop("ws1", "a")
     assert cache.get("ws1", "a") is None and len(cache) == 1
     assert cache.get("ws2", "c") is None  # per workspace
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e999", str(2**1024), "NaN", "Infinity"])
+def test_numbers_without_a_double_are_not_accepted_json(number: str) -> None:
+    text = f'{{"answer": "x", "n": {number}}}'
+    verdict = check_output(OUTPUT, text, refusal=None, finish_reason="stop")
+    assert verdict.error is not None and verdict.error.violations[0].pointer == "output"
+    with pytest.raises(InvalidArgument) as caught:
+        decode(by_agent(input_json=text))
+    assert violations(caught) == ["input_json"]
+
+
+def test_large_numbers_within_range_are_kept_exactly() -> None:
+    decoded = decode(by_agent(input_json='{"n": 123456789012345678901234567890, "f": 1e300}'))
+    assert isinstance(decoded, AgentCall)
+    assert decoded.input == {"n": 123456789012345678901234567890, "f": 1e300}
