@@ -463,6 +463,22 @@ def execute_request(
     or full name) with `input` (a JSON object as a dict, or any JSON value) or `input_json`
     (JSON text, sent as is); the agent supplies everything else."""
     if agent is not None:
+        ad_hoc = {
+            "agent_id": agent_id,
+            "provider": provider,
+            "model": model,
+            "prompt": prompt,
+            "system": system,
+            "messages": list(messages),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "stop_sequences": list(stop_sequences),
+            "output_schema": output_schema,
+        }
+        given = [name for name, value in ad_hoc.items() if value not in (None, "", [])]
+        if given:
+            raise ValueError(f"the agent defines {', '.join(given)}: leave them out with agent=")
         request = ex.ExecuteRequest(
             parent=workspace_name(workspace),
             agent=agent if "/" in agent else agent_name(workspace, agent),

@@ -57,6 +57,10 @@ async def test_async_client_runs_an_agent_with_a_dict(
             pass
     assert [v.field for v in caught.value.field_violations] == ["input/email"]
 
+    with pytest.raises(ValueError, match="model"):
+        async for _ in runner.execute(ws, agent="bot", input={}, model="gpt-4o"):
+            pass
+
     plain = [
         e async for e in runner.execute(ws, agent_id="a", provider="openai", model="m", prompt="x")
     ]
