@@ -225,6 +225,12 @@ class ExecutionEngine:
             yield Started(execution)
             async for text in self._stream(cmd, progress, deadline, request_id):
                 yield Delta(text)
+            progress.verdict = check_output(
+                cmd.output_schema,
+                "".join(progress.parts),
+                refusal=None if progress.refusal is None else "".join(progress.refusal),
+                finish_reason=progress.finish_reason,
+            )
         except (asyncio.CancelledError, GeneratorExit):
             state, error = cut_short(self._clock(), deadline=deadline, cut_at=self._cut_at)
             await asyncio.shield(self._finish(execution, cmd, progress, state, error))
@@ -243,14 +249,8 @@ class ExecutionEngine:
             error = ExecutionError("INTERNAL", "internal error")
             await self._recorded(execution, cmd, progress, FAILED, error)
             raise
-        progress.verdict = verdict = check_output(
-            cmd.output_schema,
-            "".join(progress.parts),
-            refusal=None if progress.refusal is None else "".join(progress.refusal),
-            finish_reason=progress.finish_reason,
-        )
-        if verdict.error is not None:
-            error = verdict.error
+        if progress.verdict and progress.verdict.error:  # not the output asked for
+            error = progress.verdict.error
             await self._recorded(execution, cmd, progress, FAILED, error)
             raise execution_failed(error.reason, error.message, execution.name) from None
         yield Completed(await self._recorded(execution, cmd, progress, SUCCEEDED, None))
