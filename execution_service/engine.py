@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -41,7 +41,7 @@ from execution_service.model import (
     Usage,
 )
 from execution_service.output_check import OutputVerdict, check_output
-from execution_service.plan import ExecutionPlan
+from execution_service.plan import AgentCall, AgentPlanner, ExecutionPlan
 from execution_service.pricing import PriceTable, cost_nanos
 from execution_service.providers.base import Finish, Refusal, TextDelta, UsageReport
 from execution_service.providers.call import stream_chat
@@ -167,23 +167,31 @@ class ExecutionEngine:
 
     async def execute(
         self,
-        cmd: ExecutionPlan,
+        request: ExecutionPlan | AgentCall,
         *,
         deadline: float | None,
         request_id: str,
-        replan: Callable[[], Awaitable[ExecutionPlan]] | None = None,
+        planner: AgentPlanner | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Started, then Deltas, then Completed; a failure raises a ServiceError naming the
         execution after its FAILED row is written. When the database cannot take the terminal
         record, the stream ends UNAVAILABLE naming the execution instead, and the record is
-        retried in the background. `replan` plans again from the agent as it is now, when
-        the agent changed since `cmd` was planned (nothing is recorded for a stale plan)."""
-        if cmd.request_id:
-            existing = await repo.get_by_request_id(self._pool, cmd.workspace, cmd.request_id)
+        retried in the background. An agent's run is planned by `planner` once a replay of
+        its request id is ruled out, and planned again from a fresh read of the agent when
+        the agent changed meanwhile (nothing is recorded for a stale plan)."""
+        if request.request_id:
+            existing = await repo.get_by_request_id(
+                self._pool, request.workspace, request.request_id
+            )
             if existing is not None:
                 async for event in self._replay(existing):
                     yield event
                 return
+        if isinstance(request, ExecutionPlan):
+            cmd = request
+        else:
+            assert planner is not None, "an agent's run needs a planner"
+            cmd = await planner.plan(request)
         for attempt in range(MAX_REPLANS + 1):
             try:
                 execution = await repo.insert_running(
@@ -206,9 +214,11 @@ class ExecutionEngine:
                 )
                 break
             except repo.AgentChanged:
-                if replan is None or attempt == MAX_REPLANS:
+                if planner is None or isinstance(request, ExecutionPlan):
+                    raise
+                if attempt == MAX_REPLANS:
                     raise AgentConcurrentlyModified(cmd.agent) from None
-                cmd = await replan()
+                cmd = await planner.plan(request, fresh=True)
         if execution is None:  # a concurrent duplicate took the request id first
             assert cmd.request_id is not None
             existing = await repo.get_by_request_id(self._pool, cmd.workspace, cmd.request_id)

@@ -3,7 +3,9 @@
 Every refusal a caller causes happens here, before anything is recorded or any key fetched:
 malformed fields, an agent that does not exist, input that is not JSON or breaks the agent's
 input schema, an ad hoc output schema the provider cannot enforce. Decoding (`decode`) and
-planning an agent's run (`agent_plan`) are pure; `plan_execution` only adds the agent read.
+planning an agent's run (`agent_plan`) are pure; `AgentPlanner` only adds the agent read
+(after a replay of the request id has had its chance, so a replay answers even when the
+agent has changed since).
 """
 
 from __future__ import annotations
@@ -220,19 +222,19 @@ def agent_plan(call: AgentCall, agent: Agent | None) -> ExecutionPlan:
 ReadAgent = Callable[[str, str], Awaitable[Agent | None]]
 
 
-async def plan_execution(
-    request: pb.ExecuteRequest, read_agent: ReadAgent, read_fresh: ReadAgent | None = None
-) -> ExecutionPlan:
-    """The plan of an Execute request; an agent is read only in the agent form. With
-    `read_fresh`, `read_agent` may give a copy read earlier: a refusal (input that breaks
-    the schema, say) is then given only after reading the agent as it is now, since the
-    copy may be out of date."""
-    decoded = decode(request)
-    if isinstance(decoded, ExecutionPlan):
-        return decoded
-    try:
-        return agent_plan(decoded, await read_agent(decoded.workspace, decoded.agent_id))
-    except ServiceError:
-        if read_fresh is None:
-            raise
-    return agent_plan(decoded, await read_fresh(decoded.workspace, decoded.agent_id))
+@dataclass(frozen=True)
+class AgentPlanner:
+    """Plans runs of agents read by `read_agent`, which may give a copy read earlier, or by
+    `read_fresh`, which reads the agent as it is now. A refusal (input that breaks the
+    schema, an agent that is gone) is given only for the agent as it is now."""
+
+    read_agent: ReadAgent
+    read_fresh: ReadAgent
+
+    async def plan(self, call: AgentCall, *, fresh: bool = False) -> ExecutionPlan:
+        if not fresh:
+            try:
+                return agent_plan(call, await self.read_agent(call.workspace, call.agent_id))
+            except ServiceError:
+                pass  # the copy may be out of date: decide on the agent as it is now
+        return agent_plan(call, await self.read_fresh(call.workspace, call.agent_id))

@@ -23,7 +23,7 @@ from execution_service.engine import Completed, Delta, ExecutionEngine, Started
 from execution_service.history import EXECUTION_CURSOR, History
 from execution_service.key_check import KeyChecker
 from execution_service.model import AgentStats, Execution, ExecutionError
-from execution_service.plan import ExecutionPlan, plan_execution
+from execution_service.plan import AgentPlanner, decode
 from execution_service.validation import (
     PROVIDERS,
     STATES,
@@ -193,17 +193,16 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         self._history = history
         self._checker = checker
         self._agents = agents
+        self._planner = AgentPlanner(agents.read, agents.read_fresh)
 
     async def Execute(  # type: ignore[override]
         self, request: pb.ExecuteRequest, context: Any
     ) -> AsyncIterator[pb.ExecuteResponse]:
-        plan = await plan_execution(request, self._agents.read, self._agents.read_fresh)
-
-        async def replan() -> ExecutionPlan:  # the agent changed since it was read
-            return await plan_execution(request, self._agents.read_fresh)
-
         events = self._engine.execute(
-            plan, replan=replan, deadline=_deadline(context), request_id=call_info().request_id
+            decode(request),
+            planner=self._planner,
+            deadline=_deadline(context),
+            request_id=call_info().request_id,
         )
         async with aclosing(events):
             async for event in events:

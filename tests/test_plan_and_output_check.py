@@ -21,6 +21,7 @@ from execution_service.output_check import MAX_REFUSAL_CHARS, check_output
 from execution_service.plan import (
     MAX_INPUT_VIOLATIONS,
     AgentCall,
+    AgentPlanner,
     ExecutionPlan,
     agent_plan,
     decode,
@@ -303,3 +304,31 @@ def test_large_numbers_within_range_are_kept_exactly() -> None:
     decoded = decode(by_agent(input_json='{"n": 123456789012345678901234567890, "f": 1e300}'))
     assert isinstance(decoded, AgentCall)
     assert decoded.input == {"n": 123456789012345678901234567890, "f": 1e300}
+
+
+async def test_the_planner_refuses_only_for_the_agent_as_it_is_now() -> None:
+    stale = an_agent()  # requires customer.email
+    now = an_agent(input_schema=None)  # since relaxed
+    reads: list[str] = []
+
+    async def copy(workspace: str, agent_id: str) -> Agent | None:
+        reads.append("copy")
+        return stale
+
+    async def fresh(workspace: str, agent_id: str) -> Agent | None:
+        reads.append("fresh")
+        return now
+
+    planner = AgentPlanner(copy, fresh)
+    assert (await planner.plan(call({"customer": {"email": "a@example.com"}}))).agent_etag
+    assert reads == ["copy"]  # a valid plan from the copy needs no read
+    await planner.plan(call({"anything": 1}))
+    assert reads == ["copy", "copy", "fresh"]
+    await planner.plan(call({"x": 1}), fresh=True)
+    assert reads[-1] == "fresh" and reads.count("copy") == 2
+
+    async def gone(workspace: str, agent_id: str) -> Agent | None:
+        return None
+
+    with pytest.raises(AgentNotFound):
+        await AgentPlanner(copy, gone).plan(call({}))

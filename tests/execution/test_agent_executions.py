@@ -569,3 +569,25 @@ async def test_a_refusal_fails_a_free_text_execution_too(
     stored = await get_execution(stub, outcome.started.name)
     assert stored.error.reason == "OUTPUT_REFUSED" and "Not this one." in stored.error.message
     assert not stored.HasField("output_valid")
+
+
+async def test_a_replay_answers_even_after_the_agent_changed_or_went(
+    workspace: Workspace, execution_stub: Stub, emulator: RunningEmulator
+) -> None:
+    key = openai_key()
+    ws, stub = await workspace(openai=key), execution_stub()
+    agent = await make_agent(stub, ws)
+    request_id = f"req-{uuid.uuid4().hex}"
+    first = (await run(stub, by_agent(ws, request_id=request_id))).completed
+    stricter = {**INPUT_SCHEMA, "required": ["customer", "question", "order_id"]}
+    await stub.UpdateAgent(
+        pb.UpdateAgentRequest(
+            agent=res.Agent(name=agent.name, input_schema=struct(stricter)),
+            update_mask=FieldMask(paths=["input_schema"]),
+        )
+    )
+    assert (await run(stub, by_agent(ws, request_id=request_id))).completed == first
+    await stub.DeleteAgent(pb.DeleteAgentRequest(name=agent.name))
+    assert (await run(stub, by_agent(ws, request_id=request_id))).completed == first
+    err = await expect_error(_collect(stub, by_agent(ws)), grpc.StatusCode.NOT_FOUND)
+    assert error_info(err).reason == "AGENT_NOT_FOUND"
