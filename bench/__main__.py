@@ -30,6 +30,10 @@ async def main(args: argparse.Namespace) -> None:
         from bench import execution_bench
 
         lines += await execution_bench.run(args.seconds)
+    if args.only == "agent":
+        from bench import execution_bench
+
+        lines += await execution_bench.run_agent_comparison()
     report = "\n".join(lines)
     print(report)
     out = Path("bench-results")
@@ -40,5 +44,5 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per case")
-    parser.add_argument("--only", choices=["schema", "keyvault", "execution"])
+    parser.add_argument("--only", choices=["schema", "keyvault", "execution", "agent"])
     asyncio.run(main(parser.parse_args()))

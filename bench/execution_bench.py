@@ -1,7 +1,8 @@
 """Execution service figures against the provider emulator in its own process:
 (a) time to first token added by the service, one request at a time;
 (b) executions per second with 20-chunk streams at 32 and 128 concurrent;
-(c) the service's resident memory with 1,000 concurrent slow streams.
+(c) the service's resident memory with 1,000 concurrent slow streams;
+(d) time to first token of an agent run by name against the same request sent ad hoc.
 Every execution is tracked in PostgreSQL and its key comes from the vault (cache on)."""
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import json
 import time
 
 import httpx
 import psutil
+from google.protobuf import struct_pb2
 
 from bench.load import run_load
 from bench.stack import running_stack, secure_channel
@@ -150,6 +153,122 @@ async def memory_with_slow_streams(
     ]
 
 
+INSTRUCTIONS = "You triage support tickets. Answer with the ticket's category and priority."
+TICKET = {"subject": "Refund", "body": "My order 1234 arrived broken.", "customer_id": "c-42"}
+INPUT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "subject": {"type": "string", "maxLength": 200},
+        "body": {"type": "string", "maxLength": 5000},
+        "customer_id": {"type": "string", "pattern": "^c-[0-9]+$"},
+    },
+    "required": ["subject", "body", "customer_id"],
+}
+OUTPUT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "category": {"type": "string", "enum": ["billing", "shipping", "refund", "other"]},
+        "priority": {"type": "integer"},
+        "summary": {"type": "string"},
+    },
+    "required": ["category", "priority", "summary"],
+    "additionalProperties": False,
+}
+
+
+def _struct(document: dict[str, object]) -> struct_pb2.Struct:
+    value = struct_pb2.Struct()
+    value.update(document)
+    return value
+
+
+async def create_agent(stub: ex_grpc.ExecutionServiceStub, agent_id: str, schemas: bool) -> None:
+    await stub.CreateAgent(
+        ex.CreateAgentRequest(
+            parent=f"workspaces/{WORKSPACE}",
+            agent_id=agent_id,
+            agent=res.Agent(
+                instructions=INSTRUCTIONS,
+                routes=[res.Route(provider=kv_res.PROVIDER_OPENAI, model=MODEL)],
+                input_schema=_struct(INPUT_SCHEMA) if schemas else None,
+                output_schema=_struct(OUTPUT_SCHEMA) if schemas else None,
+            ),
+        )
+    )
+
+
+async def _first_delta(stub: ex_grpc.ExecutionServiceStub, request: ex.ExecuteRequest) -> float:
+    t0 = time.perf_counter()
+    first = None
+    async for event in stub.Execute(request):
+        if first is None and event.HasField("delta"):
+            first = time.perf_counter() - t0
+        done = event.completed
+        if event.HasField("completed") and done.HasField("output_valid") and not done.output_valid:
+            raise RuntimeError("the structured output was not valid")
+    assert first is not None
+    return first
+
+
+def _p50_p99(values: list[float]) -> str:
+    return f"p50 {pct(values, 0.5) * 1e3:6.2f} ms  p99 {pct(values, 0.99) * 1e3:6.2f} ms"
+
+
+async def _paired(
+    stub: ex_grpc.ExecutionServiceStub, schemas: bool, samples: int
+) -> tuple[list[float], list[float]]:
+    """Time to first token of one agent by name and of the same request ad hoc, alternating
+    which goes first."""
+    agent_id = "bench-structured" if schemas else "bench-free"
+    await create_agent(stub, agent_id, schemas)
+    by_agent = ex.ExecuteRequest(
+        parent=f"workspaces/{WORKSPACE}",
+        agent=f"workspaces/{WORKSPACE}/agents/{agent_id}",
+        input=_struct(TICKET),
+    )
+    ad_hoc = ex.ExecuteRequest(
+        parent=f"workspaces/{WORKSPACE}",
+        agent_id=agent_id,
+        provider=kv_res.PROVIDER_OPENAI,
+        model=MODEL,
+        messages=[
+            res.Message(role=res.MESSAGE_ROLE_SYSTEM, content=INSTRUCTIONS),
+            res.Message(role=res.MESSAGE_ROLE_USER, content=json.dumps(TICKET, sort_keys=True)),
+        ],
+        output_schema=_struct(OUTPUT_SCHEMA) if schemas else None,
+    )
+    agent: list[float] = []
+    plain: list[float] = []
+    for i in range(samples + 20):  # the first 20 warm connections and caches
+        pair = (by_agent, ad_hoc) if i % 2 else (ad_hoc, by_agent)
+        first = [await _first_delta(stub, request) for request in pair]
+        if i >= 20:
+            agent.append(first[pair.index(by_agent)])
+            plain.append(first[pair.index(ad_hoc)])
+    return agent, plain
+
+
+async def agent_vs_ad_hoc(port: int, samples: int) -> list[str]:
+    """The same execution both ways: by agent name (the agent is read, the input validated)
+    and ad hoc (the caller sends what the agent holds; with an output schema, that schema is
+    checked on every request). Once with schemas, once without."""
+    stub = ex_grpc.ExecutionServiceStub(secure_channel(port, "app"))
+    lines = [f"(d) time to first token, agent by name vs the same request ad hoc, {samples} pairs:"]
+    for schemas in (True, False):
+        agent, plain = await _paired(stub, schemas, samples)
+        added = [a - p for a, p in zip(agent, plain, strict=True)]
+        lines += [
+            "    with input and output schemas:" if schemas else "    free text, no schemas:",
+            f"      ad hoc          {_p50_p99(plain)}",
+            f"      agent by name   {_p50_p99(agent)}",
+            f"      added by name   p50 {(pct(agent, 0.5) - pct(plain, 0.5)) * 1e3:6.3f} ms  "
+            f"p99 {(pct(agent, 0.99) - pct(plain, 0.99)) * 1e3:6.3f} ms  "
+            f"(paired differences: p50 {pct(added, 0.5) * 1e3:.3f} ms, "
+            f"p99 {pct(added, 0.99) * 1e3:.3f} ms)",
+        ]
+    return lines
+
+
 async def store_key(vault_port: int) -> None:
     async with secure_channel(vault_port, "app") as ch:
         await kv_grpc.KeyVaultServiceStub(ch).SetApiKey(
@@ -172,12 +291,22 @@ def throughput(port: int, seconds: float, service_processes: int) -> list[str]:
     return lines
 
 
+async def run_agent_comparison() -> list[str]:
+    lines = ["## Execution service: agent by name vs ad hoc (emulator, vault, PostgreSQL)"]
+    async with running_stack(with_execution=True) as stack:
+        assert stack.execution_port
+        await store_key(stack.vault_port)
+        lines += await agent_vs_ad_hoc(stack.execution_port, samples=500)
+    return lines
+
+
 async def run(seconds: float) -> list[str]:
     lines = ["## Execution service (emulator, vault, PostgreSQL and load generator on one host)"]
     async with running_stack(with_execution=True) as stack:
         assert stack.execution_port and stack.emulator_url
         await store_key(stack.vault_port)
         lines += await ttft_overhead(stack.execution_port, stack.emulator_url, samples=300)
+        lines += await agent_vs_ad_hoc(stack.execution_port, samples=500)
         lines.append("(b) executions per second, 20-chunk streams, every one tracked:")
         lines += throughput(stack.execution_port, seconds, service_processes=1)
         lines += await memory_with_slow_streams(

@@ -16,7 +16,8 @@ async with ExecutionClient.connect("localhost:50052", **tls) as execution:
   `ExecutionClientSync` (blocking) wrap the generated stubs in `clients.gen`; methods take
   workspace ids and provider names and return the generated messages (`ApiKey`,
   `Execution`, `AgentStats`, ...), pages as `Page`, Execute's stream as `Started` / `Delta`
-  / `Completed` events; agents as `AgentView` (plain values, schemas as dicts).
+  / `Completed` events (`Completed.output`: the parsed structured output); agents as
+  `AgentView` (plain values, schemas as dicts).
 - `mtls_channel` / `mtls_channel_sync` build mTLS channels from PEM paths. gRPC itself
   retries the idempotent methods (`RETRIED_METHODS`) on UNAVAILABLE through the channel's
   service config; Execute is never retried automatically.
@@ -67,6 +68,9 @@ from ._types import (
     agent_name,
     api_key_name,
     json_document,
+    output_of,
+    output_valid_of,
+    violations_of,
     workspace_name,
 )
 from .gen.execution.v1.resources_pb2 import (
@@ -136,6 +140,9 @@ __all__ = [
     "json_document",
     "mtls_channel",
     "mtls_channel_sync",
+    "output_of",
+    "output_valid_of",
     "service_config",
+    "violations_of",
     "workspace_name",
 ]

@@ -141,6 +141,8 @@ def summary(execution: ex_res.Execution) -> str:
     if execution.HasField("time_to_first_token"):
         parts.append(f"first token {duration(execution.time_to_first_token)}")
     parts.append(f"attempts {execution.attempts}")
+    if execution.HasField("output_valid"):
+        parts.append(f"output {'valid' if execution.output_valid else 'invalid'}")
     if execution.error.reason:
         parts.append(f"error {execution.error.reason}")
     return ", ".join(parts) + f" ({execution.name})"
@@ -190,10 +192,15 @@ def execution_fields(e: ex_res.Execution) -> str:
     ]
     if e.labels:
         pairs.append(("labels", ", ".join(f"{k}={v}" for k, v in sorted(e.labels.items()))))
+    if e.agent:
+        pairs.append(("agent version", f"{e.agent} (etag {e.agent_etag})"))
+    if e.HasField("output_valid"):
+        pairs.append(("output valid", "yes" if e.output_valid else "no"))
     if e.error.reason:
         pairs.append(("error", f"{e.error.reason}: {e.error.message}"))
         if e.error.provider_status:
             pairs.append(("provider status", str(e.error.provider_status)))
+        pairs += [(f"  {v.pointer}", v.description) for v in e.error.violations]
     text = fields(pairs)
     if e.output_text:
         text += "\n\n" + e.output_text

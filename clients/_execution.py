@@ -70,9 +70,9 @@ class ExecutionClient(AsyncClientBase):
         self,
         workspace: str,
         *,
-        agent_id: str,
-        provider: ProviderLike,
-        model: str,
+        agent_id: str = "",
+        provider: ProviderLike | None = None,
+        model: str = "",
         prompt: str | None = None,
         system: str | None = None,
         messages: Iterable[MessageLike] = (),
@@ -82,11 +82,17 @@ class ExecutionClient(AsyncClientBase):
         stop_sequences: Iterable[str] = (),
         request_id: str = "",
         labels: Mapping[str, str] | None = None,
+        agent: str | None = None,
+        input: Any = None,
+        input_json: str | None = None,
+        output_schema: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[ExecuteEvent]:
-        """Run a request: yields `Started`, `Delta`s, then `Completed`. The conversation is
-        `system`, then `messages`, then `prompt` as a user message. `timeout` is a deadline
-        for the whole stream (none by default)."""
+        """Run a request: yields `Started`, `Delta`s, then `Completed` (whose `output` is the
+        parsed structured output, if any). Ad hoc, the conversation is `system`, then
+        `messages`, then `prompt` as a user message, with an optional `output_schema`. Or run
+        an agent: `agent` (id or name) with `input` (a dict) or `input_json`. `timeout` is a
+        deadline for the whole stream (none by default)."""
         request = execute_request(
             workspace,
             agent_id=agent_id,
@@ -101,6 +107,10 @@ class ExecutionClient(AsyncClientBase):
             stop_sequences=stop_sequences,
             request_id=request_id,
             labels=labels,
+            agent=agent,
+            input=input,
+            input_json=input_json,
+            output_schema=output_schema,
         )
         call = self._stub.Execute(request, timeout=timeout, metadata=self._metadata)
         started: str | None = None
@@ -314,9 +324,9 @@ class ExecutionClientSync(SyncClientBase):
         self,
         workspace: str,
         *,
-        agent_id: str,
-        provider: ProviderLike,
-        model: str,
+        agent_id: str = "",
+        provider: ProviderLike | None = None,
+        model: str = "",
         prompt: str | None = None,
         system: str | None = None,
         messages: Iterable[MessageLike] = (),
@@ -326,6 +336,10 @@ class ExecutionClientSync(SyncClientBase):
         stop_sequences: Iterable[str] = (),
         request_id: str = "",
         labels: Mapping[str, str] | None = None,
+        agent: str | None = None,
+        input: Any = None,
+        input_json: str | None = None,
+        output_schema: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> Iterator[ExecuteEvent]:
         request = execute_request(
@@ -342,6 +356,10 @@ class ExecutionClientSync(SyncClientBase):
             stop_sequences=stop_sequences,
             request_id=request_id,
             labels=labels,
+            agent=agent,
+            input=input,
+            input_json=input_json,
+            output_schema=output_schema,
         )
         call: Any = self._stub.Execute(request, timeout=timeout, metadata=self._metadata)
         started: str | None = None

@@ -4,6 +4,7 @@ builders the asyncio and blocking clients share."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -95,9 +96,34 @@ class Delta:
 
 @dataclass(frozen=True)
 class Completed:
-    """Last event of Execute: the finished execution (usage, cost, latency, attempts)."""
+    """Last event of Execute: the finished execution (usage, cost, latency, attempts), and
+    with an output schema its parsed `output`."""
 
     execution: ex_res.Execution
+
+    @property
+    def output(self) -> dict[str, Any] | None:
+        """The structured output as plain JSON; None when no output schema applied."""
+        return output_of(self.execution)
+
+    @property
+    def output_valid(self) -> bool | None:
+        """Whether the output matched its schema; None when no output schema applied."""
+        return output_valid_of(self.execution)
+
+
+def output_of(execution: ex_res.Execution) -> dict[str, Any] | None:
+    """An execution's parsed structured output as plain JSON (None when it has none)."""
+    return json_document(execution.output) if execution.HasField("output") else None
+
+
+def output_valid_of(execution: ex_res.Execution) -> bool | None:
+    return execution.output_valid if execution.HasField("output_valid") else None
+
+
+def violations_of(execution: ex_res.Execution) -> list[tuple[str, str]]:
+    """Where a FAILED execution's output broke its schema: (JSON pointer, what is wrong)."""
+    return [(v.pointer, v.description) for v in execution.error.violations]
 
 
 ExecuteEvent = Started | Delta | Completed
@@ -415,9 +441,9 @@ def message(item: MessageLike) -> ex_res.Message:
 def execute_request(
     workspace: str,
     *,
-    agent_id: str,
-    provider: ProviderLike,
-    model: str,
+    agent_id: str = "",
+    provider: ProviderLike | None = None,
+    model: str = "",
     prompt: str | None = None,
     system: str | None = None,
     messages: Iterable[MessageLike] = (),
@@ -427,9 +453,45 @@ def execute_request(
     stop_sequences: Iterable[str] = (),
     request_id: str = "",
     labels: Mapping[str, str] | None = None,
+    agent: str | None = None,
+    input: Any = None,
+    input_json: str | None = None,
+    output_schema: Mapping[str, Any] | None = None,
 ) -> ex.ExecuteRequest:
-    """The conversation is `system` (if given), then `messages`, then `prompt` as a user
-    message (if given)."""
+    """Ad hoc: the conversation is `system` (if given), then `messages`, then `prompt` as a
+    user message (if given), optionally with an `output_schema`. By agent: `agent` (its id
+    or full name) with `input` (a JSON object as a dict, or any JSON value) or `input_json`
+    (JSON text, sent as is); the agent supplies everything else."""
+    if agent is not None:
+        ad_hoc = {
+            "agent_id": agent_id,
+            "provider": provider,
+            "model": model,
+            "prompt": prompt,
+            "system": system,
+            "messages": list(messages),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "stop_sequences": list(stop_sequences),
+            "output_schema": output_schema,
+        }
+        given = [name for name, value in ad_hoc.items() if value not in (None, "", [])]
+        if given:
+            raise ValueError(f"the agent defines {', '.join(given)}: leave them out with agent=")
+        request = ex.ExecuteRequest(
+            parent=workspace_name(workspace),
+            agent=agent if "/" in agent else agent_name(workspace, agent),
+            request_id=request_id,
+            labels=dict(labels or {}),
+        )
+        if input_json is not None:
+            request.input_json = input_json
+        elif isinstance(input, Mapping):
+            request.input.CopyFrom(struct(input))
+        elif input is not None:
+            request.input_json = json.dumps(input)
+        return request
     conversation: list[ex_res.Message] = []
     if system is not None:
         conversation.append(ex_res.Message(role=ex_res.MESSAGE_ROLE_SYSTEM, content=system))
@@ -446,12 +508,13 @@ def execute_request(
     return ex.ExecuteRequest(
         parent=workspace_name(workspace),
         agent_id=agent_id,
-        provider=provider_value(provider),
+        provider=provider_value(provider) if provider is not None else kv_res.PROVIDER_UNSPECIFIED,
         model=model,
         messages=conversation,
         generation_config=config,
         request_id=request_id,
         labels=dict(labels or {}),
+        output_schema=struct(output_schema) if output_schema is not None else None,
     )
 
 

@@ -45,11 +45,19 @@ class UsageProblem(Exception):
     """Bad input the parser could not catch (exit code 2)."""
 
 
+def _is_value(arg: str) -> bool:
+    return arg == "-" or not arg.startswith("-")
+
+
 class _Parser(argparse.ArgumentParser):
     """Never echoes a stray value back: one may be an API key typed as an argument."""
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
         parsed, extras = self.parse_known_args(args, namespace)
+        # `execute WORKSPACE [options] PROMPT`: argparse settles the optional PROMPT together
+        # with WORKSPACE, so a prompt after the options comes back as an extra value.
+        if getattr(parsed, "prompt", "") is None and extras and _is_value(extras[0]):
+            parsed.prompt = extras.pop(0)
         if extras:
             options = [a.split("=", 1)[0] for a in extras if a.startswith("-")]
             hidden = len(extras) - len(options)
@@ -238,20 +246,58 @@ def cmd_keys_test(args: argparse.Namespace) -> int:
 # --- executions -------------------------------------------------------------------------------
 
 
+def _execute_form(args: argparse.Namespace) -> dict[str, Any]:
+    """Ad hoc (--provider, --model and a PROMPT) or an agent by name (--input)."""
+    if args.input is not None:
+        extra = [
+            flag
+            for flag, value in (
+                ("--provider", args.provider),
+                ("--model", args.model),
+                ("--system", args.system),
+                ("--max-tokens", args.max_tokens),
+                ("--temperature", args.temperature),
+                ("--output-schema", args.output_schema),
+                ("PROMPT", args.prompt),
+            )
+            if value is not None
+        ]
+        if extra:
+            raise UsageProblem(f"with --input the agent defines the run; drop {', '.join(extra)}")
+        text = _read_text(args.input[1:], "--input") if args.input.startswith("@") else args.input
+        return {"agent": args.agent, "input_json": text}
+    missing = [
+        flag
+        for flag, value in (("--provider", args.provider), ("--model", args.model))
+        if value is None
+    ]
+    if missing or args.prompt is None:
+        missing += [] if args.prompt is not None else ["PROMPT"]
+        raise UsageProblem(
+            f"missing {', '.join(missing)} (or run the agent with --input JSON|@FILE)"
+        )
+    return {
+        "agent_id": args.agent,
+        "provider": args.provider,
+        "model": args.model,
+        "system": args.system,
+        "prompt": sys.stdin.read() if args.prompt == "-" else args.prompt,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "output_schema": _schema_file(args.output_schema, "--output-schema")
+        if args.output_schema
+        else None,
+    }
+
+
 def cmd_execute(args: argparse.Namespace) -> int:
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    form = _execute_form(args)
     finished: ex_res.Execution | None = None
     ends_with_newline = True
     with _execution(args) as client:
         events = client.execute(
             args.workspace,
-            agent_id=args.agent,
-            provider=args.provider,
-            model=args.model,
-            system=args.system,
-            prompt=prompt,
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
+            **form,
             request_id=args.request_id or "",
             labels=dict(args.label or []),
             timeout=args.timeout,
@@ -266,6 +312,18 @@ def cmd_execute(args: argparse.Namespace) -> int:
                     ends_with_newline = event.text.endswith("\n")
                 if isinstance(event, Completed):
                     finished = event.execution
+        except ClientError as err:
+            if err.reason != "OUTPUT_SCHEMA_VIOLATION" or not err.execution_name:
+                raise
+            # The error names the first violations; the record has them all.
+            if not ends_with_newline:
+                _out()
+                ends_with_newline = True
+            _error(_client_error_line(err))
+            record = client.get_execution(err.execution_name)
+            for violation in record.error.violations:
+                print(f"  {violation.pointer}: {violation.description}", file=sys.stderr)
+            return 1
         finally:
             if not ends_with_newline:
                 _out()  # end the partial line before anything is printed on stderr
@@ -618,12 +676,27 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "execute",
         "execution",
         cmd_execute,
-        "run a prompt: text streams to stdout, a summary line goes to stderr",
+        "run a prompt or an agent: output streams to stdout, a summary line goes to stderr",
     )
     workspace(sub)
-    sub.add_argument("--agent", required=True, help="agent id the execution is recorded for")
-    sub.add_argument("--provider", required=True, type=_provider, help="openai or anthropic")
-    sub.add_argument("--model", required=True, help="e.g. gpt-4o-mini")
+    sub.add_argument(
+        "--agent",
+        required=True,
+        help="with --input: the agent to run (id or name); otherwise the agent id the ad hoc "
+        "execution is recorded for",
+    )
+    sub.add_argument(
+        "--input",
+        metavar="JSON|@FILE",
+        help="run the agent with this input (JSON text, or @FILE to read it from a file)",
+    )
+    sub.add_argument("--provider", type=_provider, help="ad hoc: openai or anthropic")
+    sub.add_argument("--model", help="ad hoc: e.g. gpt-4o-mini")
+    sub.add_argument(
+        "--output-schema",
+        metavar="FILE",
+        help="ad hoc: a JSON Schema file the output must match (structured output)",
+    )
     sub.add_argument("--system", help="system message")
     sub.add_argument("--max-tokens", type=_positive, metavar="N", help="maximum output tokens")
     sub.add_argument("--temperature", type=float, metavar="T", help="sampling temperature, 0-2")
@@ -631,7 +704,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     sub.add_argument(
         "--label", action="append", type=_label, metavar="KEY=VALUE", help="repeatable"
     )
-    sub.add_argument("prompt", metavar="PROMPT", help="the user message; - reads standard input")
+    sub.add_argument(
+        "prompt",
+        metavar="PROMPT",
+        nargs="?",
+        help="ad hoc: the user message; - reads standard input",
+    )
 
     executions = commands.add_parser("executions", help="execution history")
     ex_commands = executions.add_subparsers(

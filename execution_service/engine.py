@@ -23,7 +23,11 @@ import asyncpg
 import httpx
 
 from execution_service import repository as repo
-from execution_service.errors import ExecutionInProgress, execution_failed
+from execution_service.errors import (
+    AgentConcurrentlyModified,
+    ExecutionInProgress,
+    execution_failed,
+)
 from execution_service.keys import KeySource
 from execution_service.model import (
     CANCELLED,
@@ -36,15 +40,16 @@ from execution_service.model import (
     Outcome,
     Usage,
 )
+from execution_service.output_check import OutputVerdict, check_output
+from execution_service.plan import AgentCall, AgentPlanner, ExecutionPlan
 from execution_service.pricing import PriceTable, cost_nanos
-from execution_service.providers.base import Finish, TextDelta, UsageReport
+from execution_service.providers.base import Finish, Refusal, TextDelta, UsageReport
 from execution_service.providers.call import stream_chat
 from execution_service.providers.errors import ErrorReason, ProviderError
 from execution_service.providers.registry import get_provider
 from execution_service.settings import EngineSettings
 from execution_service.terminal_records import TerminalRecord, TerminalRecords
 from execution_service.token_estimate import resolve_usage
-from execution_service.validation import ExecuteCommand
 from service_kit import metrics
 from service_kit.db import UNAVAILABLE_ERRORS
 from service_kit.errors import ServiceError, Unavailable
@@ -79,11 +84,16 @@ class _Progress:
     usage: UsageReport | None = None
     finish_reason: str = ""
     first_token_time: dt.datetime | None = None
+    refusal: list[str] | None = None  # the refusal's pieces, once the model refused
+    verdict: OutputVerdict | None = None  # on the output, once the stream completed
 
 
 # The caller's deadline timer started before its request reached this process, so the
 # cancellation it causes arrives up to a network delay before the deadline computed here.
 DEADLINE_SLACK = 0.25
+# An agent changing again and again while an execution of it is being recorded: plan it
+# again this often, then give up with ABORTED.
+MAX_REPLANS = 3
 
 
 def utc_now() -> dt.datetime:
@@ -156,34 +166,59 @@ class ExecutionEngine:
     # --- Execute ----------------------------------------------------------------------------
 
     async def execute(
-        self, cmd: ExecuteCommand, *, deadline: float | None, request_id: str
+        self,
+        request: ExecutionPlan | AgentCall,
+        *,
+        deadline: float | None,
+        request_id: str,
+        planner: AgentPlanner | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Started, then Deltas, then Completed; a failure raises a ServiceError naming the
         execution after its FAILED row is written. When the database cannot take the terminal
         record, the stream ends UNAVAILABLE naming the execution instead, and the record is
-        retried in the background."""
-        if cmd.request_id:
-            existing = await repo.get_by_request_id(self._pool, cmd.workspace, cmd.request_id)
+        retried in the background. An agent's run is planned by `planner` once a replay of
+        its request id is ruled out, and planned again from a fresh read of the agent when
+        the agent changed meanwhile (nothing is recorded for a stale plan)."""
+        if request.request_id:
+            existing = await repo.get_by_request_id(
+                self._pool, request.workspace, request.request_id
+            )
             if existing is not None:
                 async for event in self._replay(existing):
                     yield event
                 return
-        execution = await repo.insert_running(
-            self._start_pool,
-            Execution(
-                id=uuid.uuid4(),
-                workspace=cmd.workspace,
-                agent_id=cmd.agent_id,
-                provider=cmd.provider,
-                model=cmd.chat.model,
-                state=RUNNING,
-                create_time=self._now(),
-                request_id=cmd.request_id,
-                labels=cmd.labels,
-            ),
-            lease_owner=self.owner,
-            lease_seconds=self._settings.lease_seconds,
-        )
+        if isinstance(request, ExecutionPlan):
+            cmd = request
+        else:
+            assert planner is not None, "an agent's run needs a planner"
+            cmd = await planner.plan(request)
+        for attempt in range(MAX_REPLANS + 1):
+            try:
+                execution = await repo.insert_running(
+                    self._start_pool,
+                    Execution(
+                        id=uuid.uuid4(),
+                        workspace=cmd.workspace,
+                        agent_id=cmd.agent_id,
+                        provider=cmd.provider,
+                        model=cmd.chat.model,
+                        state=RUNNING,
+                        create_time=self._now(),
+                        request_id=cmd.request_id,
+                        labels=cmd.labels,
+                        agent=cmd.agent,
+                        agent_etag=cmd.agent_etag,
+                    ),
+                    lease_owner=self.owner,
+                    lease_seconds=self._settings.lease_seconds,
+                )
+                break
+            except repo.AgentChanged:
+                if planner is None or isinstance(request, ExecutionPlan):
+                    raise
+                if attempt == MAX_REPLANS:
+                    raise AgentConcurrentlyModified(cmd.agent) from None
+                cmd = await planner.plan(request, fresh=True)
         if execution is None:  # a concurrent duplicate took the request id first
             assert cmd.request_id is not None
             existing = await repo.get_by_request_id(self._pool, cmd.workspace, cmd.request_id)
@@ -200,6 +235,12 @@ class ExecutionEngine:
             yield Started(execution)
             async for text in self._stream(cmd, progress, deadline, request_id):
                 yield Delta(text)
+            progress.verdict = check_output(
+                cmd.output_schema,
+                "".join(progress.parts),
+                refusal=None if progress.refusal is None else "".join(progress.refusal),
+                finish_reason=progress.finish_reason,
+            )
         except (asyncio.CancelledError, GeneratorExit):
             state, error = cut_short(self._clock(), deadline=deadline, cut_at=self._cut_at)
             await asyncio.shield(self._finish(execution, cmd, progress, state, error))
@@ -218,10 +259,14 @@ class ExecutionEngine:
             error = ExecutionError("INTERNAL", "internal error")
             await self._recorded(execution, cmd, progress, FAILED, error)
             raise
+        if progress.verdict and progress.verdict.error:  # not the output asked for
+            error = progress.verdict.error
+            await self._recorded(execution, cmd, progress, FAILED, error)
+            raise execution_failed(error.reason, error.message, execution.name) from None
         yield Completed(await self._recorded(execution, cmd, progress, SUCCEEDED, None))
 
     async def _stream(
-        self, cmd: ExecuteCommand, progress: _Progress, deadline: float | None, request_id: str
+        self, cmd: ExecutionPlan, progress: _Progress, deadline: float | None, request_id: str
     ) -> AsyncIterator[str]:
         provider = get_provider(cmd.provider)
         refetched = False
@@ -256,6 +301,8 @@ class ExecutionEngine:
                                 progress.first_token_time = self._now()
                             progress.parts.append(event.text)
                             yield event.text
+                        elif isinstance(event, Refusal):
+                            progress.refusal = [*(progress.refusal or []), event.text]
                         elif isinstance(event, UsageReport):
                             progress.usage = event
                         elif isinstance(event, Finish):
@@ -274,7 +321,7 @@ class ExecutionEngine:
     async def _recorded(
         self,
         execution: Execution,
-        cmd: ExecuteCommand,
+        cmd: ExecutionPlan,
         progress: _Progress,
         state: str,
         error: ExecutionError | None,
@@ -289,7 +336,7 @@ class ExecutionEngine:
     async def _finish(
         self,
         execution: Execution,
-        cmd: ExecuteCommand,
+        cmd: ExecutionPlan,
         progress: _Progress,
         state: str,
         error: ExecutionError | None,
@@ -309,12 +356,13 @@ class ExecutionEngine:
 
     def _outcome(
         self,
-        cmd: ExecuteCommand,
+        cmd: ExecutionPlan,
         progress: _Progress,
         state: str,
         error: ExecutionError | None,
     ) -> Outcome:
         text = "".join(progress.parts)
+        verdict = progress.verdict
         if progress.usage is None and not text:
             usage = Usage()  # the provider never answered with anything billable
         else:
@@ -336,6 +384,8 @@ class ExecutionEngine:
             output_text=text if self._settings.store_output else None,
             first_token_time=progress.first_token_time,
             end_time=self._now(),
+            output=verdict.output if verdict else None,
+            output_valid=verdict.output_valid if verdict else None,
         )
 
     async def _replay(self, existing: Execution) -> AsyncIterator[Event]:

@@ -9,6 +9,7 @@ from service_kit.errors import (
     AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
+    FieldViolation,
     NotFound,
     ResourceExhausted,
     ServiceError,
@@ -70,7 +71,28 @@ class AgentConcurrentlyModified(ServiceError):
 
     def __init__(self, name: str) -> None:
         super().__init__(
-            f"{name} kept changing during the update; retry it", metadata={"agent": name}
+            f"{name} kept changing while this call ran; retry it", metadata={"agent": name}
+        )
+
+
+class InputSchemaViolation(ServiceError):
+    """An agent's input breaks its input schema: one field violation per error (the first
+    `shown`), each named by its JSON pointer. The message names only the first two, so
+    that the status stays small (it travels in trailers, which peers cap at 8 KB)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INPUT_SCHEMA_VIOLATION"
+
+    def __init__(self, violations: list[FieldViolation], *, shown: int) -> None:
+        named = "; ".join(f"{v.field}: {v.description}" for v in violations[:2])
+        if len(violations) > 2:
+            named += f" (and {len(violations) - 2} more)"
+        listed = violations[:shown]
+        if len(violations) > shown:
+            more = len(violations) - shown
+            listed.append(FieldViolation("input", f"and {more} more violations not listed"))
+        super().__init__(
+            f"the input does not match the agent's input schema: {named}", violations=listed
         )
 
 
@@ -99,6 +121,10 @@ _PROVIDER_STATUS: dict[str, type[ServiceError]] = {
     "PROVIDER_RATE_LIMITED": ResourceExhausted,
     "PROVIDER_QUOTA_EXCEEDED": ResourceExhausted,
     "DEADLINE_EXCEEDED": DeadlineExceeded,
+    # The answer came, but not the structured output asked for: retrying the same request is
+    # not the fix (the error message names the first violations; the record has them all).
+    "OUTPUT_SCHEMA_VIOLATION": FailedPrecondition,
+    "OUTPUT_REFUSED": FailedPrecondition,
 }
 
 

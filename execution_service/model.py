@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
+
+from execution_service.schemas import SchemaViolation
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
@@ -14,6 +17,12 @@ TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 # later. SHUTDOWN: the stream was still running when the server's drain period ended.
 INTERRUPTED = "INTERRUPTED"
 SHUTDOWN = "SHUTDOWN"
+# The output came back but is not the structured output asked for: not JSON, or JSON that
+# breaks the output schema; or the model refused to answer. Counted apart from provider
+# failures in the agent statistics.
+OUTPUT_SCHEMA_VIOLATION = "OUTPUT_SCHEMA_VIOLATION"
+OUTPUT_REFUSED = "OUTPUT_REFUSED"
+OUTPUT_FAILURES = (OUTPUT_SCHEMA_VIOLATION, OUTPUT_REFUSED)
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,7 @@ class ExecutionError:
     reason: str
     message: str
     provider_status: int = 0
+    violations: tuple[SchemaViolation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,10 @@ class Execution:
     output_text: str | None = None
     first_token_time: dt.datetime | None = None
     end_time: dt.datetime | None = None
+    agent: str = ""  # the agent's name when run by name
+    agent_etag: str = ""
+    output: Any = None  # the parsed structured output (JSON), when there is one
+    output_valid: bool | None = None  # None: no output schema, or no complete output
 
     @property
     def name(self) -> str:
@@ -74,6 +88,8 @@ class Outcome:
     output_text: str | None
     first_token_time: dt.datetime | None
     end_time: dt.datetime
+    output: Any = None
+    output_valid: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,7 @@ class AgentStats:
     latency_p95: float | None
     ttft_p50: float | None
     ttft_p95: float | None
+    output_invalid: int = 0
 
     @property
     def success_rate(self) -> float:

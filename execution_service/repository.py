@@ -6,12 +6,14 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
+from typing import Any
 
 import asyncpg
 
 from execution_service.model import (
     FAILED,
     INTERRUPTED,
+    OUTPUT_FAILURES,
     RUNNING,
     AgentStats,
     Execution,
@@ -19,17 +21,24 @@ from execution_service.model import (
     Outcome,
     Usage,
 )
+from execution_service.schemas import SchemaViolation
 from service_kit.db import Executor
 
 _COLUMNS = """id, workspace, agent_id, provider, model, state, request_id, labels, input_tokens,
     output_tokens, cache_read_tokens, cache_write_tokens, usage_estimated, cost_nanos, attempts,
     error_reason, error_message, provider_status, finish_reason, output_text, create_time,
-    first_token_time, end_time"""
+    first_token_time, end_time, agent, agent_etag, output::text AS output, output_valid,
+    error_violations::text AS error_violations"""
 
 
 def _from_row(row: asyncpg.Record) -> Execution:
     error = (
-        ExecutionError(row["error_reason"], row["error_message"], row["provider_status"])
+        ExecutionError(
+            row["error_reason"],
+            row["error_message"],
+            row["provider_status"],
+            _violations(row["error_violations"]),
+        )
         if row["error_reason"]
         else None
     )
@@ -58,11 +67,45 @@ def _from_row(row: asyncpg.Record) -> Execution:
         create_time=row["create_time"],
         first_token_time=row["first_token_time"],
         end_time=row["end_time"],
+        agent=row["agent"] or "",
+        agent_etag=row["agent_etag"] or "",
+        output=None if row["output"] is None else json.loads(row["output"]),
+        output_valid=row["output_valid"],
     )
 
 
+def _violations(text: str | None) -> tuple[SchemaViolation, ...]:
+    if text is None:
+        return ()
+    return tuple(SchemaViolation(v["pointer"], v["description"]) for v in json.loads(text))
+
+
+def _jsonb(value: Any) -> str:
+    """JSON text for a jsonb column, which cannot hold NUL characters: a model may write
+    `\\u0000` in its output, so those become U+FFFD in the stored document (the raw text
+    keeps them as written)."""
+    text = json.dumps(value)
+    return json.dumps(_without_nul(value)) if "\\u0000" in text else text
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def _violations_json(error: ExecutionError) -> str | None:
+    if not error.violations:
+        return None
+    return _jsonb([{"pointer": v.pointer, "description": v.description} for v in error.violations])
+
+
 def _start_columns(execution: Execution) -> tuple[object, ...]:
-    """What an execution is from its start: the first eight columns of both writes below."""
+    """What an execution is from its start: the first ten columns of both writes below."""
     return (
         execution.id,
         execution.workspace,
@@ -72,7 +115,13 @@ def _start_columns(execution: Execution) -> tuple[object, ...]:
         execution.request_id,
         json.dumps(execution.labels),
         execution.create_time,
+        execution.agent or None,
+        execution.agent_etag or None,
     )
+
+
+class AgentChanged(Exception):
+    """The agent an execution was planned from is no longer at that version (or is gone)."""
 
 
 async def insert_running(
@@ -80,22 +129,41 @@ async def insert_running(
 ) -> Execution | None:
     """Record a new RUNNING execution. Returns None when its request id is already taken.
 
+    An execution of an agent is recorded only while the agent is still at the version it
+    was planned from (`agent_etag`), checked in the same statement; otherwise nothing is
+    written and AgentChanged is raised (plan again from the agent as it is now). So a plan
+    may come from a copy of the agent kept in memory at no extra round trip, and an update
+    or delete still applies to every execution that starts after it.
+
     The row holds exactly what was given, so the answer is `execution` itself rather than
     the row decoded again (this is on every execution's time-to-first-token path).
     """
-    inserted = await db.fetchval(
+    row = await db.fetchrow(
         """
-        INSERT INTO executions (id, workspace, agent_id, provider, model, state, request_id, labels,
-                                create_time, lease_owner, lease_expires_at)
-        VALUES ($1, $2, $3, $4, $5, 'RUNNING', $6, $7::jsonb, $8::timestamptz, $9,
-                $8::timestamptz + make_interval(secs => $10::float8))
-        ON CONFLICT (workspace, request_id) WHERE request_id IS NOT NULL DO NOTHING
-        RETURNING true""",
+        WITH agent_current AS (
+            SELECT $9::text IS NULL OR EXISTS (
+                SELECT 1 FROM agents WHERE workspace = $2 AND agent_id = $3 AND etag = $10
+            ) AS ok
+        ), inserted AS (
+            INSERT INTO executions (id, workspace, agent_id, provider, model, state, request_id,
+                                    labels, create_time, agent, agent_etag, lease_owner,
+                                    lease_expires_at)
+            SELECT $1, $2, $3, $4, $5, 'RUNNING', $6, $7::jsonb, $8::timestamptz, $9, $10, $11,
+                   $8::timestamptz + make_interval(secs => $12::float8)
+            FROM agent_current WHERE ok
+            ON CONFLICT (workspace, request_id) WHERE request_id IS NOT NULL DO NOTHING
+            RETURNING true
+        )
+        SELECT (SELECT ok FROM agent_current) AS agent_current,
+               EXISTS (SELECT 1 FROM inserted) AS inserted""",
         *_start_columns(execution),
         lease_owner,
         lease_seconds,
     )
-    return execution if inserted else None
+    assert row is not None
+    if not row["agent_current"]:
+        raise AgentChanged(execution.agent)
+    return execution if row["inserted"] else None
 
 
 async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[Execution, bool]:
@@ -113,12 +181,12 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
     recorded = await db.fetchval(
         f"""
         INSERT INTO executions AS e (id, workspace, agent_id, provider, model, request_id,
-            labels, create_time, state, input_tokens, output_tokens, cache_read_tokens,
-            cache_write_tokens, usage_estimated, cost_nanos, attempts, error_reason,
-            error_message, provider_status, finish_reason, output_text, first_token_time,
-            end_time)
-        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15,
-            $16, $17, $18, $19, $20, $21, $22, $23)
+            labels, create_time, agent, agent_etag, state, input_tokens, output_tokens,
+            cache_read_tokens, cache_write_tokens, usage_estimated, cost_nanos, attempts,
+            error_reason, error_message, provider_status, finish_reason, output_text,
+            first_token_time, end_time, output, output_valid, error_violations)
+        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+            $17, $18, $19, $20, $21, $22, $23, $24, $25, $26::jsonb, $27, $28::jsonb)
         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
             input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
             cache_read_tokens = EXCLUDED.cache_read_tokens,
@@ -129,6 +197,8 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
             provider_status = EXCLUDED.provider_status,
             finish_reason = EXCLUDED.finish_reason, output_text = EXCLUDED.output_text,
             first_token_time = EXCLUDED.first_token_time, end_time = EXCLUDED.end_time,
+            output = EXCLUDED.output, output_valid = EXCLUDED.output_valid,
+            error_violations = EXCLUDED.error_violations,
             lease_owner = NULL, lease_expires_at = NULL
         WHERE e.state = '{RUNNING}' OR (e.state = '{FAILED}' AND e.error_reason = '{INTERRUPTED}')
         RETURNING true""",
@@ -148,6 +218,9 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
         outcome.output_text,
         outcome.first_token_time,
         outcome.end_time,
+        None if outcome.output is None else _jsonb(outcome.output),
+        outcome.output_valid,
+        _violations_json(error),
     )
     if recorded:
         mine = dataclasses.replace(
@@ -161,6 +234,8 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
             output_text=outcome.output_text,
             first_token_time=outcome.first_token_time,
             end_time=outcome.end_time,
+            output=outcome.output,
+            output_valid=outcome.output_valid,
         )
         return mine, True
     row = await db.fetchrow(f"SELECT {_COLUMNS} FROM executions WHERE id = $1", execution.id)
@@ -248,13 +323,16 @@ async def agent_stats(
                    FILTER (WHERE first_token_time IS NOT NULL) AS ttft_p50,
                percentile_cont(0.95) WITHIN GROUP
                    (ORDER BY extract(epoch FROM first_token_time - create_time))
-                   FILTER (WHERE first_token_time IS NOT NULL) AS ttft_p95
+                   FILTER (WHERE first_token_time IS NOT NULL) AS ttft_p95,
+               count(*) FILTER (WHERE state = 'FAILED' AND error_reason = ANY($5::text[]))
+                   AS output_invalid
         FROM executions
         WHERE workspace = $1 AND agent_id = $2 AND create_time >= $3 AND create_time < $4""",
         workspace,
         agent_id,
         start,
         end,
+        list(OUTPUT_FAILURES),
     )
     assert row is not None
     return AgentStats(
@@ -274,6 +352,7 @@ async def agent_stats(
         latency_p95=row["latency_p95"],
         ttft_p50=row["ttft_p50"],
         ttft_p95=row["ttft_p95"],
+        output_invalid=row["output_invalid"],
     )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,7 +38,9 @@ MAX_SCHEMA_BYTES = 64 * 1024  # serialized; a schema is configuration, not data
 MAX_SCHEMA_DEPTH = 32  # JSON nesting of the schema document itself
 MAX_REPORTED_ERRORS = 50  # per validated document: enough to act on, bounded in size
 MAX_DESCRIPTION_CHARS = 300  # an error message may quote the (caller's) offending value
+MAX_POINTER_CHARS = 200
 VALIDATOR_CACHE_SIZE = 1024
+MAX_JSON_INT = 2**1023  # a larger integer has no double (a Struct number)
 
 # Keywords whose value is one subschema, a list of subschemas, or a name -> subschema map.
 _ONE = (
@@ -159,6 +162,31 @@ class JsonSchema:
         already normalized, so a stored schema always reads back as the same text, and
         reading an agent (on the way to running it) skips re-serializing its schemas."""
         return cls(json.loads(text), text, hashlib.sha256(text.encode()).hexdigest())
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is out of range")
+    return value
+
+
+def _in_range(text: str) -> int:
+    value = int(text)
+    if abs(value) > MAX_JSON_INT:
+        raise ValueError(f"the integer {text[:20]}... is out of range")
+    return value
+
+
+def parse_json(text: str) -> Any:
+    """A JSON document as the service accepts it from a caller or a model: strict JSON (no
+    NaN or Infinity), every number within a double's range (so that it survives a protobuf
+    Struct and PostgreSQL's jsonb). Raises ValueError or RecursionError."""
+    return json.loads(text, parse_constant=_not_json, parse_float=_finite, parse_int=_in_range)
 
 
 def canonical_json(document: Any) -> str:
@@ -423,7 +451,11 @@ def output_schema_violations(
 
 def _pointer(prefix: str, path: list[str | int]) -> str:
     escaped = (str(p).replace("~", "~0").replace("/", "~1") for p in path)
-    return "/".join([prefix, *escaped])
+    pointer = "/".join([prefix, *escaped])
+    # The document's keys are the caller's (or the model's): bound what an error repeats.
+    if len(pointer) > MAX_POINTER_CHARS:
+        return pointer[: MAX_POINTER_CHARS - 3] + "..."
+    return pointer
 
 
 class CompiledSchema:

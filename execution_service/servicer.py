@@ -22,12 +22,12 @@ from execution_service.agents import AGENT_CURSOR, Agent
 from execution_service.engine import Completed, Delta, ExecutionEngine, Started
 from execution_service.history import EXECUTION_CURSOR, History
 from execution_service.key_check import KeyChecker
-from execution_service.model import AgentStats, Execution
+from execution_service.model import AgentStats, Execution, ExecutionError
+from execution_service.plan import AgentPlanner, decode
 from execution_service.validation import (
     PROVIDERS,
     STATES,
     agent_id_of,
-    execute_command,
     parse_execution_name,
     time_window,
 )
@@ -79,7 +79,7 @@ def execution_message(e: Execution) -> res.Execution:
         ),
         cost_nanos=e.cost_nanos,
         attempts=e.attempts,
-        error=res.ExecutionError(**vars(e.error)) if e.error else None,
+        error=_error_message(e.error),
         create_time=_timestamp(e.create_time),
         first_token_time=_timestamp(e.first_token_time),
         end_time=_timestamp(e.end_time),
@@ -89,8 +89,26 @@ def execution_message(e: Execution) -> res.Execution:
         labels=e.labels,
         output_text=e.output_text or "",
         finish_reason=e.finish_reason,
+        agent=e.agent,
+        agent_etag=e.agent_etag,
+        output=_struct(e.output) if isinstance(e.output, dict) else None,
+        output_valid=e.output_valid,
     )
     return message
+
+
+def _error_message(error: ExecutionError | None) -> res.ExecutionError | None:
+    if error is None:
+        return None
+    return res.ExecutionError(
+        reason=error.reason,
+        message=error.message,
+        provider_status=error.provider_status,
+        violations=[
+            res.SchemaViolation(pointer=v.pointer, description=v.description)
+            for v in error.violations
+        ],
+    )
 
 
 def _stats_message(s: AgentStats) -> res.AgentStats:
@@ -112,6 +130,7 @@ def _stats_message(s: AgentStats) -> res.AgentStats:
         latency_p95=_duration(s.latency_p95),
         time_to_first_token_p50=_duration(s.ttft_p50),
         time_to_first_token_p95=_duration(s.ttft_p95),
+        output_invalid_count=s.output_invalid,
     )
 
 
@@ -174,13 +193,16 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         self._history = history
         self._checker = checker
         self._agents = agents
+        self._planner = AgentPlanner(agents.read, agents.read_fresh)
 
     async def Execute(  # type: ignore[override]
         self, request: pb.ExecuteRequest, context: Any
     ) -> AsyncIterator[pb.ExecuteResponse]:
-        command = execute_command(request)
         events = self._engine.execute(
-            command, deadline=_deadline(context), request_id=call_info().request_id
+            decode(request),
+            planner=self._planner,
+            deadline=_deadline(context),
+            request_id=call_info().request_id,
         )
         async with aclosing(events):
             async for event in events:

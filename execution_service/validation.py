@@ -5,12 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from dataclasses import dataclass
 
 from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import resources_pb2 as res
 from clients.gen.keyvault.v1 import resources_pb2 as kv_res
-from execution_service.providers.base import ChatMessage, ChatRequest
 from service_kit.call_context import REQUEST_ID
 from service_kit.errors import FieldViolation, InvalidArgument
 from service_kit.names import WORKSPACE_PATTERN, has_control_characters, workspace_of
@@ -32,7 +30,7 @@ MAX_LABELS = 16
 MAX_LABEL_VALUE_CHARS = 256
 
 PROVIDERS = {kv_res.PROVIDER_OPENAI: "openai", kv_res.PROVIDER_ANTHROPIC: "anthropic"}
-_ROLES = {
+ROLES = {
     res.MESSAGE_ROLE_SYSTEM: "system",
     res.MESSAGE_ROLE_USER: "user",
     res.MESSAGE_ROLE_ASSISTANT: "assistant",
@@ -43,16 +41,6 @@ STATES = {
     res.EXECUTION_STATE_FAILED: "FAILED",
     res.EXECUTION_STATE_CANCELLED: "CANCELLED",
 }
-
-
-@dataclass(frozen=True)
-class ExecuteCommand:
-    workspace: str
-    agent_id: str
-    provider: str
-    chat: ChatRequest
-    request_id: str | None
-    labels: dict[str, str]
 
 
 def agent_id_violations(agent_id: str, field: str = "agent_id") -> list[FieldViolation]:
@@ -80,7 +68,7 @@ def _message_violations(messages: list[res.Message]) -> list[FieldViolation]:
         return [FieldViolation("messages", f"at most {MAX_MESSAGES} messages")]
     violations = []
     for i, message in enumerate(messages):
-        if message.role not in _ROLES:
+        if message.role not in ROLES:
             violations.append(
                 FieldViolation(f"messages[{i}].role", "must be SYSTEM, USER or ASSISTANT")
             )
@@ -141,11 +129,17 @@ def label_violations(labels: dict[str, str]) -> list[FieldViolation]:
     return []
 
 
-def execute_command(request: pb.ExecuteRequest) -> ExecuteCommand:
+def request_id_violations(request_id: str) -> list[FieldViolation]:
+    if not request_id or REQUEST_ID.fullmatch(request_id):
+        return []
+    return [FieldViolation("request_id", "must be 1-128 characters of [A-Za-z0-9._:-]")]
+
+
+def execute_violations(request: pb.ExecuteRequest) -> list[FieldViolation]:
+    """What is wrong with an ad hoc Execute request's fields (its output schema aside)."""
     violations: list[FieldViolation] = []
-    workspace = ""
     try:
-        workspace = workspace_of(request.parent)
+        workspace_of(request.parent)
     except InvalidArgument as exc:
         violations += exc.violations
     violations += agent_id_violations(request.agent_id)
@@ -153,30 +147,9 @@ def execute_command(request: pb.ExecuteRequest) -> ExecuteCommand:
     violations += model_violations(request.model)
     violations += _message_violations(list(request.messages))
     violations += generation_config_violations(request.generation_config)
-    if request.request_id and not REQUEST_ID.fullmatch(request.request_id):
-        violations.append(
-            FieldViolation("request_id", "must be 1-128 characters of [A-Za-z0-9._:-]")
-        )
-    labels = dict(request.labels)
-    violations += label_violations(labels)
-    if violations:
-        raise InvalidArgument(violations)
-    config = request.generation_config
-    return ExecuteCommand(
-        workspace=workspace,
-        agent_id=request.agent_id,
-        provider=PROVIDERS[request.provider],
-        chat=ChatRequest(
-            model=request.model,
-            messages=tuple(ChatMessage(_ROLES[m.role], m.content) for m in request.messages),  # type: ignore[arg-type]
-            max_tokens=config.max_tokens if config.HasField("max_tokens") else None,
-            temperature=config.temperature if config.HasField("temperature") else None,
-            top_p=config.top_p if config.HasField("top_p") else None,
-            stop=tuple(config.stop_sequences),
-        ),
-        request_id=request.request_id or None,
-        labels=labels,
-    )
+    violations += request_id_violations(request.request_id)
+    violations += label_violations(dict(request.labels))
+    return violations
 
 
 def parse_execution_name(name: str) -> tuple[str, str]:

@@ -8,6 +8,7 @@ PKI, linked as `certs/` in a scratch working folder).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
@@ -81,8 +82,18 @@ async def test_readme_cli_walkthrough(
     assert "error:" not in err
 
 
-async def test_readme_cli_agents(execution: RunningExecution, pki: Path, tmp_path: Path) -> None:
-    script = readme_block("clients-agents").replace(".venv/bin/python", sys.executable)
+async def test_readme_cli_agents(
+    pair_vault: RunningKeyVault,
+    execution: RunningExecution,
+    emulator: RunningEmulator,
+    pki: Path,
+    tmp_path: Path,
+) -> None:
+    script = (
+        readme_block("clients-agents")
+        .replace(".venv/bin/python", sys.executable)
+        .replace("127.0.0.1:8089", f"127.0.0.1:{emulator.port}")
+    )
     (tmp_path / "certs").symlink_to(pki)
     env = {
         name: value
@@ -91,6 +102,7 @@ async def test_readme_cli_agents(execution: RunningExecution, pki: Path, tmp_pat
     }
     env |= {
         "PYTHONPATH": str(PROJECT_ROOT),
+        "AGENTS_VAULT_ADDRESS": f"localhost:{pair_vault.port}",
         "AGENTS_EXECUTION_ADDRESS": f"localhost:{execution.port}",
     }
     process = await asyncio.create_subprocess_exec(
@@ -109,8 +121,15 @@ async def test_readme_cli_agents(execution: RunningExecution, pki: Path, tmp_pat
     assert process.returncode == 0, err
 
     assert re.search(r"^name\s+workspaces/demo/agents/faq-bot$", out, re.M)
-    assert re.search(r"^faq-bot\s+openai\s+gpt-4o-mini\s+-\s+2 properties\s", out, re.M)
+    assert re.search(r"^faq-bot\s+openai\s+gpt-4o-mini\s+1 properties\s+2 properties\s", out, re.M)
     assert "openai gpt-4o-mini (max tokens 300)" in out
     assert "openai gpt-4o-mini (max tokens 500)" in out
     assert out.rstrip().endswith("deleted workspaces/demo/agents/faq-bot")
-    assert err == ""
+    answers = re.findall(r'^(\{"answer":.*\})$', out, re.M)  # the streamed JSON, one per run
+    assert len(answers) == 2 and all(
+        set(json.loads(a)) == {"answer", "confidence"} for a in answers
+    )
+    summaries = re.findall(r"^SUCCEEDED: .*, output valid \(workspaces/demo/executions/", err, re.M)
+    assert len(summaries) == 2
+    assert "refused: the input breaks the input schema" in out
+    assert re.search(r"^error: INVALID_ARGUMENT.*input/question", err, re.M)

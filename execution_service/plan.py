@@ -1,0 +1,240 @@
+"""Plan: an Execute request becomes the immutable plan the engine runs.
+
+Every refusal a caller causes happens here, before anything is recorded or any key fetched:
+malformed fields, an agent that does not exist, input that is not JSON or breaks the agent's
+input schema, an ad hoc output schema the provider cannot enforce. Decoding (`decode`) and
+planning an agent's run (`agent_plan`) are pure; `AgentPlanner` only adds the agent read
+(after a replay of the request id has had its chance, so a replay answers even when the
+agent has changed since).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from clients import json_document  # Struct -> JSON, the same on both ends of the wire
+from clients.gen.execution.v1 import execution_service_pb2 as pb
+from execution_service.agent_requests import parse_agent_name
+from execution_service.agents import Agent, agent_name
+from execution_service.errors import AgentNotFound, InputSchemaViolation
+from execution_service.providers.base import ChatMessage, ChatRequest, OutputSchema
+from execution_service.schemas import (
+    JsonSchema,
+    canonical_json,
+    output_schema_violations,
+    parse_json,
+)
+from execution_service.schemas import compiled as compiled_schema
+from execution_service.validation import (
+    MAX_PROMPT_CHARS,
+    PROVIDERS,
+    ROLES,
+    execute_violations,
+    label_violations,
+    request_id_violations,
+)
+from service_kit.errors import FieldViolation, InvalidArgument, ServiceError
+from service_kit.names import workspace_of
+
+# The ad hoc fields an Execute by agent must leave unset (the agent supplies them).
+AD_HOC_FIELDS = ("agent_id", "provider", "model", "messages", "generation_config", "output_schema")
+MAX_INPUT_CHARS = MAX_PROMPT_CHARS
+MAX_INPUT_VIOLATIONS = 6  # field violations listed (the status travels in trailers: 8 KB)
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """What one execution runs. `output_schema` is what the output is validated against
+    (the same schema the chat request asks the provider to follow), None for free text."""
+
+    workspace: str
+    agent_id: str
+    provider: str
+    chat: ChatRequest
+    request_id: str | None
+    labels: dict[str, str] = field(default_factory=dict)
+    agent: str = ""  # the agent's name when run by name, else empty
+    agent_etag: str = ""
+    output_schema: JsonSchema | None = None
+
+
+@dataclass(frozen=True)
+class AgentCall:
+    """An Execute by agent, decoded and checked, before the agent is read."""
+
+    workspace: str
+    agent_id: str
+    input: Any  # the parsed JSON input
+    request_id: str | None
+    labels: dict[str, str]
+
+
+def decode(request: pb.ExecuteRequest) -> ExecutionPlan | AgentCall:
+    """The ad hoc form's complete plan, or the agent form's call (which needs its agent)."""
+    if request.agent:
+        return _agent_call(request)
+    violations = execute_violations(request)
+    input_kind = request.WhichOneof("agent_input")
+    if input_kind:
+        violations.append(FieldViolation(input_kind, "is only for an Execute by agent"))
+    schema, provider = None, PROVIDERS.get(request.provider)
+    if request.HasField("output_schema") and provider is not None:
+        document = json_document(request.output_schema)
+        found = output_schema_violations(document, "output_schema", [provider])
+        violations += found
+        schema = None if found else JsonSchema.of(document)
+    if violations:
+        raise InvalidArgument(violations)
+    config = request.generation_config
+    chat = ChatRequest(
+        model=request.model,
+        messages=tuple(ChatMessage(ROLES[m.role], m.content) for m in request.messages),  # type: ignore[arg-type]
+        max_tokens=config.max_tokens if config.HasField("max_tokens") else None,
+        temperature=config.temperature if config.HasField("temperature") else None,
+        top_p=config.top_p if config.HasField("top_p") else None,
+        stop=tuple(config.stop_sequences),
+        output_schema=OutputSchema.create(schema.document) if schema else None,
+    )
+    return ExecutionPlan(
+        workspace=workspace_of(request.parent),
+        agent_id=request.agent_id,
+        provider=PROVIDERS[request.provider],
+        chat=chat,
+        request_id=request.request_id or None,
+        labels=dict(request.labels),
+        output_schema=schema,
+    )
+
+
+def _set_ad_hoc_fields(request: pb.ExecuteRequest) -> list[str]:
+    present = {
+        "agent_id": bool(request.agent_id),
+        "provider": bool(request.provider),
+        "model": bool(request.model),
+        "messages": bool(request.messages),
+        "generation_config": request.HasField("generation_config"),
+        "output_schema": request.HasField("output_schema"),
+    }
+    return [name for name in AD_HOC_FIELDS if present[name]]
+
+
+def _agent_call(request: pb.ExecuteRequest) -> AgentCall:
+    violations = [
+        FieldViolation(name, "must be unset in an Execute by agent (the agent defines it)")
+        for name in _set_ad_hoc_fields(request)
+    ]
+    workspace = ""
+    try:
+        workspace = workspace_of(request.parent)
+    except InvalidArgument as exc:
+        violations += exc.violations
+    try:
+        agent_workspace, agent_id = parse_agent_name(request.agent, "agent")
+        if workspace and agent_workspace != workspace:
+            violations.append(FieldViolation("agent", f"must be an agent of {request.parent}"))
+    except InvalidArgument as exc:
+        violations += exc.violations
+        agent_id = ""
+    violations += request_id_violations(request.request_id)
+    labels = dict(request.labels)
+    violations += label_violations(labels)
+    document, input_violations = _input(request)
+    violations += input_violations
+    if violations:
+        raise InvalidArgument(violations)
+    return AgentCall(workspace, agent_id, document, request.request_id or None, labels)
+
+
+def _input(request: pb.ExecuteRequest) -> tuple[Any, list[FieldViolation]]:
+    """The input as parsed JSON: `input` (a Struct) or `input_json` (JSON text)."""
+    kind = request.WhichOneof("agent_input")
+    if kind is None:
+        return None, [
+            FieldViolation("input", "is required: the agent's input, as input or input_json")
+        ]
+    if kind == "input":
+        document = json_document(request.input)
+        if len(canonical_json(document)) > MAX_INPUT_CHARS:
+            return None, [FieldViolation("input", f"at most {MAX_INPUT_CHARS} characters as JSON")]
+        return document, []
+    text = request.input_json
+    if len(text) > MAX_INPUT_CHARS:
+        return None, [FieldViolation("input_json", f"at most {MAX_INPUT_CHARS} characters")]
+    try:
+        return parse_json(text), []
+    except (ValueError, RecursionError) as exc:
+        return None, [FieldViolation("input_json", f"is not valid JSON: {exc}")]
+
+
+def input_message(document: Any) -> str:
+    """How the input reaches the model: compact JSON with a stable key order."""
+    return canonical_json(document)
+
+
+def agent_plan(call: AgentCall, agent: Agent | None) -> ExecutionPlan:
+    """The plan of one run of `agent` (as read just now); NOT_FOUND when there is none, and
+    INVALID_ARGUMENT, one violation per error at its JSON pointer, when the input breaks the
+    agent's input schema."""
+    if agent is None:
+        raise AgentNotFound(agent_name(call.workspace, call.agent_id))
+    spec = agent.spec
+    if spec.input_schema is not None:
+        found = compiled_schema(spec.input_schema).validate(call.input, "input")
+        if found:
+            raise InputSchemaViolation(
+                [FieldViolation(v.pointer, v.description) for v in found],
+                shown=MAX_INPUT_VIOLATIONS,
+            )
+    elif not isinstance(call.input, dict):
+        raise InvalidArgument(
+            [FieldViolation("input", "must be a JSON object (the agent has no input schema)")]
+        )
+    route = spec.routes[0]  # one route for now; fallbacks walk the rest
+    messages = [ChatMessage("user", input_message(call.input))]
+    if spec.instructions:
+        messages.insert(0, ChatMessage("system", spec.instructions))
+    output = spec.output_schema
+    generation = route.generation
+    chat = ChatRequest(
+        model=route.model,
+        messages=tuple(messages),
+        max_tokens=generation.max_tokens,
+        temperature=generation.temperature,
+        top_p=generation.top_p,
+        stop=generation.stop_sequences,
+        output_schema=OutputSchema.create(output.document, call.agent_id) if output else None,
+    )
+    return ExecutionPlan(
+        workspace=call.workspace,
+        agent_id=call.agent_id,
+        provider=route.provider,
+        chat=chat,
+        request_id=call.request_id,
+        labels=call.labels,
+        agent=agent.name,
+        agent_etag=agent.etag,
+        output_schema=output,
+    )
+
+
+ReadAgent = Callable[[str, str], Awaitable[Agent | None]]
+
+
+@dataclass(frozen=True)
+class AgentPlanner:
+    """Plans runs of agents read by `read_agent`, which may give a copy read earlier, or by
+    `read_fresh`, which reads the agent as it is now. A refusal (input that breaks the
+    schema, an agent that is gone) is given only for the agent as it is now."""
+
+    read_agent: ReadAgent
+    read_fresh: ReadAgent
+
+    async def plan(self, call: AgentCall, *, fresh: bool = False) -> ExecutionPlan:
+        if not fresh:
+            try:
+                return agent_plan(call, await self.read_agent(call.workspace, call.agent_id))
+            except ServiceError:
+                pass  # the copy may be out of date: decide on the agent as it is now
+        return agent_plan(call, await self.read_fresh(call.workspace, call.agent_id))
