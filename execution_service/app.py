@@ -137,6 +137,7 @@ async def start_execution(
             tls=settings.server.tls,
             address=settings.server.listen_address,
             metrics_port=settings.server.metrics_port,
+            health_port=settings.server.health_port,
             reuse_port=settings.server.reuse_port,
         )
         await server.start(pool)
