@@ -30,6 +30,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # database does: a liveness probe that asked about the database would restart every replica
 # during a database outage, which restarting cannot fix.
 LIVENESS_SERVICE = "liveness"
+# Clients that balance over the addresses a name resolves to (the execution service over the
+# vault's headless Service) resolve it again only when a connection ends: closing each
+# connection after a few minutes (gRPC adds 10 % jitter) lets them find replicas added since.
+# Calls and streams in flight on it run to their end; new ones go over a new connection.
+MAX_CONNECTION_AGE_SECONDS = 300.0
 
 
 class GrpcServer:
@@ -46,6 +51,7 @@ class GrpcServer:
         metrics_port: int = 0,
         health_port: int = 0,
         reuse_port: bool = False,
+        max_connection_age: float = MAX_CONNECTION_AGE_SECONDS,
     ) -> None:
         """``metrics_port`` > 0 serves /metrics there (plain HTTP, on the host of
         ``address``) while the server runs; 0 serves none. ``health_port`` > 0 serves
@@ -61,6 +67,7 @@ class GrpcServer:
             options=[
                 ("grpc.so_reuseport", int(reuse_port)),
                 ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
             ],
         )
         register(self.server)
