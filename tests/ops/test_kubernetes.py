@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -211,3 +213,17 @@ def test_the_vault_is_dialled_by_a_name_its_certificate_carries(
     assert {
         o["metadata"].get("namespace", namespace) for o in objects if o["kind"] != "Namespace"
     } == {namespace}
+
+
+def test_the_readme_sizing_table_matches_the_production_manifests() -> None:
+    production = render(next(o for o in OVERLAYS if o.name == "production"))
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| (CPU|Memory) request / limit \| (.+) \|$", readme, re.M))
+    for column, name in enumerate(("keyvault", "execution")):
+        resources = named(production, "Deployment", name)["spec"]["template"]["spec"]["containers"][
+            0
+        ]["resources"]
+        for kind, key in (("CPU", "cpu"), ("Memory", "memory")):
+            shown = rows[kind].split(" | ")[column]
+            wanted = f"{resources['requests'][key]} / {resources['limits'][key]}"
+            assert shown == wanted.replace("Mi", " MiB"), (name, kind)
