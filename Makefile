@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 BUF    := tools/buf/node_modules/.bin/buf
 
-.PHONY: install proto certs run demo test fuzz lint lint-compose lint-alerts lint-contracts lock bench clean
+.PHONY: install proto certs run demo test fuzz lint lint-compose lint-alerts lint-contracts lint-kubernetes lock bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is required") if sys.version_info < (3, 11) else None'
@@ -37,7 +37,7 @@ $(BUF): tools/buf/package.json
 	cd tools/buf && npm install --silent --no-audit --no-fund
 	@touch $(BUF)
 
-lint: $(STAMP) lint-contracts lint-compose lint-alerts
+lint: $(STAMP) lint-contracts lint-compose lint-alerts lint-kubernetes
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy service_kit keyvault_service execution_service provider_emulator clients
@@ -59,6 +59,10 @@ lint-alerts:  ## Prometheus scrape config and alert rules, and the rules' unit t
 	promtool check config --syntax-only deploy/prometheus/prometheus.yml && \
 	promtool check rules deploy/prometheus/alerts.yml && \
 	promtool test rules deploy/prometheus/alerts_test.yml
+
+lint-kubernetes: $(STAMP)  ## render each Kustomize overlay; validate every object against the Kubernetes schemas
+	@command -v kubectl >/dev/null 2>&1 || { $(call MISSING,kubectl,Debian/Ubuntu: apt-get install kubectl from the Kubernetes apt repository,Kubernetes manifest validation); }; \
+	$(PY) -m deploy.kubernetes.validate
 
 lint-contracts: $(BUF)  ## buf lint, and buf breaking against the previous commit
 	$(BUF) lint

@@ -40,7 +40,11 @@ LAST_CHANCE_SECONDS = 2.0
 # gRPC's default reconnect backoff grows to two minutes, so a vault that was down for a while
 # would be unusable long after it serves again. Retry the connection every 0.25 to 0.5 s
 # (each attempt may take up to 1 s: the minimum connect timeout).
+# Round robin over every address the name resolves to: with several vault replicas behind a
+# headless Service (`dns:///keyvault-headless...`), each replica gets its share of the calls
+# on long-lived HTTP/2 connections; with one address it behaves like the default pick_first.
 VAULT_CHANNEL_OPTIONS = (
+    ("grpc.lb_policy_name", "round_robin"),
     ("grpc.initial_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.min_reconnect_backoff_ms", 1000),
@@ -133,6 +137,7 @@ async def start_execution(
             tls=settings.server.tls,
             address=settings.server.listen_address,
             metrics_port=settings.server.metrics_port,
+            health_port=settings.server.health_port,
             reuse_port=settings.server.reuse_port,
         )
         await server.start(pool)

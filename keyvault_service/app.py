@@ -104,6 +104,7 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
             tls=settings.server.tls,
             address=settings.server.listen_address,
             metrics_port=settings.server.metrics_port,
+            health_port=settings.server.health_port,
             reuse_port=settings.server.reuse_port,
         )
         key_changes.start()

@@ -1,5 +1,6 @@
 """The gRPC server every service runs: mTLS port, health, reflection, database health
-watch, a Prometheus /metrics endpoint, graceful drain on SIGTERM/SIGINT."""
+watch, a Prometheus /metrics endpoint, an optional plaintext health-only port for probes
+that cannot do mTLS, graceful drain on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# A health service name that answers SERVING while the process serves at all, whatever the
+# database does: a liveness probe that asked about the database would restart every replica
+# during a database outage, which restarting cannot fix.
+LIVENESS_SERVICE = "liveness"
+# Clients that balance over the addresses a name resolves to (the execution service over the
+# vault's headless Service) resolve it again only when a connection ends: closing each
+# connection after a few minutes (gRPC adds 10 % jitter) lets them find replicas added since.
+# Calls and streams in flight on it run to their end; new ones go over a new connection.
+MAX_CONNECTION_AGE_SECONDS = 300.0
 
 
 class GrpcServer:
@@ -39,10 +49,14 @@ class GrpcServer:
         tls: TlsFiles,
         address: str,
         metrics_port: int = 0,
+        health_port: int = 0,
         reuse_port: bool = False,
+        max_connection_age: float = MAX_CONNECTION_AGE_SECONDS,
     ) -> None:
         """``metrics_port`` > 0 serves /metrics there (plain HTTP, on the host of
-        ``address``) while the server runs; 0 serves none."""
+        ``address``) while the server runs; 0 serves none. ``health_port`` > 0 serves
+        ``grpc.health.v1`` alone there, without TLS, on the same host: for probes that
+        cannot present a client certificate (Kubernetes' gRPC probes). 0 serves none."""
         self.service_names = tuple(service_names)
         self.metrics_address = (metrics_host(address), metrics_port) if metrics_port else None
         self.metrics: MetricsEndpoint | None = None
@@ -53,6 +67,7 @@ class GrpcServer:
             options=[
                 ("grpc.so_reuseport", int(reuse_port)),
                 ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
             ],
         )
         register(self.server)
@@ -69,7 +84,25 @@ class GrpcServer:
             raise OSError(f"could not listen on {address}") from exc
         if self.port == 0:
             raise OSError(f"could not listen on {address}")
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
+        if health_port:
+            self._add_health_port(f"{metrics_host(address)}:{health_port}", reuse_port)
         self._watch: asyncio.Task[None] | None = None
+
+    def _add_health_port(self, address: str, reuse_port: bool) -> None:
+        """A second server with nothing but the health service (no reflection, no business
+        methods, no identities to check), sharing the main server's health status."""
+        self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        if not reuse_port:
+            check_address_free(address)
+        try:
+            self.health_port = self.health_server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"could not listen on {address}") from exc
+        if self.health_port == 0:
+            raise OSError(f"could not listen on {address}")
 
     async def set_serving(self, serving: bool) -> None:
         status = SERVING if serving else NOT_SERVING
@@ -82,9 +115,13 @@ class GrpcServer:
             self.metrics = serve_metrics(port, host)
         try:
             await self.server.start()
+            if self.health_server is not None:
+                await self.health_server.start()
         except BaseException:
+            await self.server.stop(None)
             await self._stop_metrics()
             raise
+        await self.health.set(LIVENESS_SERVICE, SERVING)
         serving = await db.ping(pool) if pool is not None else True
         await self.set_serving(serving)
         if pool is not None:
@@ -121,6 +158,8 @@ class GrpcServer:
         await self._stop_watch()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.health_server is not None:  # after: probes see NOT_SERVING during the drain
+            await self.health_server.stop(None)
         await self._stop_metrics()
 
     async def _stop_watch(self) -> None:

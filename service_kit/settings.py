@@ -90,6 +90,7 @@ class ServerSettings:
     # At the start of a drain: answer health checks NOT_SERVING while still serving calls.
     announce_seconds: float = 1.0
     reuse_port: bool = False  # set in worker processes so that they can share the port
+    health_port: int = 0  # > 0: plaintext grpc.health.v1 alone there, for probes; 0: none
 
     @classmethod
     def from_env(
@@ -119,4 +120,5 @@ class ServerSettings:
             db_pool_max=env.integer(f"{prefix}_DB_POOL_MAX", 10, minimum=1),
             workers=env.integer(f"{prefix}_WORKERS", 1, minimum=1, maximum=64),
             announce_seconds=env.number("SHUTDOWN_ANNOUNCE_SECONDS", 1.0),
+            health_port=env.integer(f"{prefix}_HEALTH_PORT", 0, maximum=65535),
         )
