@@ -144,17 +144,40 @@ class Tracing:
         return [i for i in every if not isinstance(i, grpc.aio.StreamStreamClientInterceptor)]
 
     def instrument_http(self, client: httpx.AsyncClient) -> None:
-        """A span per request and `traceparent` in its headers. Header values are not
-        recorded (unless OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST asks)."""
+        """A span per request and `traceparent` in its headers. Header values are recorded
+        only as OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST asks, and those that
+        carry credentials never."""
         if self._provider is None:
             return
         HTTPXClientInstrumentor.instrument_client(
-            client, tracer_provider=self._provider, meter_provider=NoOpMeterProvider()
+            client,
+            tracer_provider=self._provider,
+            meter_provider=NoOpMeterProvider(),
+            request_hook=_redact_credential_headers,
         )
 
     def shutdown(self) -> None:
         if self._provider is not None:
             self._provider.shutdown()
+
+
+# Request headers that carry an API key or other credentials (OpenAI and compatible
+# endpoints: Authorization; Anthropic: x-api-key; Azure OpenAI: api-key), as the attributes
+# the instrumentation records them under.
+_CREDENTIAL_HEADERS = tuple(
+    f"http.request.header.{name}"
+    for name in ("authorization", "proxy_authorization", "x_api_key", "api_key", "cookie")
+)
+
+
+async def _redact_credential_headers(span: trace.Span, _request: Any) -> None:
+    """Runs as each request's span starts, after any captured headers were recorded."""
+    recorded = getattr(span, "attributes", None)
+    if not span.is_recording() or not recorded:
+        return
+    for attribute in _CREDENTIAL_HEADERS:
+        if attribute in recorded:
+            span.set_attribute(attribute, ["[REDACTED]"])
 
 
 class _ServerSpans(grpc.aio.ServerInterceptor):

@@ -51,7 +51,17 @@ async def traced_pair(
     tls_for: Callable[[str], TlsFiles], make_database: Callable[[str], Awaitable[str]]
 ) -> AsyncIterator[TracedPair]:
     """The pair with a tracer provider each (so that spans name their service), both
-    exporting to one in-memory exporter."""
+    exporting to one in-memory exporter. An operator asked for every provider request
+    header to be recorded (credentials must be redacted even then)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", ".*")
+        async for pair in _traced_pair(tls_for, make_database):
+            yield pair
+
+
+async def _traced_pair(
+    tls_for: Callable[[str], TlsFiles], make_database: Callable[[str], Awaitable[str]]
+) -> AsyncIterator[TracedPair]:
     exporter = InMemorySpanExporter()
     vault_tracing = Tracing.start(TracingSettings(service_name="keyvault"), exporter=exporter)
     execution_tracing = Tracing.start(TracingSettings(service_name="execution"), exporter=exporter)
@@ -257,6 +267,8 @@ async def test_no_span_carries_a_key_a_prompt_or_an_output(traced_pair: TracedPa
     spans = await spans_of_trace_any(recorded, lambda found: _saw_everything(found))
     text = "\n".join(s.to_json() for s in spans)  # names, attributes, events, status, resource
     assert "db.statement" in text and "http.url" in text
+    assert "http.request.header.authorization" in text  # recorded, as the operator asked
+    assert "http.request.header.x_api_key" in text
     for window in windows(CANARY) + windows(prompt.rsplit(" ", 1)[1]):
         assert window not in text
     assert succeeded.text and succeeded.text not in text
