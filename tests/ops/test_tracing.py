@@ -331,9 +331,9 @@ async def test_trace_ids_reach_both_services_logs_with_export_off(
     metered_pair: MeteredPair,
 ) -> None:
     """The shared fixture's services run with the default tracing: nothing exported, the
-    caller's trace continued."""
-    pair, ws = metered_pair, workspace()
-    await pair.store_key(ws, "openai", openai_key())
+    caller's trace continued to the vault and the provider."""
+    pair, ws, key = metered_pair, workspace(), openai_key()
+    await pair.store_key(ws, "openai", key)
     traceparent, trace_id, _ = new_traceparent()
     with LogCapture() as logs:
         outcome = await run(
@@ -346,6 +346,11 @@ async def test_trace_ids_reach_both_services_logs_with_export_off(
     ]
     assert finished["trace_id"] == revealed["trace_id"] == f"{trace_id:032x}"
     assert finished["span_id"] != revealed["span_id"]
+    # ... and on to the provider, unsampled (nothing of it was recorded).
+    [seen] = pair.emulator.state.find_requests(key=key)
+    version, sent_trace, sent_parent, flags = seen.headers["traceparent"].split("-")
+    assert (version, sent_trace, flags) == ("00", f"{trace_id:032x}", "00")
+    assert sent_parent == finished["span_id"]
 
 
 # --- settings and export --------------------------------------------------------------------
