@@ -18,11 +18,10 @@ What records spans:
 Not traced: health checks, and bidirectional streams (server reflection, the key-change
 watch), which last as long as a connection and would be one endless span.
 
-Export is off unless an OTLP endpoint is configured. Spans for calls and provider requests
-are still made when it is off, unsampled (nothing kept, nothing queued): the caller's trace id
-continues to the vault and the provider, and shows in the log lines, for a few microseconds
-per span.
-`OTEL_SDK_DISABLED=true` turns tracing off altogether.
+Export is off unless an OTLP endpoint is configured. The calls' spans are still made when it
+is off, unsampled (nothing kept, nothing queued): the caller's trace id continues to the vault
+and the provider, and shows in the log lines. `OTEL_SDK_DISABLED=true` turns tracing off
+altogether.
 
 No content is ever recorded: span attributes are the instrumentations' defaults (method
 names, status codes, peer addresses, SQL text without its parameters, URLs without
