@@ -195,6 +195,40 @@ async def test_one_execute_is_one_trace_across_both_services(traced_pair: Traced
     )
 
 
+async def test_a_cancelled_execute_still_ends_its_span_with_its_statements(
+    traced_pair: TracedPair,
+) -> None:
+    pair, ws, key = traced_pair, workspace(), openai_key()
+    await pair.store_key(ws, "openai", key)
+    pair.emulator.state.script({"chunk_delay_ms": 200}, key=key)
+    traceparent, trace_id, _ = new_traceparent()
+    call = pair.execution_stub().Execute(request(ws), metadata=(("traceparent", traceparent),))
+    started = await call.read()
+    assert (await call.read()).WhichOneof("event") == "delta"
+    call.cancel()
+
+    def row_written_twice(found: list[ReadableSpan]) -> bool:
+        """The Execute span has ended, and the execution's row was written when it started
+        and again when it was cancelled (the terminal record)."""
+        return has(EXECUTE, SpanKind.SERVER)(found) and len(execution_statements(found)) >= 2
+
+    spans = await spans_of_trace(pair.exporter, trace_id, until=row_written_twice)
+    execute = one(spans, EXECUTE, SpanKind.SERVER)
+    assert {parent_id(s) for s in execution_statements(spans)} == {span_id(execute)}
+    stored = await pair.execution_stub().GetExecution(
+        pb.GetExecutionRequest(name=started.started.name)
+    )
+    assert stored.execution.state == res.EXECUTION_STATE_CANCELLED
+
+
+def execution_statements(spans: list[ReadableSpan]) -> list[ReadableSpan]:
+    return [
+        s
+        for s in spans
+        if s.attributes and s.attributes.get("db.system") and service_of(s) == "execution"
+    ]
+
+
 async def test_refused_calls_are_traced_with_their_status(traced_pair: TracedPair) -> None:
     """The project's interceptor hands handlers raw bytes and answers refusals itself; the
     tracing interceptor ahead of it still records each call and its final status."""
