@@ -31,6 +31,7 @@ from service_kit.runtime import run, serve
 from service_kit.server import GrpcServer
 from service_kit.settings import SettingsError
 from service_kit.tls import channel_credentials
+from service_kit.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ VAULT_CHANNEL_OPTIONS = (
 # At start-up, how long to wait for the key-change subscription before serving anyway
 # (until it is live, every execution fetches its key from the vault).
 SUBSCRIBE_WAIT_SECONDS = 1.0
+# The process's name in logs and traces.
+SERVICE = "execution"
 
 
 @dataclass
@@ -88,8 +91,13 @@ class RunningExecution:
 
 
 async def start_execution(
-    settings: ExecutionSettings, database_url: str, *, background: bool = True
+    settings: ExecutionSettings,
+    database_url: str,
+    *,
+    background: bool = True,
+    tracing: Tracing | None = None,
 ) -> RunningExecution:
+    tracing = tracing or Tracing.propagate_only(SERVICE)
     policy = Policy.from_file(settings.server.policy_file)
     prices = load_prices(settings.engine.pricing_file)
     low, high = settings.server.db_pool_min, settings.server.db_pool_max
@@ -109,6 +117,7 @@ async def start_execution(
             settings.keyvault_address,
             channel_credentials(settings.keyvault_tls),
             options=VAULT_CHANNEL_OPTIONS,
+            interceptors=tracing.channel_interceptors(),
         )
         vault = kv_grpc.KeyVaultServiceStub(vault_channel)
         keys = KeySource(vault, ttl=settings.engine.key_cache_ttl)
@@ -118,6 +127,7 @@ async def start_execution(
             connect_timeout=settings.engine.connect_timeout,
             read_timeout=settings.engine.read_timeout,
             egress=settings.engine.provider_egress(),
+            tracing=tracing,
         )
         engine = ExecutionEngine(
             pool=pool,
@@ -139,6 +149,7 @@ async def start_execution(
             metrics_port=settings.server.metrics_port,
             health_port=settings.server.health_port,
             reuse_port=settings.server.reuse_port,
+            tracing=tracing,
         )
         await server.start(pool)
     except BaseException:
@@ -159,7 +170,7 @@ async def start_execution(
 
 async def main() -> None:
     await serve(
-        service="execution",
+        service=SERVICE,
         module="execution_service",
         database="execution",
         database_env="EXECUTION_DATABASE_URL",

@@ -24,6 +24,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from httpx_aiohttp import AiohttpTransport
 
 from service_kit.egress import EgressPolicy, EgressRefused
+from service_kit.tracing import Tracing
 
 __all__ = ["DestinationForbidden", "PolicyResolver", "ProviderTransport", "provider_http_client"]
 
@@ -106,9 +107,11 @@ def provider_http_client(
     read_timeout: float,
     egress: EgressPolicy,
     max_connections: int = 2000,
+    tracing: Tracing | None = None,
 ) -> httpx.AsyncClient:
-    """One client for every provider call, created at start-up: pooled keep-alive."""
-    return httpx.AsyncClient(
+    """One client for every provider call, created at start-up: pooled keep-alive, and a
+    span per request (the egress check included) when `tracing` is given."""
+    client = httpx.AsyncClient(
         transport=ProviderTransport(
             egress=egress,
             limits=httpx.Limits(max_connections=max_connections, keepalive_expiry=30.0),
@@ -116,3 +119,6 @@ def provider_http_client(
         timeout=httpx.Timeout(connect_timeout, read=read_timeout),
         follow_redirects=False,
     )
+    if tracing is not None:
+        tracing.instrument_http(client)
+    return client

@@ -28,8 +28,12 @@ from service_kit.interceptor import ServiceInterceptor
 from service_kit.runtime import run, serve
 from service_kit.server import GrpcServer
 from service_kit.settings import SettingsError
+from service_kit.tracing import Tracing
 
 log = logging.getLogger(__name__)
+
+# The process's name in logs and traces.
+SERVICE = "keyvault"
 
 
 class StartupError(RuntimeError):
@@ -76,7 +80,10 @@ class RunningKeyVault:
         await self.pool.close()
 
 
-async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> RunningKeyVault:
+async def start_keyvault(
+    settings: KeyVaultSettings, database_url: str, *, tracing: Tracing | None = None
+) -> RunningKeyVault:
+    tracing = tracing or Tracing.propagate_only(SERVICE)
     policy = Policy.from_file(settings.server.policy_file)
     pool = await db.create_pool(
         database_url, min_size=settings.server.db_pool_min, max_size=settings.server.db_pool_max
@@ -106,6 +113,7 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
             metrics_port=settings.server.metrics_port,
             health_port=settings.server.health_port,
             reuse_port=settings.server.reuse_port,
+            tracing=tracing,
         )
         key_changes.start()
         await key_changes.wait_live(timeout=5.0)  # serve with the feed up when the database is
@@ -119,7 +127,7 @@ async def start_keyvault(settings: KeyVaultSettings, database_url: str) -> Runni
 
 async def main() -> None:
     await serve(
-        service="keyvault",
+        service=SERVICE,
         module="keyvault_service",
         database="keyvault",
         database_env="KEYVAULT_DATABASE_URL",

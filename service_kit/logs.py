@@ -1,10 +1,12 @@
-"""Structured JSON logs with the current call's request id and caller on every record."""
+"""Structured JSON logs with the current call's request id and caller, and the current trace
+and span ids, on every record."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
+from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
 from service_kit.call_context import current_call
@@ -16,6 +18,10 @@ class _CallFields(logging.Filter):
         if info is not None:
             record.request_id = info.request_id
             record.caller = info.caller
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:  # also when the span is not exported: ids match other services' logs
+            record.trace_id = trace.format_trace_id(span.trace_id)
+            record.span_id = trace.format_span_id(span.span_id)
         return True
 
 

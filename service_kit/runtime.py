@@ -20,6 +20,7 @@ from service_kit.db import DatabaseUnreachable
 from service_kit.logs import configure_logging
 from service_kit.server import GrpcServer, wait_for_shutdown_signal
 from service_kit.settings import ServerSettings
+from service_kit.tracing import Tracing, TracingSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,14 @@ class _Running(Protocol):
 
 
 S = TypeVar("S", bound=_Settings)
+S_contra = TypeVar("S_contra", bound=_Settings, contravariant=True)
+
+
+class _Start(Protocol[S_contra]):
+    def __call__(
+        self, settings: S_contra, database_url: str, *, tracing: Tracing
+    ) -> Awaitable[_Running]: ...
+
 
 _keep_alive: list[Any] = []
 
@@ -128,7 +137,7 @@ async def serve(
     database: str,
     database_env: str,
     load_settings: Callable[[Mapping[str, str]], S],
-    start: Callable[[S, str], Awaitable[_Running]],
+    start: _Start[S],
     startup_errors: tuple[type[Exception], ...],
 ) -> None:
     """A service's main: settings, database, then serve until SIGTERM/SIGINT and drain."""
@@ -140,6 +149,7 @@ async def serve(
     )
     try:
         settings = load_settings(os.environ)
+        tracing_settings = TracingSettings.from_env(os.environ, service=service)
         url = await resolve_database_url(settings.database_url, database)
     except expected as exc:
         fail_start(str(exc))
@@ -150,8 +160,9 @@ async def serve(
         raise SystemExit(await supervise(module, settings.server.workers, env))
     if index is not None:
         settings = _as_worker(settings, int(index))
+    tracing = Tracing.start(tracing_settings)  # in the process that serves, not a supervisor
     try:
-        running = await start(settings, url)
+        running = await start(settings, url, tracing=tracing)
     except _DATABASE_ERRORS as exc:
         fail_start(database_problem(database_env, url, exc))
         return
@@ -168,6 +179,7 @@ async def serve(
     )
     await running.server.announce_draining(announce)  # part of the grace period
     await running.stop(grace - announce)
+    tracing.shutdown()  # sends the spans still queued
     log.info("stopped")
 
 

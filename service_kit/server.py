@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from service_kit import db
 from service_kit.metrics import DATABASE_UP, MetricsEndpoint, metrics_host, serve_metrics
 from service_kit.tls import TlsFiles, server_credentials
+from service_kit.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +53,19 @@ class GrpcServer:
         health_port: int = 0,
         reuse_port: bool = False,
         max_connection_age: float = MAX_CONNECTION_AGE_SECONDS,
+        tracing: Tracing | None = None,
     ) -> None:
         """``metrics_port`` > 0 serves /metrics there (plain HTTP, on the host of
         ``address``) while the server runs; 0 serves none. ``health_port`` > 0 serves
         ``grpc.health.v1`` alone there, without TLS, on the same host: for probes that
-        cannot present a client certificate (Kubernetes' gRPC probes). 0 serves none."""
+        cannot present a client certificate (Kubernetes' gRPC probes). 0 serves none.
+        ``tracing``'s interceptor runs first, so that a call's span covers the other
+        interceptors too."""
         self.service_names = tuple(service_names)
         self.metrics_address = (metrics_host(address), metrics_port) if metrics_port else None
         self.metrics: MetricsEndpoint | None = None
         self.server = grpc.aio.server(
-            interceptors=list(interceptors),
+            interceptors=[*(tracing.server_interceptors() if tracing else ()), *interceptors],
             # Without reuse_port a second server on a taken port fails instead of silently
             # sharing it; worker processes share it on purpose.
             options=[
