@@ -119,7 +119,10 @@ def _schema(
 ) -> tuple[JsonSchema | None, list[FieldViolation]]:
     if not agent.HasField(name):
         return None, []
-    document = json_document(getattr(agent, name))
+    try:
+        document = json_document(getattr(agent, name))
+    except ValueError:  # a Struct number that is NaN or infinite has no JSON form
+        return None, [FieldViolation(field, "numbers must be finite (JSON has no NaN or infinity)")]
     violations = schema_violations(document, field, output=output)
     return (None if violations else JsonSchema.of(document)), violations
 

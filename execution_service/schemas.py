@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
@@ -190,6 +191,24 @@ def _depth(document: Any) -> int:
     return deepest
 
 
+def _unstorable(document: Any) -> str | None:
+    """Why `document` cannot be kept as JSON in PostgreSQL (None when it can): JSON has no NaN
+    or infinity, and jsonb refuses NUL (U+0000) in any string or member name."""
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return "numbers must be finite (JSON has no NaN or infinity)"
+        if isinstance(value, str) and "\x00" in value:
+            return "must not contain NUL (U+0000) characters"
+        if isinstance(value, dict):
+            stack.extend(value)  # member names
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return None
+
+
 def _short(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= MAX_DESCRIPTION_CHARS else text[: MAX_DESCRIPTION_CHARS - 3] + "..."
@@ -220,6 +239,9 @@ def schema_violations(
 ) -> list[FieldViolation]:
     """Why `document` cannot be saved as a schema ([] when it can). With `output`, the root
     must be an object schema (structured output is a JSON object)."""
+    unstorable = _unstorable(document)
+    if unstorable is not None:
+        return [FieldViolation(field_, unstorable)]
     size = len(canonical_json(document).encode())
     if size > MAX_SCHEMA_BYTES:
         return [FieldViolation(field_, f"is {size} bytes; at most {MAX_SCHEMA_BYTES} allowed")]
