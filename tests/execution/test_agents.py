@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import uuid
 from typing import Any
 
@@ -464,6 +465,30 @@ async def test_invalid_schemas_are_refused_with_a_violation_each(
         "agent.output_schema.required",
     ]
     assert "openai structured output" in err.details()
+    await expect_error(
+        stub.GetAgent(pb.GetAgentRequest(name=f"workspaces/{ws}/agents/support-bot")),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"type": "object", "properties": {"n": {"type": "number", "maximum": math.nan}}},
+        {"type": "object", "properties": {"n": {"type": "number", "minimum": -math.inf}}},
+        {"type": "object", "description": "a\x00b"},
+        {"type": "object", "properties": {"a\x00": {"type": "string"}}},
+    ],
+    ids=["nan", "infinity", "nul-in-a-string", "nul-in-a-name"],
+)
+async def test_a_schema_that_json_or_the_database_cannot_hold_is_invalid(
+    workspace: Workspace, execution_stub: Stub, document: dict[str, Any]
+) -> None:
+    ws, stub = await workspace(), execution_stub()
+    err = await expect_error(
+        create(stub, ws, input_schema=struct(document)), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert violations(err) == ["agent.input_schema"]
     await expect_error(
         stub.GetAgent(pb.GetAgentRequest(name=f"workspaces/{ws}/agents/support-bot")),
         grpc.StatusCode.NOT_FOUND,

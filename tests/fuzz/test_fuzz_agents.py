@@ -241,7 +241,7 @@ def _bad_schema(document: dict[str, Any]) -> Schema:
 @example(**{**CREATE, "agent": agent_of(labels=bad({"team": "co\x00re"}))})
 @example(**{**CREATE, "agent": agent_of(input_schema=_bad_schema(NAN_SCHEMA))})
 @example(**{**CREATE, "agent": agent_of(output_schema=_bad_schema(NAN_SCHEMA))})
-@example(**{**CREATE, "agent": agent_of(input_schema=_schema(NUL_SCHEMA, EITHER, EITHER))})
+@example(**{**CREATE, "agent": agent_of(input_schema=_bad_schema(NUL_SCHEMA))})
 @example(
     **{
         **CREATE,
