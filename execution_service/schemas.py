@@ -247,9 +247,16 @@ def schema_violations(
         return [FieldViolation(field_, f"is {size} bytes; at most {MAX_SCHEMA_BYTES} allowed")]
     if _depth(document) > MAX_SCHEMA_DEPTH:
         return [FieldViolation(field_, f"nests deeper than {MAX_SCHEMA_DEPTH} levels")]
-    declared = document.get("$schema")
-    if declared is not None and declared not in (DRAFT_2020_12, DRAFT_2020_12 + "#"):
-        return [FieldViolation(f"{field_}.$schema", f"must be {DRAFT_2020_12} (or left out)")]
+    # Every `$schema`, a subschema's included: the validator would switch dialect there.
+    other_dialects = [
+        FieldViolation(
+            _dotted(field_, [*path, "$schema"]), f"must be {DRAFT_2020_12} (or left out)"
+        )
+        for path, subschema, _ in _walk(document)
+        if subschema.get("$schema", DRAFT_2020_12) not in (DRAFT_2020_12, DRAFT_2020_12 + "#")
+    ]
+    if other_dialects:
+        return other_dialects[:MAX_REPORTED_ERRORS]
     violations = _meta_violations(document, field_)
     if violations:
         return violations

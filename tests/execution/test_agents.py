@@ -495,6 +495,18 @@ async def test_a_schema_that_json_or_the_database_cannot_hold_is_invalid(
     )
 
 
+async def test_a_subschema_may_not_declare_another_dialect(
+    workspace: Workspace, execution_stub: Stub
+) -> None:
+    ws, stub = await workspace(), execution_stub()
+    nested = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "string"}
+    document = {"type": "object", "properties": {"email": nested}}
+    err = await expect_error(
+        create(stub, ws, input_schema=struct(document)), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert violations(err) == ["agent.input_schema.properties.email.$schema"]
+
+
 async def test_an_output_schema_must_have_an_object_root_and_no_remote_refs(
     workspace: Workspace, execution_stub: Stub
 ) -> None:

@@ -154,13 +154,17 @@ def checked(rule: str, valid: st.SearchStrategy[str]) -> st.SearchStrategy[Drawn
     return st.one_of(valid, valid, hostile(valid)).map(lambda v: judged(rule, v))
 
 
-def mostly_valid(rule: str, valid: st.SearchStrategy[str]) -> st.SearchStrategy[Drawn]:
-    """Like `checked`, with three values in four valid. (`st.one_of` flattens the branches of
-    a nested `one_of`, so `checked`'s two valid branches weigh two against hostile's seven.)"""
+def mostly_valid(
+    rule: str, valid: st.SearchStrategy[str], near: st.SearchStrategy[str] | None = None
+) -> st.SearchStrategy[Drawn]:
+    """Like `checked`, with three values in four valid, the others near-misses (by default
+    `hostile(valid)`). (`st.one_of` flattens the branches of a nested `one_of`, so
+    `checked`'s two valid branches weigh two against hostile's seven.)"""
+    misses = hostile(valid) if near is None else near
 
     @st.composite
     def pick(draw: st.DrawFn) -> str:
-        return draw(hostile(valid) if draw(st.integers(0, 3)) == 0 else valid)
+        return draw(misses if draw(st.integers(0, 3)) == 0 else valid)
 
     return pick().map(lambda v: judged(rule, v))
 
@@ -586,12 +590,17 @@ def agent_names(
 ) -> st.SearchStrategy[Drawn]:
     """Agents of the pool (or of `workspaces`, another workspace's included), and near-misses
     of the workspace, the id and the whole name."""
-    structured = st.builds(
-        lambda ws, id_: f"workspaces/{ws}/agents/{id_}",
-        st.one_of(workspaces, workspaces, hostile(workspaces)),
-        st.one_of(ids, ids, AGENT_IDS, hostile(ids)),
+
+    def name(ws: str, id_: str) -> str:
+        return f"workspaces/{ws}/agents/{id_}"
+
+    valid = st.builds(name, workspaces, st.one_of(ids, ids, AGENT_IDS))
+    near = st.one_of(
+        hostile(valid),
+        st.builds(name, hostile(workspaces), ids),
+        st.builds(name, workspaces, hostile(ids)),
     )
-    return mostly_valid("agent_name", structured)
+    return mostly_valid("agent_name", valid, near)
 
 
 # The agent's free texts: at most this many characters; NUL nowhere; the display name is one
@@ -771,6 +780,14 @@ def _local_ref(document: dict[str, Any]) -> dict[str, Any]:
     return {**_with(document, "home", {"$ref": "#/$defs/address"}), "$defs": {"address": address}}
 
 
+def _id_ref(document: dict[str, Any]) -> dict[str, Any]:
+    """A `$ref` to a URL that names a place inside this very document (by its `$id`)."""
+    base = "https://schemas.example.com/agent.json"
+    address = closed({"city": {"type": "string"}})
+    with_ref = _with(document, "home", {"$ref": f"{base}#/$defs/address"})
+    return {**with_ref, "$id": base, "$defs": {"address": address}}
+
+
 def _optional(document: dict[str, Any], count: int) -> dict[str, Any]:
     properties = {**document["properties"], **{f"opt{i}": {"type": "string"} for i in range(count)}}
     return {**document, "properties": properties}
@@ -846,6 +863,8 @@ MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], str, str]
     ("object enum value", _prop({"enum": [{"a": 1}, "x"]}), EITHER, INVALID),
     ("recursive $ref", _recursive, VALID, INVALID),
     ("local $ref", _local_ref, VALID, VALID),
+    ("root recursion", _prop({"anyOf": [{"$ref": "#"}, {"type": "null"}]}), VALID, INVALID),
+    ("$ref inside, by $id", _id_ref, EITHER, EITHER),
     ("17 union properties", lambda d: _unions(d, 17), VALID, INVALID),
     (
         "1001 enum values",
@@ -926,6 +945,7 @@ INVALID_SCHEMAS = [
     {"$ref": "file:///etc/passwd"},
     {"$ref": "other.json"},
     {"$ref": "#/$defs/missing"},
+    {"$ref": DRAFT_2020_12},  # the meta-schema is outside the document too
     {"$id": "https://example.com/root.json", "$ref": "other.json"},
 ]
 
@@ -1015,18 +1035,17 @@ def arbitrary_schemas() -> st.SearchStrategy[Schema]:
 
 
 def schemas() -> st.SearchStrategy[Schema]:
-    def judged_schema(schema: Schema) -> Schema:
+    """Unset, or of one family, strict-and-mutated ones the most often."""
+    families = [st.just(NO_SCHEMA)] + [strict_schemas()] * 4 + [invalid_schemas()] * 2
+    families += [bounded_schemas(), bounded_schemas(), arbitrary_schemas(), arbitrary_schemas()]
+
+    @st.composite
+    def pick(draw: st.DrawFn) -> Schema:
+        schema = draw(families[draw(st.integers(0, len(families) - 1))])
         event(f"schema: {schema.shape}")
         return schema
 
-    return st.one_of(
-        st.just(NO_SCHEMA),
-        strict_schemas(),
-        strict_schemas(),
-        invalid_schemas(),
-        bounded_schemas(),
-        arbitrary_schemas(),
-    ).map(judged_schema)
+    return pick()
 
 
 # --- update masks and etags ------------------------------------------------------------------
