@@ -495,6 +495,28 @@ async def test_a_schema_that_json_or_the_database_cannot_hold_is_invalid(
     )
 
 
+async def test_a_refusal_with_many_violations_stays_readable_by_any_client(
+    workspace: Workspace, execution_stub: Stub
+) -> None:
+    """Hundreds of problems (each open object, each misspelled type) would overflow the 8 KB
+    of metadata a client accepts: the first are listed, the others counted."""
+    ws, stub = await workspace(), execution_stub()
+    name = "property-" + "n" * 100
+    bad_input = {
+        "type": "object",
+        "properties": {f"{name}{i}": {"type": "strin"} for i in range(40)},
+    }
+    open_objects = {f"{name}{i}": {"type": "object"} for i in range(100)}
+    bad_output = {"type": "object", "properties": open_objects}
+    for request in (
+        create(stub, ws, input_schema=struct(bad_input)),
+        create(stub, ws, output_schema=struct(bad_output)),
+    ):
+        err = await expect_error(request, grpc.StatusCode.INVALID_ARGUMENT)
+        assert 1 < len(violations(err)) < 40
+        assert (err.details() or "").endswith("more problems")
+
+
 async def test_a_subschema_may_not_declare_another_dialect(
     workspace: Workspace, execution_stub: Stub
 ) -> None:
