@@ -211,6 +211,8 @@ def _split(name: str) -> tuple[str, str] | None:
 # Known shapes, each pinned with @example below.
 NAN_SCHEMA = closed({"n": {"type": "number", "maximum": math.nan}})
 DRAFT_07 = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"}
+# Dozens of long meta-schema errors: once more than a client's 8 KB of error metadata.
+MANY_PROBLEMS = {"items": None, "type": None, "properties": {"": 9.74e208}}
 NUL_SCHEMA = closed({"a": {"type": "string", "description": "a\x00b"}})
 CREATE = dict(parent=ok("workspaces/fuzz-a"), agent_id=ok("agent-a"), agent=agent_of(), who="app")
 
@@ -258,6 +260,7 @@ def _bad_schema(document: dict[str, Any]) -> Schema:
     }
 )
 @example(**{**CREATE, "agent": agent_of(input_schema=_bad_schema(closed({"f": DRAFT_07})))})
+@example(**{**CREATE, "agent": agent_of(output_schema=_bad_schema(MANY_PROBLEMS))})
 @example(
     **{**CREATE, "agent": agent_of(input_schema=_bad_schema(deep_schema(MAX_SCHEMA_DEPTH + 1)))}
 )
