@@ -96,6 +96,7 @@ class AgentDraw:
         message.labels.update(self.labels)
         for field, schema in (("input_schema", self.input), ("output_schema", self.output)):
             if schema.document is not None:
+                getattr(message, field).SetInParent()  # set, even when empty ({})
                 getattr(message, field).update(schema.document)
 
     def fit(self, changed: frozenset[str]) -> str:
@@ -261,6 +262,7 @@ def _bad_schema(document: dict[str, Any]) -> Schema:
 )
 @example(**{**CREATE, "agent": agent_of(input_schema=_bad_schema(closed({"f": DRAFT_07})))})
 @example(**{**CREATE, "agent": agent_of(output_schema=_bad_schema(MANY_PROBLEMS))})
+@example(**{**CREATE, "agent": agent_of(output_schema=_schema({}, VALID, INVALID))})
 @example(
     **{**CREATE, "agent": agent_of(input_schema=_bad_schema(deep_schema(MAX_SCHEMA_DEPTH + 1)))}
 )
