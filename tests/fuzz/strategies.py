@@ -670,8 +670,6 @@ def route_provider(drawn: Drawn) -> str | None:
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_SCHEMA_DEPTH = 32
-OPENAI_FORMATS = {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6"}
-OPENAI_FORMATS.add("uuid")
 
 
 @dataclass(frozen=True)
