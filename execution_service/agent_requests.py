@@ -19,6 +19,7 @@ from execution_service.agents import (
     AgentSpec,
     GenerationSettings,
     Route,
+    refused,
     structured_output_fit,
     update_fields,
 )
@@ -72,7 +73,7 @@ def parse_agent_name(name: str, field: str = "name") -> tuple[str, str]:
     """`workspaces/{workspace}/agents/{agent}` -> (workspace, agent id)."""
     workspace, agent_id, violations = _agent_name_violations(name, field)
     if violations:
-        raise InvalidArgument(violations)
+        raise refused(violations)
     return workspace, agent_id
 
 
@@ -119,7 +120,10 @@ def _schema(
 ) -> tuple[JsonSchema | None, list[FieldViolation]]:
     if not agent.HasField(name):
         return None, []
-    document = json_document(getattr(agent, name))
+    try:
+        document = json_document(getattr(agent, name))
+    except ValueError:  # a Struct number that is NaN or infinite has no JSON form
+        return None, [FieldViolation(field, "numbers must be finite (JSON has no NaN or infinity)")]
     violations = schema_violations(document, field, output=output)
     return (None if violations else JsonSchema.of(document)), violations
 
@@ -177,7 +181,7 @@ def create_agent(request: pb.CreateAgentRequest) -> CreateAgent:
     spec = AgentSpec(**values)  # an invalid schema or route is left out: nothing to fit
     violations += structured_output_fit(spec)
     if violations:
-        raise InvalidArgument(violations)
+        raise refused(violations)
     return CreateAgent(workspace, request.agent_id, spec)
 
 
@@ -192,7 +196,7 @@ def update_agent(request: pb.UpdateAgentRequest) -> UpdateAgent:
     violations += found
     violations += _etag_violations(request.agent.etag, "agent.etag")
     if violations:
-        raise InvalidArgument(violations)
+        raise refused(violations)
     return UpdateAgent(workspace, agent_id, changes, request.agent.etag or None)
 
 
@@ -207,5 +211,5 @@ def delete_agent(request: pb.DeleteAgentRequest) -> tuple[str, str, str | None]:
     workspace, agent_id, violations = _agent_name_violations(request.name, "name")
     violations += _etag_violations(request.etag, "etag")
     if violations:
-        raise InvalidArgument(violations)
+        raise refused(violations)
     return workspace, agent_id, request.etag or None

@@ -15,7 +15,14 @@ from typing import Any
 import asyncpg
 
 from execution_service import agent_repository as repo
-from execution_service.agents import Agent, AgentSpec, agent_name, new_etag, structured_output_fit
+from execution_service.agents import (
+    Agent,
+    AgentSpec,
+    agent_name,
+    new_etag,
+    refused,
+    structured_output_fit,
+)
 from execution_service.errors import (
     AgentAlreadyExists,
     AgentConcurrentlyModified,
@@ -23,7 +30,6 @@ from execution_service.errors import (
     EtagMismatch,
 )
 from service_kit.db import Executor
-from service_kit.errors import InvalidArgument
 from service_kit.pagination import PageRequest
 
 # A page of agents stops early, before this many bytes of schemas, instructions and
@@ -161,7 +167,7 @@ class AgentStore:
             if changes.keys() & {"routes", "output_schema"}:
                 violations = structured_output_fit(spec)
                 if violations:
-                    raise InvalidArgument(violations)
+                    raise refused(violations)
             updated = await repo.update_if_unchanged(
                 self._pool, current, spec, new_etag=new_etag(self._random_bytes)
             )

@@ -29,6 +29,12 @@ UPDATABLE_FIELDS = (
     "labels",
 )
 ETAG_BYTES = 12
+# A refusal's violations travel in gRPC trailing metadata twice (the status message and the
+# BadRequest detail, base64-encoded), and clients refuse metadata over 8 KB by default: past
+# this many bytes of violations the rest are counted, not listed. A field path (which may
+# quote a schema's property names) is cut to MAX_FIELD_BYTES.
+MAX_VIOLATION_BYTES = 1500
+MAX_FIELD_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,27 @@ def new_etag(random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> str:
     return random_bytes(ETAG_BYTES).hex()
 
 
+def _clip(text: str, limit: int) -> str:
+    clipped = text.encode()[:limit].decode(errors="ignore")
+    return clipped if clipped == text else clipped + "..."
+
+
+def refused(violations: Sequence[FieldViolation]) -> InvalidArgument:
+    """INVALID_ARGUMENT with the first violations that fit in MAX_VIOLATION_BYTES (at least
+    one), and a last one that counts the others, so that any client can read the error."""
+    kept: list[FieldViolation] = []
+    used = 0
+    for i, violation in enumerate(violations):
+        field_ = _clip(violation.field, MAX_FIELD_BYTES)
+        size = len(field_.encode()) + len(violation.description.encode())
+        if kept and used + size > MAX_VIOLATION_BYTES:
+            kept.append(FieldViolation(field_, f"and {len(violations) - i} more problems"))
+            break
+        kept.append(FieldViolation(field_, violation.description))
+        used += size
+    return InvalidArgument(kept)
+
+
 def update_fields(paths: Sequence[str], field_: str = "update_mask") -> frozenset[str]:
     """The fields an update mask names: empty or `*` means every updatable field; anything
     else must be an updatable field's name."""
@@ -100,7 +127,7 @@ def update_fields(paths: Sequence[str], field_: str = "update_mask") -> frozense
         if path not in UPDATABLE_FIELDS
     ]
     if violations:
-        raise InvalidArgument(violations)
+        raise refused(violations)
     return frozenset(paths)
 
 

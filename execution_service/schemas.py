@@ -218,6 +218,24 @@ def _depth(document: Any) -> int:
     return deepest
 
 
+def _unstorable(document: Any) -> str | None:
+    """Why `document` cannot be kept as JSON in PostgreSQL (None when it can): JSON has no NaN
+    or infinity, and jsonb refuses NUL (U+0000) in any string or member name."""
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return "numbers must be finite (JSON has no NaN or infinity)"
+        if isinstance(value, str) and "\x00" in value:
+            return "must not contain NUL (U+0000) characters"
+        if isinstance(value, dict):
+            stack.extend(value)  # member names
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return None
+
+
 def _short(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= MAX_DESCRIPTION_CHARS else text[: MAX_DESCRIPTION_CHARS - 3] + "..."
@@ -248,14 +266,24 @@ def schema_violations(
 ) -> list[FieldViolation]:
     """Why `document` cannot be saved as a schema ([] when it can). With `output`, the root
     must be an object schema (structured output is a JSON object)."""
+    unstorable = _unstorable(document)
+    if unstorable is not None:
+        return [FieldViolation(field_, unstorable)]
     size = len(canonical_json(document).encode())
     if size > MAX_SCHEMA_BYTES:
         return [FieldViolation(field_, f"is {size} bytes; at most {MAX_SCHEMA_BYTES} allowed")]
     if _depth(document) > MAX_SCHEMA_DEPTH:
         return [FieldViolation(field_, f"nests deeper than {MAX_SCHEMA_DEPTH} levels")]
-    declared = document.get("$schema")
-    if declared is not None and declared not in (DRAFT_2020_12, DRAFT_2020_12 + "#"):
-        return [FieldViolation(f"{field_}.$schema", f"must be {DRAFT_2020_12} (or left out)")]
+    # Every `$schema`, a subschema's included: the validator would switch dialect there.
+    other_dialects = [
+        FieldViolation(
+            _dotted(field_, [*path, "$schema"]), f"must be {DRAFT_2020_12} (or left out)"
+        )
+        for path, subschema, _ in _walk(document)
+        if subschema.get("$schema", DRAFT_2020_12) not in (DRAFT_2020_12, DRAFT_2020_12 + "#")
+    ]
+    if other_dialects:
+        return other_dialects[:MAX_REPORTED_ERRORS]
     violations = _meta_violations(document, field_)
     if violations:
         return violations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import uuid
 from typing import Any
 
@@ -468,6 +469,64 @@ async def test_invalid_schemas_are_refused_with_a_violation_each(
         stub.GetAgent(pb.GetAgentRequest(name=f"workspaces/{ws}/agents/support-bot")),
         grpc.StatusCode.NOT_FOUND,
     )
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"type": "object", "properties": {"n": {"type": "number", "maximum": math.nan}}},
+        {"type": "object", "properties": {"n": {"type": "number", "minimum": -math.inf}}},
+        {"type": "object", "description": "a\x00b"},
+        {"type": "object", "properties": {"a\x00": {"type": "string"}}},
+    ],
+    ids=["nan", "infinity", "nul-in-a-string", "nul-in-a-name"],
+)
+async def test_a_schema_that_json_or_the_database_cannot_hold_is_invalid(
+    workspace: Workspace, execution_stub: Stub, document: dict[str, Any]
+) -> None:
+    ws, stub = await workspace(), execution_stub()
+    err = await expect_error(
+        create(stub, ws, input_schema=struct(document)), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert violations(err) == ["agent.input_schema"]
+    await expect_error(
+        stub.GetAgent(pb.GetAgentRequest(name=f"workspaces/{ws}/agents/support-bot")),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+async def test_a_refusal_with_many_violations_stays_readable_by_any_client(
+    workspace: Workspace, execution_stub: Stub
+) -> None:
+    """Hundreds of problems (each open object, each misspelled type) would overflow the 8 KB
+    of metadata a client accepts: the first are listed, the others counted."""
+    ws, stub = await workspace(), execution_stub()
+    name = "property-" + "n" * 100
+    bad_input = {
+        "type": "object",
+        "properties": {f"{name}{i}": {"type": "strin"} for i in range(40)},
+    }
+    open_objects = {f"{name}{i}": {"type": "object"} for i in range(100)}
+    bad_output = {"type": "object", "properties": open_objects}
+    for request in (
+        create(stub, ws, input_schema=struct(bad_input)),
+        create(stub, ws, output_schema=struct(bad_output)),
+    ):
+        err = await expect_error(request, grpc.StatusCode.INVALID_ARGUMENT)
+        assert 1 < len(violations(err)) < 40
+        assert (err.details() or "").endswith("more problems")
+
+
+async def test_a_subschema_may_not_declare_another_dialect(
+    workspace: Workspace, execution_stub: Stub
+) -> None:
+    ws, stub = await workspace(), execution_stub()
+    nested = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "string"}
+    document = {"type": "object", "properties": {"email": nested}}
+    err = await expect_error(
+        create(stub, ws, input_schema=struct(document)), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert violations(err) == ["agent.input_schema.properties.email.$schema"]
 
 
 async def test_an_output_schema_must_have_an_object_root_and_no_remote_refs(

@@ -4,7 +4,7 @@
 2. A caller the policy does not admit is answered PERMISSION_DENIED (UNAUTHENTICATED without
    an identity), changes nothing, and the audited methods record exactly that denial.
 3. A request the contract calls invalid is answered INVALID_ARGUMENT; a valid one is not.
-4. An INVALID_ARGUMENT changes no API key and no execution, and leaves at most the one
+4. An INVALID_ARGUMENT changes no API key, no execution and no agent, and leaves at most the one
    FAILED audit record its method documents.
 5. The services keep serving (`assert_serving`, after every batch of examples).
 """
@@ -45,8 +45,8 @@ CALLERS: dict[str, frozenset[str]] = {
     EX + "GetAgentStats": frozenset({"app", "admin"}),
     EX + "TestApiKey": frozenset({"app"}),
     EX + "CreateAgent": frozenset({"app"}),
-    EX + "GetAgent": frozenset({"app"}),
-    EX + "ListAgents": frozenset({"app"}),
+    EX + "GetAgent": frozenset({"app", "admin"}),
+    EX + "ListAgents": frozenset({"app", "admin"}),
     EX + "UpdateAgent": frozenset({"app"}),
     EX + "DeleteAgent": frozenset({"app"}),
 }
@@ -114,6 +114,7 @@ class Answer:
     details: str
     responses: int
     error_bytes: bytes = b""  # the details and trailing metadata of an error, for leak checks
+    body: bytes = b""  # the serialized response of a unary call that succeeded
 
 
 def _error_bytes(err: grpc.RpcError) -> bytes:
@@ -140,8 +141,10 @@ def invoke(stack: FuzzStack, method: Method, identity: str, payload: bytes) -> A
                     call.cancel()
                     break
         else:
-            channel.unary_unary(method.path)(payload, timeout=CALL_TIMEOUT, metadata=metadata)
-            received = 1
+            body = channel.unary_unary(method.path)(
+                payload, timeout=CALL_TIMEOUT, metadata=metadata
+            )
+            return Answer(grpc.StatusCode.OK, "", 1, body=body)
     except grpc.RpcError as err:
         if received >= MAX_STREAMED and err.code() == grpc.StatusCode.CANCELLED:
             return Answer(grpc.StatusCode.OK, "", received)
@@ -154,6 +157,7 @@ def invoke(stack: FuzzStack, method: Method, identity: str, payload: bytes) -> A
 def _unchanged(before: Snapshot, after: Snapshot, what: str) -> None:
     assert after.api_keys == before.api_keys, f"{what} changed the API keys"
     assert after.executions == before.executions, f"{what} changed the executions"
+    assert after.agents == before.agents, f"{what} changed the agents"
 
 
 def check_call(

@@ -20,13 +20,14 @@ import asyncpg
 import grpc
 
 from clients.gen.execution.v1 import execution_service_pb2 as ex
+from clients.gen.execution.v1 import resources_pb2 as res
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
 from execution_service.app import RunningExecution
 from keyvault_service.app import RunningKeyVault
 from provider_emulator.server import RunningEmulator
 from service_kit import devcerts
 from service_kit.tls import TlsFiles, channel_credentials
-from tests.fuzz.strategies import EMULATOR, SEED
+from tests.fuzz.strategies import EMULATOR, SEED, SEED_AGENT_IDS
 from tests.keyvault.support import session_ca
 from tests.keyvault.test_authorization import mint
 
@@ -66,11 +67,12 @@ class LoopThread:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What a request may change: API keys, audit records, executions."""
+    """What a request may change: API keys, audit records, executions, agents."""
 
     api_keys: tuple[int, str]  # row count and a digest of every row's content
     audit_last_id: int
     executions: tuple[int, str]
+    agents: tuple[int, str]  # row count and a digest of every agent's version
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class FuzzStack:
     seed_workspace: str = ""
     seed_execution: str = ""
     tokens: dict[str, str] = field(default_factory=dict)
+    # An etag each agent had before its last write seen by the agents tests.
+    stale_etags: dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # Hypothesis prints it with every failing example
         return f"FuzzStack(vault :{self.vault.port}, execution :{self.execution.port})"
@@ -140,7 +144,27 @@ class FuzzStack:
             "SELECT count(*) AS n, coalesce(md5(string_agg(concat_ws('|', id, state, end_time,"
             " request_id, labels::text), ',' ORDER BY id)), '') AS digest FROM executions"
         )
-        return Snapshot((keys["n"], keys["digest"]), last_audit, (runs["n"], runs["digest"]))
+        agents = await self.ex_db.fetchrow(
+            "SELECT count(*) AS n, coalesce(md5(string_agg(concat_ws('|', workspace, agent_id,"
+            " etag, update_time), ',' ORDER BY workspace, agent_id)), '') AS digest FROM agents"
+        )
+        return Snapshot(
+            (keys["n"], keys["digest"]),
+            last_audit,
+            (runs["n"], runs["digest"]),
+            (agents["n"], agents["digest"]),
+        )
+
+    def agent_etag(self, workspace: str, agent_id: str) -> str | None:
+        """The agent's current etag, read from the database (None: no such agent)."""
+        etag: str | None = self.runner.run(
+            self.ex_db.fetchval(
+                "SELECT etag FROM agents WHERE workspace = $1 AND agent_id = $2",
+                workspace,
+                agent_id,
+            )
+        )
+        return etag
 
     def audit_after(self, last_id: int) -> list[AuditRow]:
         rows = self.runner.run(
@@ -158,7 +182,8 @@ SEED_KEYS = {"openai": "sk-fuzz-seed-openai-0123456789", "anthropic": "sk-ant-fu
 
 
 def seed(stack: FuzzStack) -> None:
-    """A workspace with both keys, two executions, and a real page token of each listing."""
+    """A workspace with both keys, two executions, two agents, and a real page token of
+    each listing."""
     ws = stack.seed_workspace = SEED
     for provider in SEED_KEYS:
         stack.set_key(f"workspaces/{ws}/apiKeys/{provider}")
@@ -179,6 +204,20 @@ def seed(stack: FuzzStack) -> None:
             timeout=30,
         )
         stack.seed_execution = list(responses)[-1].completed.name
+
+    for agent_id in SEED_AGENT_IDS:
+        app_exec.unary_unary(
+            "/execution.v1.ExecutionService/CreateAgent",
+            request_serializer=ex.CreateAgentRequest.SerializeToString,
+            response_deserializer=ex.CreateAgentResponse.FromString,
+        )(
+            ex.CreateAgentRequest(
+                parent=f"workspaces/{ws}",
+                agent_id=agent_id,
+                agent=res.Agent(routes=[res.Route(provider=1, model="gpt-4o-mini")]),
+            ),
+            timeout=30,
+        )
 
     def token(service: str, identity: str, method: str, request: Any, response: Any) -> str:
         answer = stack.channel(service, identity).unary_unary(
@@ -210,6 +249,13 @@ def seed(stack: FuzzStack) -> None:
             "/execution.v1.ExecutionService/ListExecutions",
             ex.ListExecutionsRequest(parent=f"workspaces/{ws}", page_size=1),
             ex.ListExecutionsResponse,
+        ),
+        "ListAgents": token(
+            "execution",
+            "admin",
+            "/execution.v1.ExecutionService/ListAgents",
+            ex.ListAgentsRequest(parent=f"workspaces/{ws}", page_size=1),
+            ex.ListAgentsResponse,
         ),
     }
 

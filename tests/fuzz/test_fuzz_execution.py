@@ -27,6 +27,7 @@ from tests.fuzz.strategies import (
     MODELS,
     REQUEST_IDS,
     SEED,
+    TEXT,
     VALID,
     WORKSPACES,
     Drawn,
@@ -37,11 +38,11 @@ from tests.fuzz.strategies import (
     combine,
     enum_values,
     execution_names,
+    generation_configs,
     hostile,
+    labels,
     ok,
     optional,
-    optional_float,
-    optional_max_tokens,
     page_sizes,
     parents,
     time_cursor,
@@ -53,7 +54,6 @@ SEED_PARENT = f"workspaces/{SEED}"
 SEED_OR_ANY = st.one_of(st.just(SEED), WORKSPACES)
 PROVIDERS = enum_values((1, 2))
 USER, SYSTEM = res.MESSAGE_ROLE_USER, res.MESSAGE_ROLE_SYSTEM
-TEXT = st.text(st.characters(codec="utf-8"), max_size=40)
 
 # --- Execute ---------------------------------------------------------------------------------
 
@@ -71,49 +71,6 @@ def messages(draw: st.DrawFn) -> Drawn:
     )
     value = [res.Message(role=role, content=content) for role, content in drawn]
     return Drawn(value, VALID if valid else INVALID)
-
-
-@st.composite
-def generation_configs(draw: st.DrawFn) -> Drawn:
-    max_tokens = draw(optional_max_tokens())
-    temperature = draw(optional_float(0.0, 2.0))
-    top_p = draw(optional_float(0.0, 1.0))
-    stops = draw(st.lists(st.one_of(TEXT, st.just("s" * 257)), max_size=5))
-    stops_ok = len(stops) <= 4 and all(0 < len(s) <= 256 for s in stops)
-    config = res.GenerationConfig(stop_sequences=stops)
-    for field, drawn in (
-        ("max_tokens", max_tokens),
-        ("temperature", temperature),
-        ("top_p", top_p),
-    ):
-        if drawn.value is not None:
-            setattr(config, field, drawn.value)
-    verdict = combine(
-        max_tokens.verdict, temperature.verdict, top_p.verdict, VALID if stops_ok else INVALID
-    )
-    return Drawn(config, verdict)
-
-
-def _label_value_verdict(value: str) -> str:
-    if len(value) > 256:
-        return INVALID
-    # NUL and other control characters in a value: refused or stored intact, never INTERNAL.
-    return VALID if value.isprintable() else EITHER
-
-
-@st.composite
-def labels(draw: st.DrawFn) -> Drawn:
-    keys = checked("label_key", st.from_regex(r"[a-z][a-z0-9_-]{0,20}", fullmatch=True))
-    values = st.one_of(
-        st.text(st.characters(codec="utf-8"), max_size=20),
-        st.sampled_from(["", "v\x00", "\x00", "v\n", "x" * 256, "x" * 257]),
-    )
-    pairs = draw(st.lists(st.tuples(keys, values), max_size=4, unique_by=lambda kv: kv[0].value))
-    if draw(st.booleans()) and draw(st.integers(0, 9)) == 0:
-        pairs += [(Drawn(f"k{i}", VALID), "v") for i in range(17)]  # over the maximum count
-    value = {k.value: v for k, v in pairs}
-    verdicts = [k.verdict for k, _ in pairs] + [_label_value_verdict(v) for _, v in pairs]
-    return Drawn(value, combine(*verdicts, VALID if len(value) <= 16 else INVALID))
 
 
 OPTIONAL_REQUEST_IDS = optional("request_id", REQUEST_IDS)
