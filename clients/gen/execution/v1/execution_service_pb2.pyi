@@ -71,7 +71,10 @@ class ExecuteRequest(_message.Message):
     model: _builtins.str
     """The provider's model id, e.g. `gpt-4o-mini` or `claude-3-5-sonnet-20241022`."""
     request_id: _builtins.str
-    """Optional idempotency key (1 to 128 characters), unique per workspace."""
+    """Optional idempotency key (1 to 128 characters), unique per workspace. The same request
+    with it again is answered from the record of the first call (`replayed` events); another
+    request with it is refused with FAILED_PRECONDITION, reason REQUEST_ID_REUSED.
+    """
     agent: _builtins.str
     """Run this agent, `workspaces/{workspace}/agents/{agent}`, instead of the ad hoc form:
     then agent_id, provider, model, messages, generation_config and output_schema stay unset,
