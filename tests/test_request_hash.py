@@ -100,6 +100,10 @@ def test_what_means_the_same_hashes_the_same() -> None:
     assert hash_of(ad_hoc(labels={"a": "1", "b": "2"})) == hash_of(
         ad_hoc(labels={"b": "2", "a": "1"})
     )
+    labels = {"a": "1", "b": "2"}
+    assert request_hash({"labels": labels}) == request_hash(
+        {"labels": dict(reversed(labels.items()))}
+    )
     # The request id is what is being checked, not part of the request.
     assert hash_of(ad_hoc(request_id="r-1")) == hash_of(ad_hoc(request_id="r-2"))
     # A generation config sent empty is no generation config.
