@@ -35,12 +35,18 @@ def dumps(document: Any) -> str:
 
 
 def event_json(event: ExecuteEvent) -> dict[str, Any]:
-    """One Execute event as the JSON of its `ExecuteResponse`."""
+    """One Execute event as the JSON of its `ExecuteResponse` (`"replayed": true` only on
+    the events of a replay)."""
+    document: dict[str, Any]
     if isinstance(event, Started):
-        return {"started": as_json(event.execution)}
-    if isinstance(event, Delta):
-        return {"delta": {"text": event.text}}
-    return {"completed": as_json(event.execution)}
+        document = {"started": as_json(event.execution)}
+    elif isinstance(event, Delta):
+        document = {"delta": {"text": event.text}}
+    else:
+        document = {"completed": as_json(event.execution)}
+    if event.replayed:
+        document["replayed"] = True
+    return document
 
 
 def dollars(nanos: int) -> str:
@@ -131,8 +137,9 @@ def tokens(usage: ex_res.Usage) -> str:
     return text + (" (estimated)" if usage.estimated else "")
 
 
-def summary(execution: ex_res.Execution) -> str:
-    """The one line `execute` prints to stderr when the stream ends."""
+def summary(execution: ex_res.Execution, *, replayed: bool = False) -> str:
+    """The one line `execute` prints to stderr when the stream ends; a replay (answered from
+    the record of an earlier call with the same request id) says so."""
     parts = [
         f"{state(execution.state)}: {tokens(execution.usage)} tokens",
         f"cost {cost(execution)}",
@@ -145,6 +152,8 @@ def summary(execution: ex_res.Execution) -> str:
         parts.append(f"output {'valid' if execution.output_valid else 'invalid'}")
     if execution.error.reason:
         parts.append(f"error {execution.error.reason}")
+    if replayed:
+        return ", ".join([*parts, f"replayed from {execution.name}"])
     return ", ".join(parts) + f" ({execution.name})"
 
 

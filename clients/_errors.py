@@ -92,7 +92,9 @@ class Unauthenticated(ClientError):
 
 
 class FailedPrecondition(ClientError):
-    """The system is not in a state that allows the call, e.g. no key stored for a provider."""
+    """The system is not in a state that allows the call, e.g. no key stored for a provider,
+    or (reason `REQUEST_ID_REUSED`) an Execute whose request id an earlier, different request
+    already took (`execution_name` names that execution)."""
 
     default_code = grpc.StatusCode.FAILED_PRECONDITION
 

@@ -6,7 +6,9 @@ execution: usage, cost, latency, attempts); the iteration ends after `Completed`
 raises a `ClientError` whose `execution_name` names the execution recorded as FAILED.
 Leaving the loop early cancels the call (the service records the execution as CANCELLED).
 Execute is never retried automatically; repeat it with the same `request_id` to have the
-service answer from its record instead of calling the provider again.
+service answer from its record instead of calling the provider again (every event then has
+`replayed` set). A request id already used for a different request raises
+`FailedPrecondition` with reason `REQUEST_ID_REUSED`.
 """
 
 from __future__ import annotations

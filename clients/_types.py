@@ -80,11 +80,16 @@ class RevealedApiKey:
     plaintext_key: str = field(repr=False)
 
 
+# `replayed` (on every event of the stream): the service answered from the record of an
+# earlier call with the same request id instead of running the request again.
+
+
 @dataclass(frozen=True)
 class Started:
     """First event of Execute: the execution as recorded before the provider is called."""
 
     execution: ex_res.Execution
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,14 +97,17 @@ class Delta:
     """Output text as it arrives."""
 
     text: str
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
 class Completed:
     """Last event of Execute: the finished execution (usage, cost, latency, attempts), and
-    with an output schema its parsed `output`."""
+    with an output schema its parsed `output`. `replayed`: answered from the record of an
+    earlier call with the same request id (its state is whatever that call ended in)."""
 
     execution: ex_res.Execution
+    replayed: bool = False
 
     @property
     def output(self) -> dict[str, Any] | None:
@@ -132,11 +140,11 @@ ExecuteEvent = Started | Delta | Completed
 def event_from_response(response: ex.ExecuteResponse) -> ExecuteEvent:
     kind = response.WhichOneof("event")
     if kind == "started":
-        return Started(response.started)
+        return Started(response.started, response.replayed)
     if kind == "delta":
-        return Delta(response.delta.text)
+        return Delta(response.delta.text, response.replayed)
     if kind == "completed":
-        return Completed(response.completed)
+        return Completed(response.completed, response.replayed)
     raise ValueError(f"unexpected Execute event {kind!r}")
 
 

@@ -292,7 +292,7 @@ def _execute_form(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_execute(args: argparse.Namespace) -> int:
     form = _execute_form(args)
-    finished: ex_res.Execution | None = None
+    finished: Completed | None = None
     ends_with_newline = True
     with _execution(args) as client:
         events = client.execute(
@@ -311,7 +311,7 @@ def cmd_execute(args: argparse.Namespace) -> int:
                     sys.stdout.flush()
                     ends_with_newline = event.text.endswith("\n")
                 if isinstance(event, Completed):
-                    finished = event.execution
+                    finished = event
         except ClientError as err:
             if err.reason != "OUTPUT_SCHEMA_VIOLATION" or not err.execution_name:
                 raise
@@ -330,8 +330,9 @@ def cmd_execute(args: argparse.Namespace) -> int:
     if finished is None:
         raise ClientError("the stream ended without a completed event")
     if not args.json:
-        print(show.summary(finished), file=sys.stderr, flush=True)
-    return 0 if finished.state == ex_res.EXECUTION_STATE_SUCCEEDED else 1
+        line = show.summary(finished.execution, replayed=finished.replayed)
+        print(line, file=sys.stderr, flush=True)
+    return 0 if finished.execution.state == ex_res.EXECUTION_STATE_SUCCEEDED else 1
 
 
 def cmd_executions_list(args: argparse.Namespace) -> int:

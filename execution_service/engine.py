@@ -26,6 +26,7 @@ from execution_service import repository as repo
 from execution_service.errors import (
     AgentConcurrentlyModified,
     ExecutionInProgress,
+    RequestIdReused,
     execution_failed,
 )
 from execution_service.keys import KeySource
@@ -57,19 +58,23 @@ from service_kit.errors import ServiceError, Unavailable
 log = logging.getLogger(__name__)
 
 
+# `replayed`: the event answers from the record of an earlier call with the same request id.
 @dataclass(frozen=True)
 class Started:
     execution: Execution
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
 class Delta:
     text: str
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
 class Completed:
     execution: Execution
+    replayed: bool = False
 
 
 Event = Started | Delta | Completed
@@ -178,13 +183,14 @@ class ExecutionEngine:
         record, the stream ends UNAVAILABLE naming the execution instead, and the record is
         retried in the background. An agent's run is planned by `planner` once a replay of
         its request id is ruled out, and planned again from a fresh read of the agent when
-        the agent changed meanwhile (nothing is recorded for a stale plan)."""
+        the agent changed meanwhile (nothing is recorded for a stale plan). A request id
+        taken by another request is refused (REQUEST_ID_REUSED) before anything is run."""
         if request.request_id:
             existing = await repo.get_by_request_id(
                 self._pool, request.workspace, request.request_id
             )
             if existing is not None:
-                async for event in self._replay(existing):
+                async for event in self._replay(existing, request.request_hash):
                     yield event
                 return
         if isinstance(request, ExecutionPlan):
@@ -205,6 +211,7 @@ class ExecutionEngine:
                         state=RUNNING,
                         create_time=self._now(),
                         request_id=cmd.request_id,
+                        request_hash=cmd.request_hash,
                         labels=cmd.labels,
                         agent=cmd.agent,
                         agent_etag=cmd.agent_etag,
@@ -223,7 +230,7 @@ class ExecutionEngine:
             assert cmd.request_id is not None
             existing = await repo.get_by_request_id(self._pool, cmd.workspace, cmd.request_id)
             assert existing is not None
-            async for event in self._replay(existing):
+            async for event in self._replay(existing, cmd.request_hash):
                 yield event
             return
 
@@ -388,14 +395,18 @@ class ExecutionEngine:
             output_valid=verdict.output_valid if verdict else None,
         )
 
-    async def _replay(self, existing: Execution) -> AsyncIterator[Event]:
-        """A duplicate request id: a finished execution is answered from its record."""
+    async def _replay(self, existing: Execution, request_hash: str | None) -> AsyncIterator[Event]:
+        """A duplicate request id: refused when `existing` ran another request (a row from
+        before hashes were kept matches any), in progress while it runs, and otherwise
+        answered from its record, every event marked replayed."""
+        if existing.request_hash is not None and existing.request_hash != request_hash:
+            raise RequestIdReused(existing.name, existing.request_id or "")
         if not existing.is_terminal:
             raise ExecutionInProgress(existing.name, existing.request_id or "")
-        yield Started(existing)
+        yield Started(existing, replayed=True)
         if existing.output_text:
-            yield Delta(existing.output_text)
-        yield Completed(existing)
+            yield Delta(existing.output_text, replayed=True)
+        yield Completed(existing, replayed=True)
 
     # --- shutdown ---------------------------------------------------------------------------
 

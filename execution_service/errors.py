@@ -36,6 +36,21 @@ class ExecutionInProgress(AlreadyExists):
         )
 
 
+class RequestIdReused(FailedPrecondition):
+    """A request id already taken by a different request (its hash differs). Not
+    INVALID_ARGUMENT: the request is valid on its own, and is refused only because of what
+    the id already holds; the caller's fix is a new request id."""
+
+    default_reason = "REQUEST_ID_REUSED"
+
+    def __init__(self, name: str, request_id: str) -> None:
+        super().__init__(
+            f"request id {request_id!r} was already used for a different request, {name}; "
+            "send this request with a new request id",
+            metadata={"execution": name, "request_id": request_id},
+        )
+
+
 class AgentNotFound(NotFound):
     default_reason = "AGENT_NOT_FOUND"
 

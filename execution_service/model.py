@@ -52,6 +52,9 @@ class Execution:
     state: str
     create_time: dt.datetime
     request_id: str | None = None
+    # The hash of the request that took `request_id` (plan.request_hash); None without a
+    # request id, and on rows recorded before hashes were kept.
+    request_hash: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     usage: Usage = Usage()
     cost_nanos: int | None = None

@@ -10,6 +10,8 @@ agent has changed since).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +60,7 @@ class ExecutionPlan:
     agent: str = ""  # the agent's name when run by name, else empty
     agent_etag: str = ""
     output_schema: JsonSchema | None = None
+    request_hash: str | None = None  # of the request as sent, when it has a request id
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class AgentCall:
     input: Any  # the parsed JSON input
     request_id: str | None
     labels: dict[str, str]
+    request_hash: str | None = None  # when it has a request id
 
 
 def decode(request: pb.ExecuteRequest) -> ExecutionPlan | AgentCall:
@@ -97,7 +101,7 @@ def decode(request: pb.ExecuteRequest) -> ExecutionPlan | AgentCall:
         stop=tuple(config.stop_sequences),
         output_schema=OutputSchema.create(schema.document) if schema else None,
     )
-    return ExecutionPlan(
+    plan = ExecutionPlan(
         workspace=workspace_of(request.parent),
         agent_id=request.agent_id,
         provider=PROVIDERS[request.provider],
@@ -106,6 +110,9 @@ def decode(request: pb.ExecuteRequest) -> ExecutionPlan | AgentCall:
         labels=dict(request.labels),
         output_schema=schema,
     )
+    if plan.request_id is None:
+        return plan
+    return dataclasses.replace(plan, request_hash=request_hash(_ad_hoc_form(plan)))
 
 
 def _set_ad_hoc_fields(request: pb.ExecuteRequest) -> list[str]:
@@ -144,7 +151,10 @@ def _agent_call(request: pb.ExecuteRequest) -> AgentCall:
     violations += input_violations
     if violations:
         raise InvalidArgument(violations)
-    return AgentCall(workspace, agent_id, document, request.request_id or None, labels)
+    call = AgentCall(workspace, agent_id, document, request.request_id or None, labels)
+    if call.request_id is None:
+        return call
+    return dataclasses.replace(call, request_hash=request_hash(_agent_form(call)))
 
 
 def _input(request: pb.ExecuteRequest) -> tuple[Any, list[FieldViolation]]:
@@ -216,7 +226,59 @@ def agent_plan(call: AgentCall, agent: Agent | None) -> ExecutionPlan:
         agent=agent.name,
         agent_etag=agent.etag,
         output_schema=output,
+        request_hash=call.request_hash,
     )
+
+
+# --- request hash: a request id answers only the request it was first used for --------------
+
+
+def request_hash(form: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a request's canonical form (`_ad_hoc_form`, `_agent_form`): its
+    canonical JSON (keys sorted, no whitespace, UTF-8), leaving out what is unset (None).
+
+    The form is built from the request as decoded, so what means the same hashes the same:
+    labels in any order, an input sent as a Struct or as the same JSON text, a generation
+    config left out or sent empty. Its keys are named here, not taken from the protobuf
+    encoding, and a field added later enters the form only when set, so the hash of a request
+    stays the same across processes and releases. The request id itself is not part of it."""
+    text = canonical_json({k: v for k, v in form.items() if v is not None})
+    # Input JSON may hold an escaped lone surrogate: hash it as written rather than fail.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _ad_hoc_form(plan: ExecutionPlan) -> dict[str, Any]:
+    """An ad hoc request's canonical form: its own plan is exactly what it asked for."""
+    chat = plan.chat
+    generation = {
+        "max_tokens": chat.max_tokens,
+        "temperature": chat.temperature,
+        "top_p": chat.top_p,
+        "stop_sequences": list(chat.stop) or None,
+    }
+    return {
+        "parent": f"workspaces/{plan.workspace}",
+        "agent_id": plan.agent_id,
+        "provider": plan.provider,
+        "model": chat.model,
+        "messages": [{"role": m.role, "content": m.content} for m in chat.messages],
+        "generation_config": {k: v for k, v in generation.items() if v is not None},
+        "output_schema": plan.output_schema.document if plan.output_schema else None,
+        "labels": plan.labels,
+    }
+
+
+def _agent_form(call: AgentCall) -> dict[str, Any]:
+    """An Execute by agent's canonical form: the agent's name, not what the agent holds (a
+    replay answers even after the agent changed). The input is the parsed JSON, as the model
+    gets it (`input_message`): a Struct's integral numbers are integers, so `{"n": 1}` is
+    the same input sent either way, while `1.0` in JSON text stays `1.0`."""
+    return {
+        "parent": f"workspaces/{call.workspace}",
+        "agent": agent_name(call.workspace, call.agent_id),
+        "input": call.input,
+        "labels": call.labels,
+    }
 
 
 ReadAgent = Callable[[str, str], Awaitable[Agent | None]]

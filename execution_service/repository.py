@@ -28,7 +28,7 @@ _COLUMNS = """id, workspace, agent_id, provider, model, state, request_id, label
     output_tokens, cache_read_tokens, cache_write_tokens, usage_estimated, cost_nanos, attempts,
     error_reason, error_message, provider_status, finish_reason, output_text, create_time,
     first_token_time, end_time, agent, agent_etag, output::text AS output, output_valid,
-    error_violations::text AS error_violations"""
+    error_violations::text AS error_violations, request_hash"""
 
 
 def _from_row(row: asyncpg.Record) -> Execution:
@@ -51,6 +51,7 @@ def _from_row(row: asyncpg.Record) -> Execution:
         model=row["model"],
         state=row["state"],
         request_id=row["request_id"],
+        request_hash=row["request_hash"],
         labels=json.loads(labels) if isinstance(labels, str) else dict(labels),
         usage=Usage(
             row["input_tokens"],
@@ -105,7 +106,7 @@ def _violations_json(error: ExecutionError) -> str | None:
 
 
 def _start_columns(execution: Execution) -> tuple[object, ...]:
-    """What an execution is from its start: the first ten columns of both writes below."""
+    """What an execution is from its start: the first eleven columns of both writes below."""
     return (
         execution.id,
         execution.workspace,
@@ -117,6 +118,7 @@ def _start_columns(execution: Execution) -> tuple[object, ...]:
         execution.create_time,
         execution.agent or None,
         execution.agent_etag or None,
+        execution.request_hash,
     )
 
 
@@ -127,7 +129,8 @@ class AgentChanged(Exception):
 async def insert_running(
     db: Executor, execution: Execution, *, lease_owner: str, lease_seconds: float
 ) -> Execution | None:
-    """Record a new RUNNING execution. Returns None when its request id is already taken.
+    """Record a new RUNNING execution. Returns None when its request id is already taken
+    (the caller then reads the execution that holds it, `get_by_request_id`).
 
     An execution of an agent is recorded only while the agent is still at the version it
     was planned from (`agent_etag`), checked in the same statement; otherwise nothing is
@@ -146,10 +149,10 @@ async def insert_running(
             ) AS ok
         ), inserted AS (
             INSERT INTO executions (id, workspace, agent_id, provider, model, state, request_id,
-                                    labels, create_time, agent, agent_etag, lease_owner,
-                                    lease_expires_at)
+                                    labels, create_time, agent, agent_etag, request_hash,
+                                    lease_owner, lease_expires_at)
             SELECT $1, $2, $3, $4, $5, 'RUNNING', $6, $7::jsonb, $8::timestamptz, $9, $10, $11,
-                   $8::timestamptz + make_interval(secs => $12::float8)
+                   $12, $8::timestamptz + make_interval(secs => $13::float8)
             FROM agent_current WHERE ok
             ON CONFLICT (workspace, request_id) WHERE request_id IS NOT NULL DO NOTHING
             RETURNING true
@@ -181,12 +184,12 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
     recorded = await db.fetchval(
         f"""
         INSERT INTO executions AS e (id, workspace, agent_id, provider, model, request_id,
-            labels, create_time, agent, agent_etag, state, input_tokens, output_tokens,
-            cache_read_tokens, cache_write_tokens, usage_estimated, cost_nanos, attempts,
-            error_reason, error_message, provider_status, finish_reason, output_text,
+            labels, create_time, agent, agent_etag, request_hash, state, input_tokens,
+            output_tokens, cache_read_tokens, cache_write_tokens, usage_estimated, cost_nanos,
+            attempts, error_reason, error_message, provider_status, finish_reason, output_text,
             first_token_time, end_time, output, output_valid, error_violations)
         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-            $17, $18, $19, $20, $21, $22, $23, $24, $25, $26::jsonb, $27, $28::jsonb)
+            $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27::jsonb, $28, $29::jsonb)
         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
             input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
             cache_read_tokens = EXCLUDED.cache_read_tokens,

@@ -207,11 +207,17 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         async with aclosing(events):
             async for event in events:
                 if isinstance(event, Delta):
-                    yield pb.ExecuteResponse(delta=pb.TextDelta(text=event.text))
+                    yield pb.ExecuteResponse(
+                        delta=pb.TextDelta(text=event.text), replayed=event.replayed
+                    )
                 elif isinstance(event, Started):
-                    yield pb.ExecuteResponse(started=execution_message(event.execution))
+                    yield pb.ExecuteResponse(
+                        started=execution_message(event.execution), replayed=event.replayed
+                    )
                 elif isinstance(event, Completed):
-                    yield pb.ExecuteResponse(completed=execution_message(event.execution))
+                    yield pb.ExecuteResponse(
+                        completed=execution_message(event.execution), replayed=event.replayed
+                    )
 
     async def GetExecution(
         self, request: pb.GetExecutionRequest, context: Any

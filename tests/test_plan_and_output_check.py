@@ -141,7 +141,9 @@ def by_agent(**fields: Any) -> pb.ExecuteRequest:
 
 def test_the_agent_form_decodes_input_and_input_json() -> None:
     decoded = decode(by_agent(input=struct({"n": 3, "x": [1.5]}), request_id="r-1"))
-    assert decoded == AgentCall("ws1", "bot", {"n": 3, "x": [1.5]}, "r-1", {})
+    assert isinstance(decoded, AgentCall) and decoded.request_hash is not None
+    expected = AgentCall("ws1", "bot", {"n": 3, "x": [1.5]}, "r-1", {}, decoded.request_hash)
+    assert decoded == expected
     decoded = decode(by_agent(input_json='{"big": 12345678901234567890}'))
     assert isinstance(decoded, AgentCall) and decoded.input == {"big": 12345678901234567890}
 

@@ -157,23 +157,58 @@ async def test_execute_streams_text_then_a_summary(cli: Cli) -> None:
     assert " out tokens, cost $0.0000" in summary and "attempts 1" in summary
     assert "latency " in summary and f"(workspaces/{ws}/executions/" in summary
 
-    # The same request id again: answered from the record, as JSON lines of events.
+    # The same request (the prompt from stdin this time) with the same request id: answered
+    # from the record, as JSON lines of events, each marked as a replay.
     done = await cli(
         "execute",
         ws,
         "--agent=cli-bot",
         "--provider=openai",
         "--model=gpt-4o-mini",
+        "--system=Be brief.",
+        "--max-tokens=100",
         "--request-id=cli-1",
+        "--label=team=qa",
         "--json",
         "-",
         stdin="Say hello",
     )
     assert done.code == 0 and done.err == ""
     events = [json.loads(line) for line in done.out.splitlines()]
-    assert list(events[0]) == ["started"] and list(events[-1]) == ["completed"]
+    assert [sorted(e) for e in events] == [
+        ["replayed", "started"],
+        ["delta", "replayed"],
+        ["completed", "replayed"],
+    ]
+    assert all(e["replayed"] is True for e in events)
     assert events[-1]["completed"]["state"] == "EXECUTION_STATE_SUCCEEDED"
     assert events[-1]["completed"]["labels"] == {"team": "qa"}
+    assert summary.endswith(f"({events[-1]['completed']['name']})")
+
+
+async def test_execute_says_replayed_and_refuses_a_request_id_reused_for_another_prompt(
+    cli: Cli,
+) -> None:
+    ws = new_workspace()  # no key stored: the first call is recorded FAILED
+    form = ["execute", ws, "--agent", "a", "--provider", "anthropic", "--model", "m"]
+    first = await cli(*form, "--request-id", "dup-1", "hi")
+    assert first.code == 1 and "(API_KEY_NOT_CONFIGURED)" in first.err
+    name = first.err.rstrip().rsplit("(execution ", 1)[1].rstrip(")")
+    assert name.startswith(f"workspaces/{ws}/executions/")
+
+    # The same request: the recorded FAILED outcome, said to be a replay, exit code as recorded.
+    again = await cli(*form, "--request-id", "dup-1", "hi")
+    assert again.code == 1 and again.out == ""
+    assert again.err.startswith("FAILED: ") and "error API_KEY_NOT_CONFIGURED" in again.err
+    assert again.err.rstrip().endswith(f", replayed from {name}")
+
+    # Another prompt with that request id: refused, naming the execution that holds it.
+    other = await cli(*form, "--request-id", "dup-1", "hello")
+    assert other.code == 1 and other.out == ""
+    assert other.err.startswith("error: FAILED_PRECONDITION (REQUEST_ID_REUSED): ")
+    assert name in other.err and other.err.count("\n") == 1
+    listed = json.loads((await cli("executions", "list", ws, "--json")).out)
+    assert [e["name"] for e in listed["executions"]] == [name]
 
 
 async def test_execute_failure_is_one_line_with_the_execution(cli: Cli) -> None:

@@ -103,6 +103,29 @@ async def test_execute_streams_typed_events_and_history_round_trips(
     assert past.total_count == 0
 
 
+async def test_a_replay_is_marked_and_a_request_id_reused_for_another_request_is_refused(
+    runner: ExecutionClient, workspace: Workspace
+) -> None:
+    ws = await workspace(openai=openai_key())
+    run = dict(agent_id="client-bot", provider="openai", model="gpt-4o-mini", request_id="rid-1")
+    first = [e async for e in runner.execute(ws, **run, prompt="Say hello")]
+    again = [e async for e in runner.execute(ws, **run, prompt="Say hello")]
+
+    assert not any(e.replayed for e in first)
+    assert [type(e) for e in again] == [Started, Delta, Completed]
+    assert all(e.replayed for e in again)
+    done, original = again[-1], first[-1]
+    assert isinstance(done, Completed) and isinstance(original, Completed)
+    assert done.replayed and not original.replayed
+    assert done.execution == original.execution
+
+    with pytest.raises(FailedPrecondition) as caught:
+        async for _ in runner.execute(ws, **run, prompt="Say goodbye"):
+            pass
+    assert caught.value.reason == "REQUEST_ID_REUSED"
+    assert caught.value.execution_name == done.execution.name
+
+
 async def test_failed_execute_names_the_execution(
     runner: ExecutionClient, workspace: Workspace
 ) -> None:

@@ -41,7 +41,8 @@ async def test_execution_readme_commands(
         .replace("localhost:50052", f"localhost:{execution.port}")
         .replace("127.0.0.1:8089", f"127.0.0.1:{emulator.port}")
     )
-    code, out, err = await run_block(script, project_folder(tmp_path, pki))
+    folder = project_folder(tmp_path, pki)
+    code, out, err = await run_block(script, folder)
     assert code == 0, err
     docs = json_documents(out)
 
@@ -57,3 +58,16 @@ async def test_execution_readme_commands(
     assert listed["executions"][0]["name"] == completed["name"]
     assert got["execution"]["name"] == completed["name"]
     assert int(stats["stats"]["total_count"]) >= 1
+    assert not any("replayed" in d for d in executes)
+
+    # Pasted again: the Execute (request_id readme-1) is answered from the record.
+    code, out, err = await run_block(script, folder)
+    assert code == 0, err
+    again = [d for d in json_documents(out) if set(d) & {"started", "delta", "completed"}]
+    assert [sorted(d) for d in again] == [
+        ["replayed", "started"],
+        ["delta", "replayed"],
+        ["completed", "replayed"],
+    ]
+    assert all(d["replayed"] is True for d in again)
+    assert again[-1]["completed"] == completed

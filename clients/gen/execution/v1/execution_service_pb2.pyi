@@ -71,7 +71,10 @@ class ExecuteRequest(_message.Message):
     model: _builtins.str
     """The provider's model id, e.g. `gpt-4o-mini` or `claude-3-5-sonnet-20241022`."""
     request_id: _builtins.str
-    """Optional idempotency key (1 to 128 characters), unique per workspace."""
+    """Optional idempotency key (1 to 128 characters), unique per workspace. The same request
+    with it again is answered from the record of the first call (`replayed` events); another
+    request with it is refused with FAILED_PRECONDITION, reason REQUEST_ID_REUSED.
+    """
     agent: _builtins.str
     """Run this agent, `workspaces/{workspace}/agents/{agent}`, instead of the ad hoc form:
     then agent_id, provider, model, messages, generation_config and output_schema stay unset,
@@ -158,6 +161,11 @@ class ExecuteResponse(_message.Message):
     STARTED_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     COMPLETED_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    """True on every event of a stream answered from the record of an earlier call with the
+    same `request_id` (nothing was run again); false on a stream that ran the request.
+    """
     @_builtins.property
     def started(self) -> _resources_pb2_1.Execution:
         """First event: the execution as recorded before the provider is called."""
@@ -176,10 +184,11 @@ class ExecuteResponse(_message.Message):
         started: _resources_pb2_1.Execution | None = ...,
         delta: Global___TextDelta | None = ...,
         completed: _resources_pb2_1.Execution | None = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "replayed", b"replayed", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "delta", "completed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
