@@ -17,13 +17,22 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_block(block: str) -> str:
+def readme_block(block: str, language: str = "sh") -> str:
     text = (PROJECT_ROOT / "README.md").read_text()
     match = re.search(
-        rf"<!-- {block}:begin -->\s*```sh\n(.*?)```\s*<!-- {block}:end -->", text, re.S
+        rf"<!-- {block}:begin -->\s*```{language}\n(.*?)```\s*<!-- {block}:end -->", text, re.S
     )
     assert match, f"README has no {block} block"
     return match.group(1)
+
+
+def at_test_ports(text: str, *, vault: int, execution: int, emulator: int) -> str:
+    """README text with the documented ports replaced by the test servers' ports."""
+    return (
+        text.replace("localhost:50051", f"localhost:{vault}")
+        .replace("localhost:50052", f"localhost:{execution}")
+        .replace("127.0.0.1:8089", f"127.0.0.1:{emulator}")
+    )
 
 
 def path_without_grpcurl() -> str:
@@ -40,8 +49,11 @@ def project_folder(root: Path, pki: Path) -> Path:
     return folder
 
 
-async def run_block(script: str, cwd: Path) -> tuple[int, str, str]:
-    env = dict(os.environ, PATH=path_without_grpcurl())
+async def run_block(
+    script: str, cwd: Path, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run `script` in bash from `cwd`, with `env` (default: this process's) minus grpcurl."""
+    env = dict(os.environ if env is None else env, PATH=path_without_grpcurl())
     process = await asyncio.create_subprocess_exec(
         "bash",
         "-euo",

@@ -7,7 +7,6 @@ PKI, linked as `certs/` in a scratch working folder).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -17,20 +16,42 @@ from pathlib import Path
 from execution_service.app import RunningExecution
 from keyvault_service.app import RunningKeyVault
 from provider_emulator.server import RunningEmulator
+from tests.readme_shell import at_test_ports, readme_block, run_block
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-README = PROJECT_ROOT / "README.md"
 TEXT = " ".join(f"word{i}" for i in range(20))
 
 
-def readme_block(block: str) -> str:
-    match = re.search(
-        rf"<!-- {block}:begin -->\s*```sh\n(.*?)```\s*<!-- {block}:end -->",
-        README.read_text(),
-        re.S,
+async def run_cli_block(
+    block: str,
+    vault: RunningKeyVault,
+    execution: RunningExecution,
+    emulator: RunningEmulator,
+    pki: Path,
+    folder: Path,
+) -> tuple[str, str]:
+    """Run a README CLI block from `folder` (the test PKI linked as its `certs/`), with the
+    services' addresses in the CLI's environment variables; its output and error text."""
+    script = at_test_ports(
+        readme_block(block).replace(".venv/bin/python", sys.executable),
+        vault=vault.port,
+        execution=execution.port,
+        emulator=emulator.port,
     )
-    assert match, f"README has no {block} block"
-    return match.group(1)
+    (folder / "certs").symlink_to(pki)
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("AGENTS_") and name != "PYTHONPATH"
+    }
+    env |= {
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "AGENTS_VAULT_ADDRESS": f"localhost:{vault.port}",
+        "AGENTS_EXECUTION_ADDRESS": f"localhost:{execution.port}",
+    }
+    code, out, err = await run_block(script, folder, env)
+    assert code == 0, err
+    return out, err
 
 
 async def test_readme_cli_walkthrough(
@@ -40,36 +61,7 @@ async def test_readme_cli_walkthrough(
     pki: Path,
     tmp_path: Path,
 ) -> None:
-    script = (
-        readme_block("clients-cli")
-        .replace(".venv/bin/python", sys.executable)
-        .replace("127.0.0.1:8089", f"127.0.0.1:{emulator.port}")
-    )
-    (tmp_path / "certs").symlink_to(pki)
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("AGENTS_") and name != "PYTHONPATH"
-    }
-    env |= {
-        "PYTHONPATH": str(PROJECT_ROOT),
-        "AGENTS_VAULT_ADDRESS": f"localhost:{pair_vault.port}",
-        "AGENTS_EXECUTION_ADDRESS": f"localhost:{execution.port}",
-    }
-    process = await asyncio.create_subprocess_exec(
-        "bash",
-        "-euo",
-        "pipefail",
-        "-c",
-        script,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=tmp_path,
-    )
-    raw_out, raw_err = await asyncio.wait_for(process.communicate(), timeout=60)
-    out, err = raw_out.decode(), raw_err.decode()
-    assert process.returncode == 0, err
+    out, err = await run_cli_block("clients-cli", pair_vault, execution, emulator, pki, tmp_path)
 
     assert re.search(r"^(created|replaced) workspaces/demo/apiKeys/anthropic: sk-\.\.\.", out, re.M)
     assert re.search(r"^anthropic\s+sk-\.\.\.\S+\s+fp_\S+\s+http://127\.0\.0\.1:", out, re.M)
@@ -89,36 +81,7 @@ async def test_readme_cli_agents(
     pki: Path,
     tmp_path: Path,
 ) -> None:
-    script = (
-        readme_block("clients-agents")
-        .replace(".venv/bin/python", sys.executable)
-        .replace("127.0.0.1:8089", f"127.0.0.1:{emulator.port}")
-    )
-    (tmp_path / "certs").symlink_to(pki)
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("AGENTS_") and name != "PYTHONPATH"
-    }
-    env |= {
-        "PYTHONPATH": str(PROJECT_ROOT),
-        "AGENTS_VAULT_ADDRESS": f"localhost:{pair_vault.port}",
-        "AGENTS_EXECUTION_ADDRESS": f"localhost:{execution.port}",
-    }
-    process = await asyncio.create_subprocess_exec(
-        "bash",
-        "-euo",
-        "pipefail",
-        "-c",
-        script,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=tmp_path,
-    )
-    raw_out, raw_err = await asyncio.wait_for(process.communicate(), timeout=60)
-    out, err = raw_out.decode(), raw_err.decode()
-    assert process.returncode == 0, err
+    out, err = await run_cli_block("clients-agents", pair_vault, execution, emulator, pki, tmp_path)
 
     assert re.search(r"^name\s+workspaces/demo/agents/faq-bot$", out, re.M)
     assert re.search(r"^faq-bot\s+openai\s+gpt-4o-mini\s+1 properties\s+2 properties\s", out, re.M)

@@ -12,18 +12,9 @@ from pathlib import Path
 from execution_service.app import RunningExecution
 from keyvault_service.app import RunningKeyVault
 from provider_emulator.server import RunningEmulator
+from tests.readme_shell import at_test_ports, readme_block
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def readme_python(block: str) -> str:
-    match = re.search(
-        rf"<!-- {block}:begin -->\s*```python\n(.*?)```\s*<!-- {block}:end -->",
-        (PROJECT_ROOT / "README.md").read_text(),
-        re.S,
-    )
-    assert match, f"README has no {block} block"
-    return match.group(1)
 
 
 async def test_readme_python_example(
@@ -33,11 +24,11 @@ async def test_readme_python_example(
     pki: Path,
     tmp_path: Path,
 ) -> None:
-    code = (
-        readme_python("clients-python")
-        .replace("localhost:50051", f"localhost:{pair_vault.port}")
-        .replace("localhost:50052", f"localhost:{execution.port}")
-        .replace("127.0.0.1:8089", f"127.0.0.1:{emulator.port}")
+    code = at_test_ports(
+        readme_block("clients-python", "python"),
+        vault=pair_vault.port,
+        execution=execution.port,
+        emulator=emulator.port,
     )
     (tmp_path / "example.py").write_text(code)
     (tmp_path / "certs").symlink_to(pki)

@@ -11,7 +11,7 @@ from execution_service.app import RunningExecution
 from keyvault_service.app import RunningKeyVault
 from provider_emulator.server import RunningEmulator
 from tests.execution.test_readme_grpcurl_execution import json_documents
-from tests.readme_shell import project_folder, readme_block, run_block
+from tests.readme_shell import at_test_ports, project_folder, readme_block, run_block
 
 
 async def test_agents_readme_commands(
@@ -21,11 +21,11 @@ async def test_agents_readme_commands(
     pki: Path,
     tmp_path: Path,
 ) -> None:
-    script = (
-        readme_block("grpcurl-agents")
-        .replace("localhost:50051", f"localhost:{pair_vault.port}")
-        .replace("localhost:50052", f"localhost:{execution.port}")
-        .replace("127.0.0.1:8089", f"127.0.0.1:{emulator.port}")
+    script = at_test_ports(
+        readme_block("grpcurl-agents"),
+        vault=pair_vault.port,
+        execution=execution.port,
+        emulator=emulator.port,
     )
     code, out, err = await run_block(script, project_folder(tmp_path, pki))
     assert code == 0, err

@@ -13,7 +13,7 @@ from pathlib import Path
 from execution_service.app import RunningExecution
 from keyvault_service.app import RunningKeyVault
 from provider_emulator.server import RunningEmulator
-from tests.readme_shell import project_folder, readme_block, run_block
+from tests.readme_shell import at_test_ports, project_folder, readme_block, run_block
 
 
 def json_documents(output: str) -> list[dict]:
@@ -35,11 +35,11 @@ async def test_execution_readme_commands(
     pki: Path,
     tmp_path: Path,
 ) -> None:
-    script = (
-        readme_block("grpcurl-execution")
-        .replace("localhost:50051", f"localhost:{pair_vault.port}")
-        .replace("localhost:50052", f"localhost:{execution.port}")
-        .replace("127.0.0.1:8089", f"127.0.0.1:{emulator.port}")
+    script = at_test_ports(
+        readme_block("grpcurl-execution"),
+        vault=pair_vault.port,
+        execution=execution.port,
+        emulator=emulator.port,
     )
     folder = project_folder(tmp_path, pki)
     code, out, err = await run_block(script, folder)
