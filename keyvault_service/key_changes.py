@@ -30,6 +30,7 @@ from keyvault_service import repository as repo
 from keyvault_service.errors import KeyChangesUnavailable
 from keyvault_service.names import KeyRef
 from service_kit import db
+from service_kit.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class Subscription:
         self.heard_at_start = heard  # changes up to this one committed before it began
         self._queue: asyncio.Queue[KeyChange | None] = asyncio.Queue()
         self._ended = False
+        self._failure: Exception | None = None  # why the subscriber's stream must end
 
     def _deliver(self, change: KeyChange) -> None:
         if self._ended:
@@ -91,6 +93,11 @@ class Subscription:
             self._ended = True
             self._queue.put_nowait(None)
 
+    def fail(self, error: Exception) -> None:
+        """End the subscription with `error`, raised to the stream by `next`."""
+        self._failure = error
+        self._end()
+
     async def next(self, timeout: float) -> KeyChange | None:
         """The next change, or None when none came within `timeout` seconds."""
         try:
@@ -99,7 +106,7 @@ class Subscription:
         except TimeoutError:
             return None
         if change is None:
-            raise SubscriptionEnded
+            raise self._failure or SubscriptionEnded()
         return change
 
 
@@ -216,6 +223,8 @@ class KeyChangeFeed:
             async for request in requests:
                 if request.acknowledged_sequence > 0:
                     await self.acknowledge(subscription, request.acknowledged_sequence)
+        except InvalidArgument as exc:  # a message that does not parse: the caller hears it
+            subscription.fail(exc)
         except Exception as exc:  # the stream or the database went away: nothing to record
             log.info("key change acknowledgements ended", extra={"error": type(exc).__name__})
 

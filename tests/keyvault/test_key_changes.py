@@ -108,6 +108,23 @@ async def test_only_the_execution_identity_may_watch(
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+async def test_an_acknowledgement_that_does_not_parse_ends_the_stream_invalid(
+    shared_vault: RunningKeyVault, tls_for: Tls
+) -> None:
+    channel = secure_channel(shared_vault.port, tls_for("execution"))
+    call = channel.stream_stream(f"/{_WATCH}")()  # raw bytes both ways
+    await asyncio.wait_for(call.read(), timeout=10)  # the confirmation
+    await call.write(b"\x00")  # field number 0: not a protobuf message
+
+    async def until_it_ends() -> None:
+        while await call.read() is not grpc.aio.EOF:
+            pass  # heartbeats
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await asyncio.wait_for(until_it_ends(), timeout=8)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_a_lost_listen_connection_ends_streams_and_the_feed_listens_again(
     start_vault: StartVault, make_database: Callable[[str], Awaitable[str]], tls_for: Tls
 ) -> None:
