@@ -22,6 +22,7 @@ class Replicas:
     pki: Path
     vault_ports: list[int]
     exec_ports: list[int]
+    vaults: list[asyncio.subprocess.Process]
     executions: list[asyncio.subprocess.Process]
     execution_database: str
 
@@ -34,7 +35,11 @@ class Replicas:
             ca=self.pki / "ca.pem",
             cert=self.pki / f"{workload}.pem",
             key=self.pki / f"{workload}-key.pem",
-            options=[("grpc.lb_policy_name", "round_robin")],
+            # A list of addresses has no one host name to check the certificate against.
+            options=[
+                ("grpc.lb_policy_name", "round_robin"),
+                ("grpc.default_authority", "localhost"),
+            ],
         )
 
     def vault(self, index: int | None = None, workload: str = "app") -> KeyVaultClient:
@@ -67,10 +72,12 @@ async def start_replicas(
     }
     vault_ports = [free_port(), free_port()]
     exec_ports = [free_port(), free_port()]
+    vaults, executions = [], []
     for port in vault_ports:
         vault_env = {**common, "KEYVAULT_LISTEN_ADDRESS": f"127.0.0.1:{port}"}
-        await until_serving(port, pki, await spawn("keyvault_service", vault_env))
-    executions = []
+        process = await spawn("keyvault_service", vault_env)
+        await until_serving(port, pki, process)
+        vaults.append(process)
     for port, vault_port in zip(exec_ports, vault_ports, strict=True):
         exec_env = {
             **common,
@@ -80,4 +87,4 @@ async def start_replicas(
         process = await spawn("execution_service", exec_env)
         await until_serving(port, pki, process)
         executions.append(process)
-    return Replicas(pki, vault_ports, exec_ports, executions, execution_database)
+    return Replicas(pki, vault_ports, exec_ports, vaults, executions, execution_database)
