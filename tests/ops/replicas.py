@@ -24,7 +24,6 @@ class Replicas:
     exec_ports: list[int]
     vaults: list[asyncio.subprocess.Process]
     executions: list[asyncio.subprocess.Process]
-    execution_database: str
 
     def client(self, kind: type[ClientT], ports: list[int], workload: str = "app") -> ClientT:
         """A typed client (with its retry service config) on one channel to every port
@@ -60,12 +59,11 @@ async def start_replicas(
     env: dict[str, str] | None = None,
 ) -> Replicas:
     """Both vaults, then both execution processes, each using its own vault."""
-    execution_database = await make_database("ex")
     common = {
         "CERTS_DIR": str(pki),
         "KEYVAULT_MASTER_KEYS": f"1:{generate_master_key()}",
         "KEYVAULT_DATABASE_URL": await make_database("kv"),
-        "EXECUTION_DATABASE_URL": execution_database,
+        "EXECUTION_DATABASE_URL": await make_database("ex"),
         "KEYVAULT_METRICS_PORT": "0",
         "EXECUTION_METRICS_PORT": "0",
         **(env or {}),
@@ -87,4 +85,4 @@ async def start_replicas(
         process = await spawn("execution_service", exec_env)
         await until_serving(port, pki, process)
         executions.append(process)
-    return Replicas(pki, vault_ports, exec_ports, vaults, executions, execution_database)
+    return Replicas(pki, vault_ports, exec_ports, vaults, executions)
