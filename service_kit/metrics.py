@@ -5,6 +5,14 @@ per process on first import: a deployed process runs one service and shows that 
 series; tests run several servers in one process and share these objects instead of
 registering duplicates (which prometheus_client refuses).
 
+Worker processes (``*_WORKERS`` > 1) run in prometheus_client's multiprocess mode: the
+supervisor gives them a private ``PROMETHEUS_MULTIPROC_DIR`` (read when prometheus_client is
+imported), each worker writes its values to memory-mapped files there, and the supervisor
+serves one ``/metrics`` that adds the workers up (``serve_pod_metrics``). Counters and
+histograms of a worker that died keep their totals, so rates never go backwards; each gauge
+names how its workers' values combine (``multiprocess_mode``), and a dead worker's gauges are
+dropped. A single process keeps the ordinary in-memory values.
+
 Labels take values from small fixed sets only (method names, status codes, providers, price
 families, reasons, states), never text a caller chooses freely, and never a secret.
 """
@@ -12,12 +20,15 @@ families, reasons, states), never text a caller chooses freely, and never a secr
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +49,10 @@ RPC_SECONDS = Histogram(
 DATABASE_UP = Gauge(
     "service_database_up",
     "1 while the service's database answers the health watch's ping, 0 while it does not "
-    "(health checks then answer NOT_SERVING).",
+    "(health checks then answer NOT_SERVING). With several workers: 1 only while every live "
+    "worker reaches it.",
     ["grpc_service"],
+    multiprocess_mode="livemin",
 )
 
 # --- key vault --------------------------------------------------------------------------
@@ -71,7 +84,9 @@ PROVIDER_RETRIES = Counter(
 )
 EXECUTIONS_IN_FLIGHT = Gauge(
     "execution_executions_in_flight",
-    "Executions this process has started and not yet finished.",
+    "Executions this process (with several workers: the live workers together) has started "
+    "and not yet finished.",
+    multiprocess_mode="livesum",
 )
 EXECUTIONS_FINISHED = Counter(
     "execution_executions_finished_total",
@@ -85,7 +100,9 @@ EXECUTIONS_INTERRUPTED = Counter(
 )
 EXECUTION_RECORDS_PENDING = Gauge(
     "execution_records_pending",
-    "Finished executions whose terminal record the database refused, being retried.",
+    "Finished executions whose terminal record the database refused, being retried (a dead "
+    "worker's are lost, so only live workers count).",
+    multiprocess_mode="livesum",
 )
 EXECUTION_RECORDS_LOST = Counter(
     "execution_records_lost_total",
@@ -148,11 +165,60 @@ def metrics_host(listen_address: str) -> str:
     return host if sep and host else "0.0.0.0"
 
 
-def serve_metrics(port: int, host: str) -> MetricsEndpoint:
-    """Start serving ``/metrics`` on ``host:port``; OSError when the port is taken."""
+def serve_metrics(
+    port: int, host: str, registry: CollectorRegistry | None = None
+) -> MetricsEndpoint:
+    """Start serving ``/metrics`` on ``host:port`` (the process's own metrics, or those
+    ``registry`` collects); OSError when the port is taken."""
     try:
-        server, thread = start_http_server(port, addr=host)
+        if registry is None:
+            server, thread = start_http_server(port, addr=host)
+        else:
+            server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise OSError(f"could not serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
     log.info("metrics endpoint serving", extra={"address": f"{host}:{server.server_port}"})
     return MetricsEndpoint(server, thread)
+
+
+# --- several workers, one scrape ----------------------------------------------------------
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@dataclass
+class PodMetrics:
+    """A supervisor's view of its workers' metrics: the directory they write to, and the
+    endpoint (if any) that serves their sum."""
+
+    directory: str
+    endpoint: MetricsEndpoint | None
+
+    @property
+    def worker_env(self) -> dict[str, str]:
+        """What a worker's environment needs so that its metrics land in the directory."""
+        return {MULTIPROCESS_ENV: self.directory}
+
+    def worker_exited(self, pid: int) -> None:
+        """Drop the live-only gauges of a worker that has exited (its counters stay)."""
+        mark_process_dead(pid, self.directory)
+
+    def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def serve_pod_metrics(service: str, port: int, host: str) -> PodMetrics:
+    """A fresh private directory for the workers' metric files and, when ``port`` > 0,
+    ``/metrics`` on ``host:port`` adding up every worker's values."""
+    directory = tempfile.mkdtemp(prefix=f"{service}-metrics-")
+    if not port:
+        return PodMetrics(directory, None)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    try:
+        return PodMetrics(directory, serve_metrics(port, host, registry))
+    except OSError:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise

@@ -18,6 +18,7 @@ import asyncpg
 from service_kit import embedded_pg
 from service_kit.db import DatabaseUnreachable
 from service_kit.logs import configure_logging
+from service_kit.metrics import metrics_host, serve_pod_metrics
 from service_kit.server import GrpcServer, wait_for_shutdown_signal
 from service_kit.settings import ServerSettings
 from service_kit.tracing import Tracing, TracingSettings
@@ -96,12 +97,18 @@ def fail_start(message: str) -> None:
     os._exit(2)
 
 
-async def supervise(module: str, workers: int, env: Mapping[str, str]) -> int:
+async def supervise(
+    module: str,
+    workers: int,
+    env: Mapping[str, str],
+    on_exit: Callable[[int], None] = lambda pid: None,
+) -> int:
     """Run `workers` copies of `python -m module` that share one port.
 
     One Python process runs Python on one core at a time; more processes use more cores,
     as pre-fork servers do. SIGTERM/SIGINT are passed on (each worker drains); when one
     worker dies the others are stopped too, so that a supervisor outside restarts the lot.
+    `on_exit` is told the pid of each worker as it exits.
     """
     processes = [
         await asyncio.create_subprocess_exec(
@@ -109,8 +116,14 @@ async def supervise(module: str, workers: int, env: Mapping[str, str]) -> int:
         )
         for index in range(workers)
     ]
+
+    async def exited(process: asyncio.subprocess.Process) -> int:
+        code = await process.wait()
+        on_exit(process.pid)
+        return code
+
     stopping = asyncio.create_task(wait_for_shutdown_signal())
-    exits = [asyncio.create_task(p.wait()) for p in processes]
+    exits = [asyncio.create_task(exited(p)) for p in processes]
     done, _ = await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
     for process in processes:
         if process.returncode is None:
@@ -120,13 +133,29 @@ async def supervise(module: str, workers: int, env: Mapping[str, str]) -> int:
     return 0 if stopping in done else max((abs(c) for c in codes), default=1) or 1
 
 
-def _as_worker(settings: S, index: int) -> S:
-    """A worker shares the gRPC port; each serves metrics on the base port plus its index."""
+async def _supervise_workers(
+    service: str, module: str, settings: _Settings, env: dict[str, str]
+) -> int:
+    """The supervisor: workers on the shared port, their metrics added up on the metrics port."""
     server = settings.server
-    metrics_port = server.metrics_port + index if server.metrics_port else 0
+    try:
+        pod = serve_pod_metrics(service, server.metrics_port, metrics_host(server.listen_address))
+    except OSError as exc:
+        fail_start(str(exc))
+        return 2
+    try:
+        return await supervise(
+            module, server.workers, {**env, **pod.worker_env}, on_exit=pod.worker_exited
+        )
+    finally:
+        pod.close()
+
+
+def _as_worker(settings: S) -> S:
+    """A worker shares the gRPC port; the supervisor serves the metrics of all of them."""
     return dataclasses.replace(  # type: ignore[type-var]
         settings,
-        server=dataclasses.replace(server, reuse_port=True, metrics_port=metrics_port),
+        server=dataclasses.replace(settings.server, reuse_port=True, metrics_port=0),
     )
 
 
@@ -157,9 +186,9 @@ async def serve(
     index = os.environ.get(WORKER_ENV)
     if index is None and settings.server.workers > 1:
         env = {**os.environ, database_env: url}
-        raise SystemExit(await supervise(module, settings.server.workers, env))
+        raise SystemExit(await _supervise_workers(service, module, settings, env))
     if index is not None:
-        settings = _as_worker(settings, int(index))
+        settings = _as_worker(settings)
     tracing = Tracing.start(tracing_settings)  # in the process that serves, not a supervisor
     try:
         running = await start(settings, url, tracing=tracing)

@@ -16,13 +16,12 @@ from clients.gen.execution.v1 import execution_service_pb2_grpc as ex_grpc
 from clients.gen.execution.v1 import resources_pb2 as res
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
-from keyvault_service.keyring import generate_master_key
 from provider_emulator.server import RunningEmulator, start_emulator
 from service_kit.tls import TlsFiles
 from tests.conftest import secure_channel
 from tests.execution.support import Outcome, error_info, openai_key, request, reveal_count, run
-from tests.ops.conftest import free_port
-from tests.ops.test_processes import Spawn, spawn, until_serving
+from tests.ops.replicas import start_replicas
+from tests.ops.test_processes import Spawn, spawn
 
 __all__ = ["spawn"]  # the fixture
 
@@ -30,31 +29,11 @@ __all__ = ["spawn"]  # the fixture
 async def test_a_changed_or_deleted_key_is_honoured_at_once_by_every_process(
     spawn: Spawn, pki: Path, make_database: Callable[[str], Awaitable[str]]
 ) -> None:
-    common = {
-        "CERTS_DIR": str(pki),
-        "KEYVAULT_MASTER_KEYS": f"1:{generate_master_key()}",
-        "KEYVAULT_DATABASE_URL": await make_database("kv"),
-        "EXECUTION_DATABASE_URL": await make_database("ex"),
-        "KEYVAULT_METRICS_PORT": "0",
-        "EXECUTION_METRICS_PORT": "0",
-    }
-    vault_ports = [free_port(), free_port()]
-    exec_ports = [free_port(), free_port()]
-    for port in vault_ports:
-        env = {**common, "KEYVAULT_LISTEN_ADDRESS": f"127.0.0.1:{port}"}
-        await until_serving(port, pki, await spawn("keyvault_service", env))
-    for port, vault_port in zip(exec_ports, vault_ports, strict=True):  # each its own vault
-        env = {
-            **common,
-            "EXECUTION_LISTEN_ADDRESS": f"127.0.0.1:{port}",
-            "KEYVAULT_ADDRESS": f"localhost:{vault_port}",
-        }
-        await until_serving(port, pki, await spawn("execution_service", env))
-
+    replicas = await start_replicas(spawn, pki, make_database)
     app, admin = TlsFiles.for_workload(pki, "app"), TlsFiles.for_workload(pki, "admin")
-    vaults = [kv_grpc.KeyVaultServiceStub(secure_channel(p, app)) for p in vault_ports]
-    audit = kv_grpc.KeyVaultServiceStub(secure_channel(vault_ports[0], admin))
-    executions = [ex_grpc.ExecutionServiceStub(secure_channel(p, app)) for p in exec_ports]
+    vaults = [kv_grpc.KeyVaultServiceStub(secure_channel(p, app)) for p in replicas.vault_ports]
+    audit = kv_grpc.KeyVaultServiceStub(secure_channel(replicas.vault_ports[0], admin))
+    executions = [ex_grpc.ExecutionServiceStub(secure_channel(p, app)) for p in replicas.exec_ports]
     ws = f"ws-{uuid.uuid4().hex[:12]}"
     name = f"workspaces/{ws}/apiKeys/openai"
 
