@@ -3,16 +3,15 @@
 The row is written before the provider is called and always ends terminal: SUCCEEDED,
 FAILED with a reason, or CANCELLED when the caller goes away or CancelExecution asks (the
 provider request is then closed at once, because closing this generator closes the HTTP
-response). When the database
-cannot take the terminal record, the caller is told so (UNAVAILABLE naming the execution)
-and the record is retried in the background (`terminal_records`).
+response). When the database cannot take the terminal record, the caller is told so
+(UNAVAILABLE naming the execution) and the record is retried in the background
+(`terminal_records`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import logging
 import time
@@ -390,9 +389,7 @@ class ExecutionEngine:
         """Record the end; None when the database is unavailable and the record is kept for
         retry (from then on its lease is no longer renewed)."""
         try:
-            outcome = dataclasses.replace(
-                self._outcome(cmd, progress, state, error), cancelled_by=cancelled_by
-            )
+            outcome = self._outcome(cmd, progress, state, error, cancelled_by)
             price = self._prices.lookup(cmd.chat.model)
             family = price.family if price else None
             return await self._records.record(TerminalRecord(execution, outcome, family))
@@ -408,6 +405,7 @@ class ExecutionEngine:
         progress: _Progress,
         state: str,
         error: ExecutionError | None,
+        cancelled_by: str = "",
     ) -> Outcome:
         text = "".join(progress.parts)
         verdict = progress.verdict
@@ -434,6 +432,7 @@ class ExecutionEngine:
             end_time=self._now(),
             output=verdict.output if verdict else None,
             output_valid=verdict.output_valid if verdict else None,
+            cancelled_by=cancelled_by,
         )
 
     async def _replay(self, existing: Execution, request_hash: str | None) -> AsyncIterator[Event]:
