@@ -154,7 +154,7 @@ class CancelFeed:
         delay = self._reconnect_delay
         while True:
             try:
-                conn = await asyncpg.connect(self._database_url, timeout=self._check_interval * 5)
+                conn = await db.connect(self._database_url, timeout=self._check_interval * 5)
             except _CONNECTION_ERRORS as exc:
                 log.warning("cancel feed cannot connect", extra={"error": type(exc).__name__})
             else:
@@ -163,6 +163,8 @@ class CancelFeed:
                     delay = self._reconnect_delay  # it was up: reconnect promptly
                 except _CONNECTION_ERRORS as exc:
                     log.warning("cancel feed failed", extra={"error": type(exc).__name__})
+                except Exception:  # the feed must outlive any one failure
+                    log.exception("cancel feed failed")
                 finally:
                     self._live.clear()
                     self.listener_pid = None
