@@ -4,6 +4,7 @@ other workspaces' executions, and for callers the policy does not allow."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -230,3 +231,36 @@ async def request_to_record_seconds(database_url: str, name: str) -> float:
     finally:
         await conn.close()
     return float(took)
+
+
+async def test_the_feed_listens_again_after_losing_its_connection(
+    workspace: Workspace,
+    start_execution_service: StartExecution,
+    make_database: Callable[[str], Awaitable[str]],
+    tls_for: Callable[[str], TlsFiles],
+    emulator: RunningEmulator,
+) -> None:
+    database = await make_database("ex")
+    owner = await start_execution_service(database_url=database)
+    other = await start_execution_service(database_url=database)
+    assert await owner.cancels.wait_live(5.0)
+    lost = owner.cancels.listener_pid
+    conn = await asyncpg.connect(database)
+    try:
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", lost)
+    finally:
+        await conn.close()
+    for _ in range(250):  # reconnecting after a short pause
+        if owner.cancels.listener_pid not in (None, lost):
+            break
+        await asyncio.sleep(0.02)
+    assert owner.cancels.listener_pid not in (None, lost)
+
+    key = openai_key()
+    ws = await workspace(openai=key)
+    emulator.state.script(SLOW, key=key)
+    app = ex_grpc.ExecutionServiceStub(secure_channel(owner.port, tls_for("app")))
+    through_other = ex_grpc.ExecutionServiceStub(secure_channel(other.port, tls_for("app")))
+    call, name = await start_slow_execution(app, ws)
+    assert_cancelled_by(await cancel(through_other, name), APP)
+    assert_stream_cancelled(await stream_end(call), name, APP)
