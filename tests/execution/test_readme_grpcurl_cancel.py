@@ -46,5 +46,6 @@ async def test_cancel_readme_commands(
     assert cancelled[0]["error"]["reason"] == "CANCELLED_BY_REQUEST"
     # The background stream ended with the cancel's status.
     assert "Code: Canceled" in err and "spiffe://agents.internal/admin" in err
-    (sent,) = [r for r in emulator.state.find_requests() if r.step and r.step.chunks == 100]
+    sent = emulator.state.find_requests(key="sk-ant-demo-0123456789")[-1]  # the block's
+    assert sent.step is not None and sent.step.chunks == 100
     assert sent.outcome == "disconnected" and sent.chunks_sent < 50
