@@ -22,8 +22,9 @@ KEYVAULT_SERVICE = "keyvault.v1.KeyVaultService"
 EXECUTION_SERVICE = "execution.v1.ExecutionService"
 
 # Methods whose repetition is harmless: reads, create-or-replace (SetApiKey), delete (a repeat
-# of a delete that had in fact succeeded answers NOT_FOUND), the resumable rewrap, and the
-# key check (one cheap provider call).
+# of a delete that had in fact succeeded answers NOT_FOUND), the resumable rewrap, the key
+# check (one cheap provider call), and a cancel (a repeat while the execution still runs asks
+# again; once it is CANCELLED, a repeat answers FAILED_PRECONDITION).
 RETRIED_METHODS: tuple[tuple[str, str], ...] = (
     (KEYVAULT_SERVICE, "SetApiKey"),
     (KEYVAULT_SERVICE, "GetApiKey"),
@@ -33,6 +34,7 @@ RETRIED_METHODS: tuple[tuple[str, str], ...] = (
     (KEYVAULT_SERVICE, "RewrapApiKeys"),
     (KEYVAULT_SERVICE, "ListAuditEvents"),
     (EXECUTION_SERVICE, "GetExecution"),
+    (EXECUTION_SERVICE, "CancelExecution"),
     (EXECUTION_SERVICE, "ListExecutions"),
     (EXECUTION_SERVICE, "GetAgentStats"),
     (EXECUTION_SERVICE, "TestApiKey"),

@@ -205,6 +205,8 @@ def execution_fields(e: ex_res.Execution) -> str:
         pairs.append(("agent version", f"{e.agent} (etag {e.agent_etag})"))
     if e.HasField("output_valid"):
         pairs.append(("output valid", "yes" if e.output_valid else "no"))
+    if e.cancelled_by:
+        pairs.append(("cancelled by", e.cancelled_by))
     if e.error.reason:
         pairs.append(("error", f"{e.error.reason}: {e.error.message}"))
         if e.error.provider_status:

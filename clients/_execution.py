@@ -132,6 +132,15 @@ class ExecutionClient(AsyncClientBase):
         request = ex.GetExecutionRequest(name=name)
         return (await self._unary(self._stub.GetExecution, request, timeout)).execution
 
+    async def cancel_execution(
+        self, name: str, *, timeout: float | None = None
+    ) -> ex_res.Execution:
+        """Cancel a running execution, whichever replica runs it: the execution as recorded
+        CANCELLED, or still RUNNING when its owner had not recorded it within about a second
+        (it does so shortly). A finished execution raises FAILED_PRECONDITION."""
+        request = ex.CancelExecutionRequest(name=name)
+        return (await self._unary(self._stub.CancelExecution, request, timeout)).execution
+
     async def list_executions(
         self,
         workspace: str,
@@ -379,6 +388,10 @@ class ExecutionClientSync(SyncClientBase):
     def get_execution(self, name: str, *, timeout: float | None = None) -> ex_res.Execution:
         request = ex.GetExecutionRequest(name=name)
         return self._unary(self._stub.GetExecution, request, timeout).execution
+
+    def cancel_execution(self, name: str, *, timeout: float | None = None) -> ex_res.Execution:
+        request = ex.CancelExecutionRequest(name=name)
+        return self._unary(self._stub.CancelExecution, request, timeout).execution
 
     def list_executions(
         self,

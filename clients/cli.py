@@ -367,6 +367,16 @@ def cmd_executions_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_executions_cancel(args: argparse.Namespace) -> int:
+    with _execution(args) as client:
+        execution = client.cancel_execution(args.name)
+    if args.json:
+        _json(show.as_json(execution))
+    else:
+        _out(show.execution_fields(execution))
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     end = dt.datetime.now(dt.UTC)
     start = end - args.since
@@ -725,6 +735,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     sub.add_argument("--since", type=_since, metavar="DURATION", help="e.g. 1h, 7d")
     sub.add_argument("--limit", type=_positive, default=20, help="at most N (default 20)")
     sub = leaf(ex_commands, "get", "execution", cmd_executions_get, "show one execution")
+    sub.add_argument("name", metavar="NAME", help="workspaces/{workspace}/executions/{id}")
+    sub = leaf(
+        ex_commands, "cancel", "execution", cmd_executions_cancel, "cancel a running execution"
+    )
     sub.add_argument("name", metavar="NAME", help="workspaces/{workspace}/executions/{id}")
 
     sub = leaf(commands, "stats", "execution", cmd_stats, "an agent's statistics over a window")

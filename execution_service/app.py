@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import httpx
 
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
 from execution_service.agent_store import AgentStore
+from execution_service.cancels import CancelFeed, request_cancel
 from execution_service.engine import ExecutionEngine
 from execution_service.errors import DOMAIN
 from execution_service.history import History
@@ -50,8 +52,9 @@ VAULT_CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.min_reconnect_backoff_ms", 1000),
 )
-# At start-up, how long to wait for the key-change subscription before serving anyway
-# (until it is live, every execution fetches its key from the vault).
+# At start-up, how long to wait for the key-change subscription, and for the cancel feed,
+# before serving anyway (until the first is live, every execution fetches its key from the
+# vault; until the second is, cancels through other replicas wait for it to listen).
 SUBSCRIBE_WAIT_SECONDS = 1.0
 # The process's name in logs and traces.
 SERVICE = "execution"
@@ -66,6 +69,7 @@ class RunningExecution:
     keys: KeySource
     http: httpx.AsyncClient
     vault_channel: grpc.aio.Channel
+    cancels: CancelFeed
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -80,6 +84,7 @@ class RunningExecution:
         self.engine.shutting_down(cut_at)
         await self.server.stop(grace)
         await self.engine.close(timeout=max(cut_at - time.monotonic(), LAST_CHANCE_SECONDS))
+        await self.cancels.stop()
         for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -110,6 +115,7 @@ async def start_execution(
         database_url, min_size=low, max_size=high, synchronous_commit=False
     )
     watch: asyncio.Task[None] | None = None
+    cancels: CancelFeed | None = None
     try:
         async with pool.acquire() as conn:
             await db.migrate(conn, "execution_service")
@@ -137,8 +143,16 @@ async def start_execution(
             prices=prices,
             settings=settings.engine,
         )
+        # Cancel requests for this process's executions, whichever replica takes them.
+        cancels = CancelFeed(database_url, pool, engine)
+        cancels.start()
+        await cancels.wait_live(SUBSCRIBE_WAIT_SECONDS)
         servicer = ExecutionServicer(
-            engine, History(pool), KeyChecker(keys, http, settings.engine), AgentStore(pool)
+            engine,
+            History(pool),
+            KeyChecker(keys, http, settings.engine),
+            AgentStore(pool),
+            cancel=functools.partial(request_cancel, pool, engine),
         )
         server = GrpcServer(
             service_names=[SERVICE_NAME],
@@ -155,10 +169,12 @@ async def start_execution(
     except BaseException:
         if watch is not None:
             watch.cancel()
+        if cancels is not None:
+            await cancels.stop()
         await pool.close()
         await start_pool.close()
         raise
-    running = RunningExecution(server, pool, start_pool, engine, keys, http, vault_channel)
+    running = RunningExecution(server, pool, start_pool, engine, keys, http, vault_channel, cancels)
     running.tasks.append(watch)  # always: the key cache depends on it
     if background:
         running.tasks += [

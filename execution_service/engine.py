@@ -1,10 +1,11 @@
 """Runs one execution: record it, fetch the key, stream from the provider, record the end.
 
 The row is written before the provider is called and always ends terminal: SUCCEEDED,
-FAILED with a reason, or CANCELLED when the caller goes away (the provider request is then
-closed at once, because closing this generator closes the HTTP response). When the database
-cannot take the terminal record, the caller is told so (UNAVAILABLE naming the execution)
-and the record is retried in the background (`terminal_records`).
+FAILED with a reason, or CANCELLED when the caller goes away or CancelExecution asks (the
+provider request is then closed at once, because closing this generator closes the HTTP
+response). When the database cannot take the terminal record, the caller is told so
+(UNAVAILABLE naming the execution) and the record is retried in the background
+(`terminal_records`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import httpx
 from execution_service import repository as repo
 from execution_service.errors import (
     AgentConcurrentlyModified,
+    CancelledByRequest,
     ExecutionInProgress,
     RequestIdReused,
     execution_failed,
@@ -32,6 +34,7 @@ from execution_service.errors import (
 from execution_service.keys import KeySource
 from execution_service.model import (
     CANCELLED,
+    CANCELLED_BY_REQUEST,
     FAILED,
     RUNNING,
     SHUTDOWN,
@@ -106,11 +109,14 @@ def utc_now() -> dt.datetime:
 
 
 def cut_short(
-    now: float, *, deadline: float | None, cut_at: float | None
+    now: float, *, deadline: float | None, cut_at: float | None, cancelled_by: str | None = None
 ) -> tuple[str, ExecutionError]:
-    """How an execution whose stream was cancelled ends: the server's drain ran out (the
-    server cut it), the caller's deadline passed, or the caller cancelled. `now`, `deadline`
-    and `cut_at` are on one monotonic clock."""
+    """How an execution whose stream was cancelled ends: CancelExecution asked for it
+    (`cancelled_by` names who), the server's drain ran out (the server cut it), the caller's
+    deadline passed, or the caller cancelled. `now`, `deadline` and `cut_at` are on one
+    monotonic clock."""
+    if cancelled_by is not None:
+        return CANCELLED, cancelled_by_request(cancelled_by)
     if cut_at is not None and now >= cut_at - DEADLINE_SLACK:
         return FAILED, ExecutionError(
             SHUTDOWN, "the server shut down before the execution finished"
@@ -118,6 +124,18 @@ def cut_short(
     if deadline is not None and now >= deadline - DEADLINE_SLACK:
         return FAILED, ExecutionError("DEADLINE_EXCEEDED", "the caller's deadline passed")
     return CANCELLED, ExecutionError("CANCELLED", "the caller cancelled the call")
+
+
+def cancelled_by_request(caller: str) -> ExecutionError:
+    return ExecutionError(CANCELLED_BY_REQUEST, f"cancelled at the request of {caller}")
+
+
+@dataclass
+class _Cancellable:
+    """A running execution's stream, which a cancel request ends by cancelling its task."""
+
+    task: asyncio.Task[object] | None
+    requested_by: str | None = None
 
 
 def record_pending(execution: Execution, state: str) -> Unavailable:
@@ -167,6 +185,8 @@ class ExecutionEngine:
         self._idle = asyncio.Event()
         self._idle.set()
         self._cut_at: float | None = None  # when the server's drain cuts remaining streams
+        # Executions whose stream is still running here: a cancel request may end them.
+        self._cancellable: dict[uuid.UUID, _Cancellable] = {}
 
     # --- Execute ----------------------------------------------------------------------------
 
@@ -238,20 +258,36 @@ class ExecutionEngine:
         self._running.add(execution.id)
         self._idle.clear()
         progress = _Progress()
+        cancellable = self._cancellable[execution.id] = _Cancellable(asyncio.current_task())
         try:
-            yield Started(execution)
-            async for text in self._stream(cmd, progress, deadline, request_id):
-                yield Delta(text)
+            try:
+                yield Started(execution)
+                async for text in self._stream(cmd, progress, deadline, request_id):
+                    yield Delta(text)
+            finally:  # before anything is recorded: a cancel request now comes too late
+                del self._cancellable[execution.id]
             progress.verdict = check_output(
                 cmd.output_schema,
                 "".join(progress.parts),
                 refusal=None if progress.refusal is None else "".join(progress.refusal),
                 finish_reason=progress.finish_reason,
             )
-        except (asyncio.CancelledError, GeneratorExit):
-            state, error = cut_short(self._clock(), deadline=deadline, cut_at=self._cut_at)
-            await asyncio.shield(self._finish(execution, cmd, progress, state, error))
-            raise
+        except (asyncio.CancelledError, GeneratorExit) as cut:
+            by = cancellable.requested_by
+            state, error = cut_short(
+                self._clock(), deadline=deadline, cut_at=self._cut_at, cancelled_by=by
+            )
+            finished = await asyncio.shield(
+                self._finish(execution, cmd, progress, state, error, cancelled_by=by or "")
+            )
+            if by is None or not isinstance(cut, asyncio.CancelledError):
+                raise
+            # The cancel was ours, not the caller's: the stream ends with its status.
+            if cancellable.task is not None:
+                cancellable.task.uncancel()
+            if finished is None:
+                raise record_pending(execution, state) from None
+            raise CancelledByRequest(execution.name, by) from None
         except ProviderError as err:
             error = ExecutionError(str(err.reason), err.message, err.status)
             await self._recorded(execution, cmd, progress, FAILED, error)
@@ -347,11 +383,13 @@ class ExecutionEngine:
         progress: _Progress,
         state: str,
         error: ExecutionError | None,
+        *,
+        cancelled_by: str = "",
     ) -> Execution | None:
         """Record the end; None when the database is unavailable and the record is kept for
         retry (from then on its lease is no longer renewed)."""
         try:
-            outcome = self._outcome(cmd, progress, state, error)
+            outcome = self._outcome(cmd, progress, state, error, cancelled_by)
             price = self._prices.lookup(cmd.chat.model)
             family = price.family if price else None
             return await self._records.record(TerminalRecord(execution, outcome, family))
@@ -367,6 +405,7 @@ class ExecutionEngine:
         progress: _Progress,
         state: str,
         error: ExecutionError | None,
+        cancelled_by: str = "",
     ) -> Outcome:
         text = "".join(progress.parts)
         verdict = progress.verdict
@@ -393,6 +432,7 @@ class ExecutionEngine:
             end_time=self._now(),
             output=verdict.output if verdict else None,
             output_valid=verdict.output_valid if verdict else None,
+            cancelled_by=cancelled_by,
         )
 
     async def _replay(self, existing: Execution, request_hash: str | None) -> AsyncIterator[Event]:
@@ -407,6 +447,23 @@ class ExecutionEngine:
         if existing.output_text:
             yield Delta(existing.output_text, replayed=True)
         yield Completed(existing, replayed=True)
+
+    # --- cancel requests --------------------------------------------------------------------
+
+    def cancel(self, execution_id: uuid.UUID, requested_by: str) -> bool:
+        """End the execution's stream here, if it is still running here: its provider request
+        closes at once and it is recorded CANCELLED, naming `requested_by`."""
+        cancellable = self._cancellable.get(execution_id)
+        if cancellable is None or cancellable.task is None:
+            return False
+        if cancellable.requested_by is None:
+            cancellable.requested_by = requested_by
+            cancellable.task.cancel()
+        return True
+
+    def streaming(self) -> list[uuid.UUID]:
+        """The executions whose stream is running here (those a cancel request may end)."""
+        return list(self._cancellable)
 
     # --- shutdown ---------------------------------------------------------------------------
 

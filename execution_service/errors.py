@@ -36,6 +36,29 @@ class ExecutionInProgress(AlreadyExists):
         )
 
 
+class ExecutionAlreadyFinished(FailedPrecondition):
+    default_reason = "EXECUTION_ALREADY_FINISHED"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"{name} has already finished; only a running execution can be cancelled",
+            metadata={"execution": name},
+        )
+
+
+class CancelledByRequest(ServiceError):
+    """How a cancelled execution's Execute stream ends (its record is CANCELLED)."""
+
+    code = grpc.StatusCode.CANCELLED
+    default_reason = "CANCELLED_BY_REQUEST"
+
+    def __init__(self, name: str, caller: str) -> None:
+        super().__init__(
+            f"{name} was cancelled at the request of {caller}",
+            metadata={"execution": name, "cancelled_by": caller},
+        )
+
+
 class RequestIdReused(FailedPrecondition):
     """A request id already taken by a different request (its hash differs). Not
     INVALID_ARGUMENT: the request is valid on its own, and is refused only because of what

@@ -17,6 +17,8 @@ TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 # later. SHUTDOWN: the stream was still running when the server's drain period ended.
 INTERRUPTED = "INTERRUPTED"
 SHUTDOWN = "SHUTDOWN"
+# A CANCELLED execution's reason when CancelExecution ended it (the message names who asked).
+CANCELLED_BY_REQUEST = "CANCELLED_BY_REQUEST"
 # The output came back but is not the structured output asked for: not JSON, or JSON that
 # breaks the output schema; or the model refused to answer. Counted apart from provider
 # failures in the agent statistics.
@@ -68,6 +70,7 @@ class Execution:
     agent_etag: str = ""
     output: Any = None  # the parsed structured output (JSON), when there is one
     output_valid: bool | None = None  # None: no output schema, or no complete output
+    cancelled_by: str = ""  # the caller identity whose CancelExecution ended it
 
     @property
     def name(self) -> str:
@@ -93,6 +96,7 @@ class Outcome:
     end_time: dt.datetime
     output: Any = None
     output_valid: bool | None = None
+    cancelled_by: str = ""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from typing import Any
 import asyncpg
 
 from execution_service.model import (
+    CANCELLED,
+    CANCELLED_BY_REQUEST,
     FAILED,
     INTERRUPTED,
     OUTPUT_FAILURES,
@@ -28,7 +30,7 @@ _COLUMNS = """id, workspace, agent_id, provider, model, state, request_id, label
     output_tokens, cache_read_tokens, cache_write_tokens, usage_estimated, cost_nanos, attempts,
     error_reason, error_message, provider_status, finish_reason, output_text, create_time,
     first_token_time, end_time, agent, agent_etag, output::text AS output, output_valid,
-    error_violations::text AS error_violations, request_hash"""
+    error_violations::text AS error_violations, request_hash, cancel_requested_by"""
 
 
 def _from_row(row: asyncpg.Record) -> Execution:
@@ -72,7 +74,15 @@ def _from_row(row: asyncpg.Record) -> Execution:
         agent_etag=row["agent_etag"] or "",
         output=None if row["output"] is None else json.loads(row["output"]),
         output_valid=row["output_valid"],
+        cancelled_by=_cancelled_by(row),
     )
+
+
+def _cancelled_by(row: asyncpg.Record) -> str:
+    """Who cancelled it: only when a cancel request is what ended it (a request that came
+    too late, after the execution finished otherwise, names nobody)."""
+    ended_by_request = row["state"] == CANCELLED and row["error_reason"] == CANCELLED_BY_REQUEST
+    return (row["cancel_requested_by"] or "") if ended_by_request else ""
 
 
 def _violations(text: str | None) -> tuple[SchemaViolation, ...]:
@@ -239,6 +249,7 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
             end_time=outcome.end_time,
             output=outcome.output,
             output_valid=outcome.output_valid,
+            cancelled_by=outcome.cancelled_by,
         )
         return mine, True
     row = await db.fetchrow(f"SELECT {_COLUMNS} FROM executions WHERE id = $1", execution.id)
@@ -392,3 +403,61 @@ async def fail_expired_leases(
         spare or [],
     )
     return int(status.split()[-1])
+
+
+# Notified, with the execution id, in the transaction that records a cancel request.
+CANCELS_CHANNEL = "execution_cancels"
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelRequest:
+    """What `request_cancel` found: nothing (`found` false), a finished execution
+    (`accepted` false), or a RUNNING one now marked, held by `lease_owner`."""
+
+    found: bool
+    accepted: bool
+    lease_owner: str | None = None
+
+
+async def request_cancel(
+    db: Executor, workspace: str, execution_id: uuid.UUID, caller: str
+) -> CancelRequest:
+    """Record `caller`'s request to cancel a RUNNING execution, and notify every replica, in
+    one statement: the state is checked by the update itself, so an execution finishing
+    meanwhile is either marked while still RUNNING or refused as finished, never both. The
+    first caller to ask is the one recorded."""
+    row = await db.fetchrow(
+        f"""
+        WITH target AS (
+            SELECT 1 FROM executions WHERE id = $1 AND workspace = $2
+        ), marked AS (
+            UPDATE executions
+            SET cancel_requested_by = coalesce(cancel_requested_by, $3),
+                cancel_requested_at = coalesce(cancel_requested_at, now())
+            WHERE id = $1 AND workspace = $2 AND state = '{RUNNING}'
+            RETURNING lease_owner, pg_notify('{CANCELS_CHANNEL}', id::text)
+        )
+        SELECT EXISTS (SELECT 1 FROM target) AS found,
+               EXISTS (SELECT 1 FROM marked) AS accepted,
+               (SELECT lease_owner FROM marked) AS lease_owner""",
+        execution_id,
+        workspace,
+        caller,
+    )
+    assert row is not None
+    return CancelRequest(row["found"], row["accepted"], row["lease_owner"])
+
+
+async def cancel_requests(
+    db: Executor, execution_ids: list[uuid.UUID]
+) -> list[tuple[uuid.UUID, str]]:
+    """Of the given executions, those still RUNNING with a cancel request, and who asked."""
+    if not execution_ids:
+        return []
+    rows = await db.fetch(
+        f"""SELECT id, cancel_requested_by FROM executions
+            WHERE id = ANY($1::uuid[]) AND state = '{RUNNING}'
+              AND cancel_requested_by IS NOT NULL""",
+        execution_ids,
+    )
+    return [(r["id"], r["cancel_requested_by"]) for r in rows]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -93,6 +94,7 @@ def execution_message(e: Execution) -> res.Execution:
         agent_etag=e.agent_etag,
         output=_struct(e.output) if isinstance(e.output, dict) else None,
         output_valid=e.output_valid,
+        cancelled_by=e.cancelled_by,
     )
     return message
 
@@ -185,11 +187,22 @@ def _deadline(context: Any) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+# Asks for a running execution to be cancelled: (workspace, execution id, caller identity).
+Canceller = Callable[[str, uuid.UUID, str], Awaitable[Execution]]
+
+
 class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
     def __init__(
-        self, engine: ExecutionEngine, history: History, checker: KeyChecker, agents: AgentStore
+        self,
+        engine: ExecutionEngine,
+        history: History,
+        checker: KeyChecker,
+        agents: AgentStore,
+        *,
+        cancel: Canceller,
     ) -> None:
         self._engine = engine
+        self._cancel = cancel
         self._history = history
         self._checker = checker
         self._agents = agents
@@ -225,6 +238,14 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         workspace, execution_id = parse_execution_name(request.name)
         found = await self._history.get(workspace, execution_id)
         return pb.GetExecutionResponse(execution=execution_message(found))
+
+    async def CancelExecution(
+        self, request: pb.CancelExecutionRequest, context: Any
+    ) -> pb.CancelExecutionResponse:
+        workspace, execution_id = parse_execution_name(request.name)
+        caller = call_info().caller or "an unidentified caller"
+        execution = await self._cancel(workspace, uuid.UUID(execution_id), caller)
+        return pb.CancelExecutionResponse(execution=execution_message(execution))
 
     async def ListExecutions(
         self, request: pb.ListExecutionsRequest, context: Any

@@ -229,6 +229,7 @@ EXECUTION_SERVICE = "/execution.v1.ExecutionService"
 EXECUTION_METHODS = (
     "Execute",
     "GetExecution",
+    "CancelExecution",
     "ListExecutions",
     "GetAgentStats",
     "TestApiKey",
@@ -242,7 +243,14 @@ EXPECTED_EXECUTION_ALLOWED = {
     "keyvault": set(),
     "execution": set(),
     "app": set(EXECUTION_METHODS),
-    "admin": {"GetExecution", "ListExecutions", "GetAgentStats", "GetAgent", "ListAgents"},
+    "admin": {
+        "GetExecution",
+        "CancelExecution",
+        "ListExecutions",
+        "GetAgentStats",
+        "GetAgent",
+        "ListAgents",
+    },
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from clients import ClientError, ExecutionClient, Started
 from clients.cli import build_parser, main
 from provider_emulator.server import RunningEmulator
 from tests.clients.conftest import Cli
@@ -258,6 +260,33 @@ async def test_executions_and_stats(cli: Cli) -> None:
 
     missing = await cli("executions", "get", f"workspaces/{ws}/executions/{uuid.uuid4()}")
     assert missing.code == 1 and missing.err.startswith("error: NOT_FOUND (EXECUTION_NOT_FOUND)")
+
+
+async def test_executions_cancel(
+    cli: Cli, runner: ExecutionClient, emulator: RunningEmulator
+) -> None:
+    """`executions cancel` on a running execution prints it CANCELLED; on a finished one it
+    is a one-line FAILED_PRECONDITION."""
+    ws, key = new_workspace(), secret()
+    await cli("keys", "set", ws, "openai", env={"AGENTS_API_KEY": key})
+    emulator.state.script({"chunks": 100, "chunk_delay_ms": 100}, key=key)
+    stream = runner.execute(ws, agent_id="bot", provider="openai", model="gpt-4o-mini", prompt="x")
+    started = await anext(stream)
+    assert isinstance(started, Started)
+    name = started.execution.name
+
+    done = await cli("executions", "cancel", name)
+    assert done.code == 0, done.err
+    assert re.search(r"^state\s+CANCELLED$", done.out, re.M)
+    assert re.search(r"^cancelled by\s+spiffe://agents.internal/app$", done.out, re.M)
+    with pytest.raises(ClientError) as caught:
+        async for _ in stream:
+            pass
+    assert caught.value.reason == "CANCELLED_BY_REQUEST"
+
+    again = await cli("executions", "cancel", name, "--json")
+    assert again.code == 1
+    assert again.err.startswith("error: FAILED_PRECONDITION (EXECUTION_ALREADY_FINISHED)")
 
 
 async def test_admin_commands_use_the_admin_certificate(cli: Cli, pki: Path) -> None:

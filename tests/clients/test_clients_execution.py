@@ -9,9 +9,11 @@ import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
 
+import grpc
 import pytest
 
 from clients import (
+    ClientError,
     Completed,
     Delta,
     ExecutionClient,
@@ -241,3 +243,63 @@ async def test_sync_client(execution: RunningExecution, tls: Tls, workspace: Wor
     assert fetched.state == ex_res.EXECUTION_STATE_SUCCEEDED
     assert names == [fetched.name] and total == 1 and valid
     assert reason == "API_KEY_NOT_CONFIGURED True"
+
+
+async def test_cancel_execution_async_and_sync(
+    runner: ExecutionClient,
+    execution: RunningExecution,
+    tls: Tls,
+    workspace: Workspace,
+    emulator: RunningEmulator,
+) -> None:
+    """A slow stream is cancelled by the async client; the sync client cancels another and is
+    refused on the finished one."""
+    key = openai_key()
+    ws = await workspace(openai=key)
+    slow = {"chunks": 100, "chunk_delay_ms": 100}  # ten seconds unless cancelled
+    emulator.state.script(slow, key=key)
+    emulator.state.script(slow, key=key)
+
+    async def run_until_cancelled(names: asyncio.Queue[str]) -> ClientError:
+        try:
+            async for event in runner.execute(
+                ws, agent_id="bot", provider="openai", model="gpt-4o-mini", prompt="long"
+            ):
+                if isinstance(event, Started):
+                    await names.put(event.execution.name)
+        except ClientError as err:
+            return err
+        raise AssertionError("the stream completed instead of being cancelled")
+
+    async def cancelled_stream(cancel: Callable[[str], Awaitable[ex_res.Execution]]) -> None:
+        names: asyncio.Queue[str] = asyncio.Queue()
+        stream = asyncio.create_task(run_until_cancelled(names))
+        name = await names.get()
+        answered = await cancel(name)
+        assert answered.state == ex_res.EXECUTION_STATE_CANCELLED
+        assert answered.cancelled_by == "spiffe://agents.internal/app"
+        err = await stream
+        assert err.code == grpc.StatusCode.CANCELLED and err.reason == "CANCELLED_BY_REQUEST"
+        assert err.execution_name == name
+
+    await cancelled_stream(runner.cancel_execution)
+
+    def cancel_sync(name: str) -> ex_res.Execution:
+        with ExecutionClientSync.connect(f"localhost:{execution.port}", **tls("app")) as client:
+            return client.cancel_execution(name)
+
+    async def cancel_in_thread(name: str) -> ex_res.Execution:
+        return await asyncio.to_thread(cancel_sync, name)
+
+    await cancelled_stream(cancel_in_thread)
+
+    done = [
+        e
+        async for e in runner.execute(
+            ws, agent_id="b", provider="openai", model="gpt-4o-mini", prompt="short"
+        )
+    ]
+    assert isinstance(done[-1], Completed)
+    with pytest.raises(FailedPrecondition) as caught:
+        await asyncio.to_thread(cancel_sync, done[-1].execution.name)
+    assert caught.value.reason == "EXECUTION_ALREADY_FINISHED"

@@ -178,6 +178,9 @@ async def call_each_method(stub: Any, ws: str) -> dict[str, grpc.StatusCode]:
         "GetExecution": lambda: stub.GetExecution(
             pb.GetExecutionRequest(name=f"{parent}/executions/{uuid.uuid4()}")
         ),
+        "CancelExecution": lambda: stub.CancelExecution(
+            pb.CancelExecutionRequest(name=f"{parent}/executions/{uuid.uuid4()}")
+        ),
         "ListExecutions": lambda: stub.ListExecutions(pb.ListExecutionsRequest(parent=parent)),
         "GetAgentStats": lambda: stub.GetAgentStats(
             pb.GetAgentStatsRequest(parent=parent, agent_id="agent-1")
@@ -203,6 +206,7 @@ async def test_app_may_call_everything(workspace: Workspace, execution_stub: Stu
     assert codes == {
         "Execute": grpc.StatusCode.OK,
         "GetExecution": grpc.StatusCode.NOT_FOUND,
+        "CancelExecution": grpc.StatusCode.NOT_FOUND,
         "ListExecutions": grpc.StatusCode.OK,
         "GetAgentStats": grpc.StatusCode.OK,
         "TestApiKey": grpc.StatusCode.OK,
@@ -218,6 +222,7 @@ async def test_admin_reads_history_but_cannot_run_or_test_keys(
     assert codes == {
         "Execute": grpc.StatusCode.PERMISSION_DENIED,
         "GetExecution": grpc.StatusCode.NOT_FOUND,
+        "CancelExecution": grpc.StatusCode.NOT_FOUND,
         "ListExecutions": grpc.StatusCode.OK,
         "GetAgentStats": grpc.StatusCode.OK,
         "TestApiKey": grpc.StatusCode.PERMISSION_DENIED,

@@ -44,6 +44,18 @@ def test_a_caller_cancel_is_cancelled() -> None:
     assert (state, error.reason) == (CANCELLED, "CANCELLED")
 
 
+@pytest.mark.parametrize(("deadline", "cut_at"), [(None, None), (20.0, None), (None, 10.0)])
+def test_a_cancel_request_is_cancelled_naming_who_asked(
+    deadline: float | None, cut_at: float | None
+) -> None:
+    """Whatever else is due (a deadline, the drain), the cancel that was asked for is the
+    one recorded."""
+    who = "spiffe://agents.internal/app"
+    state, error = cut_short(20.0, deadline=deadline, cut_at=cut_at, cancelled_by=who)
+    assert (state, error.reason) == (CANCELLED, "CANCELLED_BY_REQUEST")
+    assert who in error.message
+
+
 def test_a_passed_deadline_is_a_deadline_failure() -> None:
     state, error = cut_short(20.0 - DEADLINE_SLACK / 2, deadline=20.0, cut_at=None)
     assert (state, error.reason) == (FAILED, "DEADLINE_EXCEEDED")

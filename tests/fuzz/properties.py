@@ -41,6 +41,7 @@ CALLERS: dict[str, frozenset[str]] = {
     KV + "WatchApiKeyChanges": frozenset({"execution"}),  # a stream that stays open
     EX + "Execute": frozenset({"app"}),
     EX + "GetExecution": frozenset({"app", "admin"}),
+    EX + "CancelExecution": frozenset({"app", "admin"}),
     EX + "ListExecutions": frozenset({"app", "admin"}),
     EX + "GetAgentStats": frozenset({"app", "admin"}),
     EX + "TestApiKey": frozenset({"app"}),

@@ -30,7 +30,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from clients.gen.keyvault.v1 import resources_pb2 as keyvault_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$execution/v1/execution_service.proto\x12\x0c\x65xecution.v1\x1a\x1c\x65xecution/v1/resources.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bkeyvault/v1/resources.proto\"\xd9\x03\n\x0e\x45xecuteRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\'\n\x08provider\x18\x03 \x01(\x0e\x32\x15.keyvault.v1.Provider\x12\r\n\x05model\x18\x04 \x01(\t\x12\'\n\x08messages\x18\x05 \x03(\x0b\x32\x15.execution.v1.Message\x12\x39\n\x11generation_config\x18\x06 \x01(\x0b\x32\x1e.execution.v1.GenerationConfig\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x38\n\x06labels\x18\x08 \x03(\x0b\x32(.execution.v1.ExecuteRequest.LabelsEntry\x12\r\n\x05\x61gent\x18\t \x01(\t\x12(\n\x05input\x18\n \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x14\n\ninput_json\x18\x0b \x01(\tH\x00\x12.\n\routput_schema\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b\x61gent_input\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xb0\x01\n\x0f\x45xecuteResponse\x12*\n\x07started\x18\x01 \x01(\x0b\x32\x17.execution.v1.ExecutionH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.execution.v1.TextDeltaH\x00\x12,\n\tcompleted\x18\x03 \x01(\x0b\x32\x17.execution.v1.ExecutionH\x00\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x42\x07\n\x05\x65vent\"#\n\x13GetExecutionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x14GetExecutionResponse\x12*\n\texecution\x18\x01 \x01(\x0b\x32\x17.execution.v1.Execution\"\xeb\x01\n\x15ListExecutionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12+\n\x05state\x18\x05 \x01(\x0e\x32\x1c.execution.v1.ExecutionState\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x16ListExecutionsResponse\x12+\n\nexecutions\x18\x01 \x03(\x0b\x32\x17.execution.v1.Execution\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x96\x01\n\x14GetAgentStatsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x15GetAgentStatsResponse\x12\'\n\x05stats\x18\x01 \x01(\x0b\x32\x18.execution.v1.AgentStats\"y\n\x11TestApiKeyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\'\n\x08provider\x18\x02 \x01(\x0e\x32\x15.keyvault.v1.Provider\x12\x19\n\x11\x63\x61ndidate_api_key\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\"p\n\x12TestApiKeyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12*\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"Z\n\x12\x43reateAgentRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\"\n\x05\x61gent\x18\x03 \x01(\x0b\x32\x13.execution.v1.Agent\"9\n\x13\x43reateAgentResponse\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.execution.v1.Agent\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"6\n\x10GetAgentResponse\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.execution.v1.Agent\"J\n\x11ListAgentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x12ListAgentsResponse\x12#\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x13.execution.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"i\n\x12UpdateAgentRequest\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.execution.v1.Agent\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"9\n\x13UpdateAgentResponse\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.execution.v1.Agent\"0\n\x12\x44\x65leteAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteAgentResponse2\xd3\x06\n\x10\x45xecutionService\x12H\n\x07\x45xecute\x12\x1c.execution.v1.ExecuteRequest\x1a\x1d.execution.v1.ExecuteResponse0\x01\x12U\n\x0cGetExecution\x12!.execution.v1.GetExecutionRequest\x1a\".execution.v1.GetExecutionResponse\x12[\n\x0eListExecutions\x12#.execution.v1.ListExecutionsRequest\x1a$.execution.v1.ListExecutionsResponse\x12X\n\rGetAgentStats\x12\".execution.v1.GetAgentStatsRequest\x1a#.execution.v1.GetAgentStatsResponse\x12O\n\nTestApiKey\x12\x1f.execution.v1.TestApiKeyRequest\x1a .execution.v1.TestApiKeyResponse\x12R\n\x0b\x43reateAgent\x12 .execution.v1.CreateAgentRequest\x1a!.execution.v1.CreateAgentResponse\x12I\n\x08GetAgent\x12\x1d.execution.v1.GetAgentRequest\x1a\x1e.execution.v1.GetAgentResponse\x12O\n\nListAgents\x12\x1f.execution.v1.ListAgentsRequest\x1a .execution.v1.ListAgentsResponse\x12R\n\x0bUpdateAgent\x12 .execution.v1.UpdateAgentRequest\x1a!.execution.v1.UpdateAgentResponse\x12R\n\x0b\x44\x65leteAgent\x12 .execution.v1.DeleteAgentRequest\x1a!.execution.v1.DeleteAgentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$execution/v1/execution_service.proto\x12\x0c\x65xecution.v1\x1a\x1c\x65xecution/v1/resources.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bkeyvault/v1/resources.proto\"\xd9\x03\n\x0e\x45xecuteRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\'\n\x08provider\x18\x03 \x01(\x0e\x32\x15.keyvault.v1.Provider\x12\r\n\x05model\x18\x04 \x01(\t\x12\'\n\x08messages\x18\x05 \x03(\x0b\x32\x15.execution.v1.Message\x12\x39\n\x11generation_config\x18\x06 \x01(\x0b\x32\x1e.execution.v1.GenerationConfig\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x38\n\x06labels\x18\x08 \x03(\x0b\x32(.execution.v1.ExecuteRequest.LabelsEntry\x12\r\n\x05\x61gent\x18\t \x01(\t\x12(\n\x05input\x18\n \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x14\n\ninput_json\x18\x0b \x01(\tH\x00\x12.\n\routput_schema\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b\x61gent_input\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xb0\x01\n\x0f\x45xecuteResponse\x12*\n\x07started\x18\x01 \x01(\x0b\x32\x17.execution.v1.ExecutionH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.execution.v1.TextDeltaH\x00\x12,\n\tcompleted\x18\x03 \x01(\x0b\x32\x17.execution.v1.ExecutionH\x00\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x42\x07\n\x05\x65vent\"#\n\x13GetExecutionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x14GetExecutionResponse\x12*\n\texecution\x18\x01 \x01(\x0b\x32\x17.execution.v1.Execution\"&\n\x16\x43\x61ncelExecutionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"E\n\x17\x43\x61ncelExecutionResponse\x12*\n\texecution\x18\x01 \x01(\x0b\x32\x17.execution.v1.Execution\"\xeb\x01\n\x15ListExecutionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12+\n\x05state\x18\x05 \x01(\x0e\x32\x1c.execution.v1.ExecutionState\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x16ListExecutionsResponse\x12+\n\nexecutions\x18\x01 \x03(\x0b\x32\x17.execution.v1.Execution\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x96\x01\n\x14GetAgentStatsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x15GetAgentStatsResponse\x12\'\n\x05stats\x18\x01 \x01(\x0b\x32\x18.execution.v1.AgentStats\"y\n\x11TestApiKeyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\'\n\x08provider\x18\x02 \x01(\x0e\x32\x15.keyvault.v1.Provider\x12\x19\n\x11\x63\x61ndidate_api_key\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\"p\n\x12TestApiKeyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12*\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"Z\n\x12\x43reateAgentRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\"\n\x05\x61gent\x18\x03 \x01(\x0b\x32\x13.execution.v1.Agent\"9\n\x13\x43reateAgentResponse\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.execution.v1.Agent\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"6\n\x10GetAgentResponse\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.execution.v1.Agent\"J\n\x11ListAgentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x12ListAgentsResponse\x12#\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x13.execution.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"i\n\x12UpdateAgentRequest\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.execution.v1.Agent\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"9\n\x13UpdateAgentResponse\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.execution.v1.Agent\"0\n\x12\x44\x65leteAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteAgentResponse2\xb3\x07\n\x10\x45xecutionService\x12H\n\x07\x45xecute\x12\x1c.execution.v1.ExecuteRequest\x1a\x1d.execution.v1.ExecuteResponse0\x01\x12U\n\x0cGetExecution\x12!.execution.v1.GetExecutionRequest\x1a\".execution.v1.GetExecutionResponse\x12^\n\x0f\x43\x61ncelExecution\x12$.execution.v1.CancelExecutionRequest\x1a%.execution.v1.CancelExecutionResponse\x12[\n\x0eListExecutions\x12#.execution.v1.ListExecutionsRequest\x1a$.execution.v1.ListExecutionsResponse\x12X\n\rGetAgentStats\x12\".execution.v1.GetAgentStatsRequest\x1a#.execution.v1.GetAgentStatsResponse\x12O\n\nTestApiKey\x12\x1f.execution.v1.TestApiKeyRequest\x1a .execution.v1.TestApiKeyResponse\x12R\n\x0b\x43reateAgent\x12 .execution.v1.CreateAgentRequest\x1a!.execution.v1.CreateAgentResponse\x12I\n\x08GetAgent\x12\x1d.execution.v1.GetAgentRequest\x1a\x1e.execution.v1.GetAgentResponse\x12O\n\nListAgents\x12\x1f.execution.v1.ListAgentsRequest\x1a .execution.v1.ListAgentsResponse\x12R\n\x0bUpdateAgent\x12 .execution.v1.UpdateAgentRequest\x1a!.execution.v1.UpdateAgentResponse\x12R\n\x0b\x44\x65leteAgent\x12 .execution.v1.DeleteAgentRequest\x1a!.execution.v1.DeleteAgentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,38 +51,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETEXECUTIONREQUEST']._serialized_end=959
   _globals['_GETEXECUTIONRESPONSE']._serialized_start=961
   _globals['_GETEXECUTIONRESPONSE']._serialized_end=1027
-  _globals['_LISTEXECUTIONSREQUEST']._serialized_start=1030
-  _globals['_LISTEXECUTIONSREQUEST']._serialized_end=1265
-  _globals['_LISTEXECUTIONSRESPONSE']._serialized_start=1267
-  _globals['_LISTEXECUTIONSRESPONSE']._serialized_end=1361
-  _globals['_GETAGENTSTATSREQUEST']._serialized_start=1364
-  _globals['_GETAGENTSTATSREQUEST']._serialized_end=1514
-  _globals['_GETAGENTSTATSRESPONSE']._serialized_start=1516
-  _globals['_GETAGENTSTATSRESPONSE']._serialized_end=1580
-  _globals['_TESTAPIKEYREQUEST']._serialized_start=1582
-  _globals['_TESTAPIKEYREQUEST']._serialized_end=1703
-  _globals['_TESTAPIKEYRESPONSE']._serialized_start=1705
-  _globals['_TESTAPIKEYRESPONSE']._serialized_end=1817
-  _globals['_CREATEAGENTREQUEST']._serialized_start=1819
-  _globals['_CREATEAGENTREQUEST']._serialized_end=1909
-  _globals['_CREATEAGENTRESPONSE']._serialized_start=1911
-  _globals['_CREATEAGENTRESPONSE']._serialized_end=1968
-  _globals['_GETAGENTREQUEST']._serialized_start=1970
-  _globals['_GETAGENTREQUEST']._serialized_end=2001
-  _globals['_GETAGENTRESPONSE']._serialized_start=2003
-  _globals['_GETAGENTRESPONSE']._serialized_end=2057
-  _globals['_LISTAGENTSREQUEST']._serialized_start=2059
-  _globals['_LISTAGENTSREQUEST']._serialized_end=2133
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=2135
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=2217
-  _globals['_UPDATEAGENTREQUEST']._serialized_start=2219
-  _globals['_UPDATEAGENTREQUEST']._serialized_end=2324
-  _globals['_UPDATEAGENTRESPONSE']._serialized_start=2326
-  _globals['_UPDATEAGENTRESPONSE']._serialized_end=2383
-  _globals['_DELETEAGENTREQUEST']._serialized_start=2385
-  _globals['_DELETEAGENTREQUEST']._serialized_end=2433
-  _globals['_DELETEAGENTRESPONSE']._serialized_start=2435
-  _globals['_DELETEAGENTRESPONSE']._serialized_end=2456
-  _globals['_EXECUTIONSERVICE']._serialized_start=2459
-  _globals['_EXECUTIONSERVICE']._serialized_end=3310
+  _globals['_CANCELEXECUTIONREQUEST']._serialized_start=1029
+  _globals['_CANCELEXECUTIONREQUEST']._serialized_end=1067
+  _globals['_CANCELEXECUTIONRESPONSE']._serialized_start=1069
+  _globals['_CANCELEXECUTIONRESPONSE']._serialized_end=1138
+  _globals['_LISTEXECUTIONSREQUEST']._serialized_start=1141
+  _globals['_LISTEXECUTIONSREQUEST']._serialized_end=1376
+  _globals['_LISTEXECUTIONSRESPONSE']._serialized_start=1378
+  _globals['_LISTEXECUTIONSRESPONSE']._serialized_end=1472
+  _globals['_GETAGENTSTATSREQUEST']._serialized_start=1475
+  _globals['_GETAGENTSTATSREQUEST']._serialized_end=1625
+  _globals['_GETAGENTSTATSRESPONSE']._serialized_start=1627
+  _globals['_GETAGENTSTATSRESPONSE']._serialized_end=1691
+  _globals['_TESTAPIKEYREQUEST']._serialized_start=1693
+  _globals['_TESTAPIKEYREQUEST']._serialized_end=1814
+  _globals['_TESTAPIKEYRESPONSE']._serialized_start=1816
+  _globals['_TESTAPIKEYRESPONSE']._serialized_end=1928
+  _globals['_CREATEAGENTREQUEST']._serialized_start=1930
+  _globals['_CREATEAGENTREQUEST']._serialized_end=2020
+  _globals['_CREATEAGENTRESPONSE']._serialized_start=2022
+  _globals['_CREATEAGENTRESPONSE']._serialized_end=2079
+  _globals['_GETAGENTREQUEST']._serialized_start=2081
+  _globals['_GETAGENTREQUEST']._serialized_end=2112
+  _globals['_GETAGENTRESPONSE']._serialized_start=2114
+  _globals['_GETAGENTRESPONSE']._serialized_end=2168
+  _globals['_LISTAGENTSREQUEST']._serialized_start=2170
+  _globals['_LISTAGENTSREQUEST']._serialized_end=2244
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=2246
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=2328
+  _globals['_UPDATEAGENTREQUEST']._serialized_start=2330
+  _globals['_UPDATEAGENTREQUEST']._serialized_end=2435
+  _globals['_UPDATEAGENTRESPONSE']._serialized_start=2437
+  _globals['_UPDATEAGENTRESPONSE']._serialized_end=2494
+  _globals['_DELETEAGENTREQUEST']._serialized_start=2496
+  _globals['_DELETEAGENTREQUEST']._serialized_end=2544
+  _globals['_DELETEAGENTRESPONSE']._serialized_start=2546
+  _globals['_DELETEAGENTRESPONSE']._serialized_end=2567
+  _globals['_EXECUTIONSERVICE']._serialized_start=2570
+  _globals['_EXECUTIONSERVICE']._serialized_end=3517
 # @@protoc_insertion_point(module_scope)

@@ -46,6 +46,11 @@ class ExecutionServiceStub:
                 request_serializer=execution_dot_v1_dot_execution__service__pb2.GetExecutionRequest.SerializeToString,
                 response_deserializer=execution_dot_v1_dot_execution__service__pb2.GetExecutionResponse.FromString,
                 _registered_method=True)
+        self.CancelExecution = channel.unary_unary(
+                '/execution.v1.ExecutionService/CancelExecution',
+                request_serializer=execution_dot_v1_dot_execution__service__pb2.CancelExecutionRequest.SerializeToString,
+                response_deserializer=execution_dot_v1_dot_execution__service__pb2.CancelExecutionResponse.FromString,
+                _registered_method=True)
         self.ListExecutions = channel.unary_unary(
                 '/execution.v1.ExecutionService/ListExecutions',
                 request_serializer=execution_dot_v1_dot_execution__service__pb2.ListExecutionsRequest.SerializeToString,
@@ -102,6 +107,17 @@ class ExecutionServiceServicer:
 
     def GetExecution(self, request, context):
         """Returns one execution.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelExecution(self, request, context):
+        """Cancels a running execution, through any replica: the replica running it closes its
+        provider request and records it CANCELLED with the caller's identity. Answers once that
+        record is written, or after about a second with the execution as it then stands
+        (still RUNNING, `cancelled_by` empty: the cancel is recorded and carried out shortly).
+        A finished execution is FAILED_PRECONDITION (EXECUTION_ALREADY_FINISHED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +191,11 @@ def add_ExecutionServiceServicer_to_server(servicer, server):
                     servicer.GetExecution,
                     request_deserializer=execution_dot_v1_dot_execution__service__pb2.GetExecutionRequest.FromString,
                     response_serializer=execution_dot_v1_dot_execution__service__pb2.GetExecutionResponse.SerializeToString,
+            ),
+            'CancelExecution': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelExecution,
+                    request_deserializer=execution_dot_v1_dot_execution__service__pb2.CancelExecutionRequest.FromString,
+                    response_serializer=execution_dot_v1_dot_execution__service__pb2.CancelExecutionResponse.SerializeToString,
             ),
             'ListExecutions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListExecutions,
@@ -273,6 +294,33 @@ class ExecutionService:
             '/execution.v1.ExecutionService/GetExecution',
             execution_dot_v1_dot_execution__service__pb2.GetExecutionRequest.SerializeToString,
             execution_dot_v1_dot_execution__service__pb2.GetExecutionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelExecution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execution.v1.ExecutionService/CancelExecution',
+            execution_dot_v1_dot_execution__service__pb2.CancelExecutionRequest.SerializeToString,
+            execution_dot_v1_dot_execution__service__pb2.CancelExecutionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,13 @@ class ExecutionServiceStub:
     """Runs a request and streams `started`, then `delta`s, then `completed`."""
     GetExecution: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.GetExecutionRequest, _execution_service_pb2.GetExecutionResponse]
     """Returns one execution."""
+    CancelExecution: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.CancelExecutionRequest, _execution_service_pb2.CancelExecutionResponse]
+    """Cancels a running execution, through any replica: the replica running it closes its
+    provider request and records it CANCELLED with the caller's identity. Answers once that
+    record is written, or after about a second with the execution as it then stands
+    (still RUNNING, `cancelled_by` empty: the cancel is recorded and carried out shortly).
+    A finished execution is FAILED_PRECONDITION (EXECUTION_ALREADY_FINISHED).
+    """
     ListExecutions: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.ListExecutionsRequest, _execution_service_pb2.ListExecutionsResponse]
     """Lists a workspace's executions, newest first."""
     GetAgentStats: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.GetAgentStatsRequest, _execution_service_pb2.GetAgentStatsResponse]
@@ -67,6 +74,13 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     """Runs a request and streams `started`, then `delta`s, then `completed`."""
     GetExecution: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.GetExecutionRequest, _execution_service_pb2.GetExecutionResponse]  # type: ignore[assignment]
     """Returns one execution."""
+    CancelExecution: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.CancelExecutionRequest, _execution_service_pb2.CancelExecutionResponse]  # type: ignore[assignment]
+    """Cancels a running execution, through any replica: the replica running it closes its
+    provider request and records it CANCELLED with the caller's identity. Answers once that
+    record is written, or after about a second with the execution as it then stands
+    (still RUNNING, `cancelled_by` empty: the cancel is recorded and carried out shortly).
+    A finished execution is FAILED_PRECONDITION (EXECUTION_ALREADY_FINISHED).
+    """
     ListExecutions: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.ListExecutionsRequest, _execution_service_pb2.ListExecutionsResponse]  # type: ignore[assignment]
     """Lists a workspace's executions, newest first."""
     GetAgentStats: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.GetAgentStatsRequest, _execution_service_pb2.GetAgentStatsResponse]  # type: ignore[assignment]
@@ -104,6 +118,19 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_execution_service_pb2.GetExecutionResponse, _abc.Awaitable[_execution_service_pb2.GetExecutionResponse]]:
         """Returns one execution."""
+
+    @_abc_1.abstractmethod
+    def CancelExecution(
+        self,
+        request: _execution_service_pb2.CancelExecutionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.CancelExecutionResponse, _abc.Awaitable[_execution_service_pb2.CancelExecutionResponse]]:
+        """Cancels a running execution, through any replica: the replica running it closes its
+        provider request and records it CANCELLED with the caller's identity. Answers once that
+        record is written, or after about a second with the execution as it then stands
+        (still RUNNING, `cancelled_by` empty: the cancel is recorded and carried out shortly).
+        A finished execution is FAILED_PRECONDITION (EXECUTION_ALREADY_FINISHED).
+        """
 
     @_abc_1.abstractmethod
     def ListExecutions(

@@ -306,6 +306,7 @@ class Execution(_message.Message):
     AGENT_ETAG_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     OUTPUT_VALID_FIELD_NUMBER: _builtins.int
+    CANCELLED_BY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`workspaces/{workspace}/executions/{execution}`."""
     agent_id: _builtins.str
@@ -333,6 +334,10 @@ class Execution(_message.Message):
     output_valid: _builtins.bool
     """Whether the output matched its schema; unset when no output schema applied or the
     execution ended before its output was complete.
+    """
+    cancelled_by: _builtins.str
+    """The caller identity (SPIFFE ID) whose CancelExecution ended the execution; empty unless
+    the state is CANCELLED by such a request.
     """
     @_builtins.property
     def usage(self) -> Global___Usage:
@@ -395,10 +400,11 @@ class Execution(_message.Message):
         agent_etag: _builtins.str = ...,
         output: _struct_pb2.Struct | None = ...,
         output_valid: _builtins.bool | None = ...,
+        cancelled_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "_output_valid", b"_output_valid", "cost_nanos", b"cost_nanos", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "first_token_time", b"first_token_time", "latency", b"latency", "output", b"output", "output_valid", b"output_valid", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "_output_valid", b"_output_valid", "agent", b"agent", "agent_etag", b"agent_etag", "agent_id", b"agent_id", "attempts", b"attempts", "cost_nanos", b"cost_nanos", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "finish_reason", b"finish_reason", "first_token_time", b"first_token_time", "labels", b"labels", "latency", b"latency", "model", b"model", "name", b"name", "output", b"output", "output_text", b"output_text", "output_valid", b"output_valid", "provider", b"provider", "request_id", b"request_id", "state", b"state", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "_output_valid", b"_output_valid", "agent", b"agent", "agent_etag", b"agent_etag", "agent_id", b"agent_id", "attempts", b"attempts", "cancelled_by", b"cancelled_by", "cost_nanos", b"cost_nanos", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "finish_reason", b"finish_reason", "first_token_time", b"first_token_time", "labels", b"labels", "latency", b"latency", "model", b"model", "name", b"name", "output", b"output", "output_text", b"output_text", "output_valid", b"output_valid", "provider", b"provider", "request_id", b"request_id", "state", b"state", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_nanos: _TypeAlias = _typing.Literal["cost_nanos"]  # noqa: Y015
     _WhichOneofArgType__cost_nanos: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos"]  # noqa: Y015

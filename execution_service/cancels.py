@@ -1,0 +1,193 @@
+"""CancelExecution through any replica.
+
+The replica taking the call records the request on the execution's row and notifies the
+channel `execution_cancels` with the execution's id, in one statement
+(`repository.request_cancel`). Every replica LISTENs on a connection of its own (pooled
+connections go back to the pool without a session reset, so they must never LISTEN); the one
+running the execution cancels its stream, which closes the provider request at once and
+records the execution CANCELLED, naming who asked. While that connection is down,
+notifications go unheard: each time it listens again, the replica looks for cancel requests
+on the executions it is running, so none is missed for longer than a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+import asyncpg
+
+from execution_service import repository as repo
+from execution_service.engine import ExecutionEngine
+from execution_service.errors import ExecutionAlreadyFinished, ExecutionNotFound
+from execution_service.model import Execution
+from service_kit import db
+
+log = logging.getLogger(__name__)
+
+# The connection cannot be made or was lost: listen again after a pause.
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    *db.UNAVAILABLE_ERRORS,
+    asyncpg.PostgresError,
+)
+# How long CancelExecution waits for the owner's CANCELLED record before answering with the
+# execution as it stands.
+CANCEL_WAIT_SECONDS = 1.0
+
+
+async def request_cancel(
+    pool: asyncpg.Pool,
+    engine: ExecutionEngine,
+    workspace: str,
+    execution_id: uuid.UUID,
+    caller: str,
+    *,
+    wait: float = CANCEL_WAIT_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+) -> Execution:
+    """Ask for a running execution to be cancelled; the execution once its owner recorded
+    it CANCELLED, or as it stands after `wait` seconds (still RUNNING: the owner is slow or
+    gone; the request stays recorded and is carried out, or the sweeper ends it)."""
+    name = f"workspaces/{workspace}/executions/{execution_id}"
+    request = await repo.request_cancel(pool, workspace, execution_id, caller)
+    if not request.found:
+        raise ExecutionNotFound(name)
+    if not request.accepted:
+        raise ExecutionAlreadyFinished(name)
+    if request.lease_owner == engine.owner:  # running here: no need to wait for the notice
+        engine.cancel(execution_id, caller)
+    ends = clock() + wait
+    delay = 0.005
+    while True:
+        execution = await repo.get(pool, workspace, execution_id)
+        if execution is None:
+            raise ExecutionNotFound(name)
+        if execution.is_terminal or clock() >= ends:
+            return execution
+        await asyncio.sleep(min(delay, max(ends - clock(), 0)))
+        delay = min(delay * 2, 0.05)
+
+
+def parse_notification(payload: str) -> uuid.UUID | None:
+    """The execution a notification names; None for anything else."""
+    try:
+        return uuid.UUID(payload)
+    except ValueError:
+        return None
+
+
+class CancelFeed:
+    """LISTENs for cancel requests on its own connection, reconnecting whenever it is lost,
+    and cancels those that name an execution this process is running."""
+
+    def __init__(
+        self,
+        database_url: str,
+        pool: asyncpg.Pool,
+        engine: ExecutionEngine,
+        *,
+        reconnect_delay: float = 0.25,
+        max_reconnect_delay: float = 2.0,
+        check_interval: float = 1.0,
+    ) -> None:
+        self._database_url = database_url
+        self._pool = pool
+        self._engine = engine
+        self._reconnect_delay = reconnect_delay
+        self._max_reconnect_delay = max_reconnect_delay
+        self._check_interval = check_interval
+        self._live = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lookups: set[asyncio.Task[None]] = set()
+        self.listener_pid: int | None = None  # the LISTEN connection's backend, while live
+
+    @property
+    def live(self) -> bool:
+        return self._live.is_set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def wait_live(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._live.wait()
+        return self.live
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *self._lookups) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def apply_requests(self, db_: asyncpg.Pool | asyncpg.Connection) -> int:
+        """Cancel the executions running here that have a cancel request; how many."""
+        requests = await repo.cancel_requests(db_, self._engine.streaming())
+        return sum(self._engine.cancel(execution_id, by) for execution_id, by in requests)
+
+    def _on_notification(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        execution_id = parse_notification(str(payload))
+        if execution_id is None:
+            log.warning("unreadable cancel notification ignored")
+            return
+        if execution_id not in self._engine.streaming():
+            return  # another replica's, or already over
+        lookup = asyncio.create_task(self._apply_one(execution_id))
+        self._lookups.add(lookup)
+        lookup.add_done_callback(self._lookups.discard)
+
+    async def _apply_one(self, execution_id: uuid.UUID) -> None:
+        """Read who asked (the notice carries only the id), then cancel."""
+        try:
+            for found, by in await repo.cancel_requests(self._pool, [execution_id]):
+                self._engine.cancel(found, by)
+        except _CONNECTION_ERRORS as exc:  # the next reconnect's check will find it
+            log.warning("cancel request not read", extra={"error": type(exc).__name__})
+
+    async def _run(self) -> None:
+        delay = self._reconnect_delay
+        while True:
+            try:
+                conn = await db.connect(self._database_url, timeout=self._check_interval * 5)
+            except _CONNECTION_ERRORS as exc:
+                log.warning("cancel feed cannot connect", extra={"error": type(exc).__name__})
+            else:
+                try:
+                    await self._listen(conn)
+                    delay = self._reconnect_delay  # it was up: reconnect promptly
+                except _CONNECTION_ERRORS as exc:
+                    log.warning("cancel feed failed", extra={"error": type(exc).__name__})
+                except Exception:  # the feed must outlive any one failure
+                    log.exception("cancel feed failed")
+                finally:
+                    self._live.clear()
+                    self.listener_pid = None
+                    conn.terminate()
+                log.warning("cancel feed lost its database connection; reconnecting")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._max_reconnect_delay)
+
+    async def _listen(self, conn: asyncpg.Connection) -> None:
+        """Listen until the connection is lost (closed by the server, or not answering)."""
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        await conn.add_listener(repo.CANCELS_CHANNEL, self._on_notification)
+        # Listening from here on; requests made while not listening are found now.
+        missed = await self.apply_requests(conn)
+        if missed:
+            log.info("cancel requests found on reconnect", extra={"count": missed})
+        self.listener_pid = conn.get_server_pid()
+        self._live.set()
+        log.info("cancel feed listening")
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._check_interval):
+                    await lost.wait()
+            if not lost.is_set():  # a silent network fails this check rather than hanging
+                await conn.fetchval("SELECT 1", timeout=self._check_interval)
