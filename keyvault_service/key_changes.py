@@ -142,6 +142,11 @@ class KeyChangeFeed:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
+    @property
+    def running(self) -> bool:
+        """The feed is listening or trying to (it ends only when stopped)."""
+        return self._task is not None and not self._task.done()
+
     async def wait_live(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
@@ -252,7 +257,7 @@ class KeyChangeFeed:
         delay = self._reconnect_delay
         while not self._stopping:
             try:
-                conn = await asyncpg.connect(self._database_url, timeout=self._check_interval * 5)
+                conn = await db.connect(self._database_url, timeout=self._check_interval * 5)
             except _CONNECTION_ERRORS as exc:
                 log.warning("key change feed cannot connect", extra={"error": type(exc).__name__})
             else:

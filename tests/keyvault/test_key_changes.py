@@ -19,7 +19,7 @@ import pytest
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
 from keyvault_service.app import RunningKeyVault
-from keyvault_service.key_changes import KeyChange, parse_notification
+from keyvault_service.key_changes import KeyChange, KeyChangeFeed, parse_notification
 from keyvault_service.names import KeyRef
 from service_kit.tls import TlsFiles
 from tests.conftest import secure_channel
@@ -234,3 +234,18 @@ async def test_a_change_is_answered_once_every_subscriber_has_applied_it(
     await prompt_reader
     prompt.cancel()
     slow.cancel()
+
+
+async def test_the_feed_keeps_trying_while_the_database_socket_is_gone(
+    shared_vault: RunningKeyVault, tmp_path: Path
+) -> None:
+    # A stopped local server leaves no socket file: connecting raises FileNotFoundError, which
+    # must count as "unreachable, try again", not end the feed for good.
+    gone = f"postgresql://postgres@/keyvault?host={tmp_path / 'no-server-here'}"
+    feed = KeyChangeFeed(gone, shared_vault.pool, reconnect_delay=0.05, max_reconnect_delay=0.1)
+    feed.start()
+    try:
+        await asyncio.sleep(1.0)
+        assert feed.running, "the feed stopped trying"
+    finally:
+        await feed.stop()
