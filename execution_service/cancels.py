@@ -36,7 +36,7 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 # How long CancelExecution waits for the owner's CANCELLED record before answering with the
 # execution as it stands.
-CANCEL_WAIT_SECONDS = 1.0
+CANCEL_WAIT_SECONDS = 2.0  # the record normally lands in ~15 ms; this bounds a slow or gone owner
 
 
 async def request_cancel(

@@ -115,7 +115,7 @@ class ExecutionServiceServicer:
     def CancelExecution(self, request, context):
         """Cancels a running execution, through any replica: the replica running it closes its
         provider request and records it CANCELLED with the caller's identity. Answers once that
-        record is written, or after about a second with the execution as it then stands
+        record is written, or after about two seconds with the execution as it then stands
         (still RUNNING, `cancelled_by` empty: the cancel is recorded and carried out shortly).
         A finished execution is FAILED_PRECONDITION (EXECUTION_ALREADY_FINISHED).
         """

@@ -42,7 +42,7 @@ class ExecutionServiceStub:
     CancelExecution: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.CancelExecutionRequest, _execution_service_pb2.CancelExecutionResponse]
     """Cancels a running execution, through any replica: the replica running it closes its
     provider request and records it CANCELLED with the caller's identity. Answers once that
-    record is written, or after about a second with the execution as it then stands
+    record is written, or after about two seconds with the execution as it then stands
     (still RUNNING, `cancelled_by` empty: the cancel is recorded and carried out shortly).
     A finished execution is FAILED_PRECONDITION (EXECUTION_ALREADY_FINISHED).
     """
@@ -77,7 +77,7 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     CancelExecution: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.CancelExecutionRequest, _execution_service_pb2.CancelExecutionResponse]  # type: ignore[assignment]
     """Cancels a running execution, through any replica: the replica running it closes its
     provider request and records it CANCELLED with the caller's identity. Answers once that
-    record is written, or after about a second with the execution as it then stands
+    record is written, or after about two seconds with the execution as it then stands
     (still RUNNING, `cancelled_by` empty: the cancel is recorded and carried out shortly).
     A finished execution is FAILED_PRECONDITION (EXECUTION_ALREADY_FINISHED).
     """
@@ -127,7 +127,7 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_execution_service_pb2.CancelExecutionResponse, _abc.Awaitable[_execution_service_pb2.CancelExecutionResponse]]:
         """Cancels a running execution, through any replica: the replica running it closes its
         provider request and records it CANCELLED with the caller's identity. Answers once that
-        record is written, or after about a second with the execution as it then stands
+        record is written, or after about two seconds with the execution as it then stands
         (still RUNNING, `cancelled_by` empty: the cancel is recorded and carried out shortly).
         A finished execution is FAILED_PRECONDITION (EXECUTION_ALREADY_FINISHED).
         """
