@@ -25,15 +25,10 @@ from execution_service import repository as repo
 from execution_service.engine import ExecutionEngine
 from execution_service.errors import ExecutionAlreadyFinished, ExecutionNotFound
 from execution_service.model import Execution
-from service_kit import db
+from service_kit.listen import CONNECTION_ERRORS, Listener
 
 log = logging.getLogger(__name__)
 
-# The connection cannot be made or was lost: listen again after a pause.
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    *db.UNAVAILABLE_ERRORS,
-    asyncpg.PostgresError,
-)
 # How long CancelExecution waits for the owner's CANCELLED record before answering with the
 # execution as it stands.
 CANCEL_WAIT_SECONDS = 2.0  # the record normally lands in ~15 ms; this bounds a slow or gone owner
@@ -94,35 +89,38 @@ class CancelFeed:
         max_reconnect_delay: float = 2.0,
         check_interval: float = 1.0,
     ) -> None:
-        self._database_url = database_url
         self._pool = pool
         self._engine = engine
-        self._reconnect_delay = reconnect_delay
-        self._max_reconnect_delay = max_reconnect_delay
-        self._check_interval = check_interval
-        self._live = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._lookups: set[asyncio.Task[None]] = set()
-        self.listener_pid: int | None = None  # the LISTEN connection's backend, while live
+        self._listener = Listener(
+            "cancel feed",
+            database_url,
+            repo.CANCELS_CHANNEL,
+            self._on_notification,
+            on_listening=self._catch_up,
+            reconnect_delay=reconnect_delay,
+            max_reconnect_delay=max_reconnect_delay,
+            check_interval=check_interval,
+        )
 
     @property
     def live(self) -> bool:
-        return self._live.is_set()
+        return self._listener.live
+
+    @property
+    def listener_pid(self) -> int | None:
+        return self._listener.listener_pid
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._listener.start()
 
     async def wait_live(self, timeout: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._live.wait()
-        return self.live
+        return await self._listener.wait_live(timeout)
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._lookups) if t is not None]
-        for task in tasks:
+        await self._listener.stop()
+        for task in list(self._lookups):
             task.cancel()
-        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -147,47 +145,11 @@ class CancelFeed:
         try:
             for found, by in await repo.cancel_requests(self._pool, [execution_id]):
                 self._engine.cancel(found, by)
-        except _CONNECTION_ERRORS as exc:  # the next reconnect's check will find it
+        except CONNECTION_ERRORS as exc:  # the next reconnect's check will find it
             log.warning("cancel request not read", extra={"error": type(exc).__name__})
 
-    async def _run(self) -> None:
-        delay = self._reconnect_delay
-        while True:
-            try:
-                conn = await db.connect(self._database_url, timeout=self._check_interval * 5)
-            except _CONNECTION_ERRORS as exc:
-                log.warning("cancel feed cannot connect", extra={"error": type(exc).__name__})
-            else:
-                try:
-                    await self._listen(conn)
-                    delay = self._reconnect_delay  # it was up: reconnect promptly
-                except _CONNECTION_ERRORS as exc:
-                    log.warning("cancel feed failed", extra={"error": type(exc).__name__})
-                except Exception:  # the feed must outlive any one failure
-                    log.exception("cancel feed failed")
-                finally:
-                    self._live.clear()
-                    self.listener_pid = None
-                    conn.terminate()
-                log.warning("cancel feed lost its database connection; reconnecting")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._max_reconnect_delay)
-
-    async def _listen(self, conn: asyncpg.Connection) -> None:
-        """Listen until the connection is lost (closed by the server, or not answering)."""
-        lost = asyncio.Event()
-        conn.add_termination_listener(lambda _conn: lost.set())
-        await conn.add_listener(repo.CANCELS_CHANNEL, self._on_notification)
-        # Listening from here on; requests made while not listening are found now.
+    async def _catch_up(self, conn: asyncpg.Connection) -> None:
+        """Requests made while not listening are found now."""
         missed = await self.apply_requests(conn)
         if missed:
             log.info("cancel requests found on reconnect", extra={"count": missed})
-        self.listener_pid = conn.get_server_pid()
-        self._live.set()
-        log.info("cancel feed listening")
-        while not lost.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._check_interval):
-                    await lost.wait()
-            if not lost.is_set():  # a silent network fails this check rather than hanging
-                await conn.fetchval("SELECT 1", timeout=self._check_interval)

@@ -29,16 +29,11 @@ import asyncpg
 from keyvault_service import repository as repo
 from keyvault_service.errors import KeyChangesUnavailable
 from keyvault_service.names import KeyRef
-from service_kit import db
 from service_kit.errors import InvalidArgument
+from service_kit.listen import CONNECTION_ERRORS, Listener
 
 log = logging.getLogger(__name__)
 
-# The connection cannot be made or was lost: listen again after a pause.
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    *db.UNAVAILABLE_ERRORS,
-    asyncpg.PostgresError,
-)
 
 CHANNEL = "api_key_changes"
 # A subscriber this far behind is cut off; it subscribes again and starts afresh.
@@ -122,45 +117,47 @@ class KeyChangeFeed:
         max_reconnect_delay: float = 2.0,
         check_interval: float = 1.0,
     ) -> None:
-        self._database_url = database_url
         self._pool = pool
         self._replica = uuid.uuid4()  # names this process's subscribers in the registry
         self._heard = 0  # the last change heard (changes are heard in commit order)
-        self._reconnect_delay = reconnect_delay
-        self._max_reconnect_delay = max_reconnect_delay
-        self._check_interval = check_interval
         self._subscriptions: set[Subscription] = set()
-        self._live = asyncio.Event()
         self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-        self.listener_pid: int | None = None  # the LISTEN connection's backend, while live
+        self._listener = Listener(
+            "key change feed",
+            database_url,
+            CHANNEL,
+            self._on_notification,
+            on_listening=self._catch_up,
+            on_lost=self._end_subscriptions,
+            reconnect_delay=reconnect_delay,
+            max_reconnect_delay=max_reconnect_delay,
+            check_interval=check_interval,
+        )
 
     @property
     def live(self) -> bool:
-        return self._live.is_set()
+        return self._listener.live
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+    @property
+    def listener_pid(self) -> int | None:
+        return self._listener.listener_pid
 
     @property
     def running(self) -> bool:
         """The feed is listening or trying to (it ends only when stopped)."""
-        return self._task is not None and not self._task.done()
+        return self._listener.running
+
+    def start(self) -> None:
+        self._listener.start()
 
     async def wait_live(self, timeout: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._live.wait()
-        return self.live
+        return await self._listener.wait_live(timeout)
 
     async def stop(self) -> None:
         """End every subscription (their streams finish normally), then stop listening."""
         self._stopping = True
-        self._lose()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._end_subscriptions()
+        await self._listener.stop()
 
     async def wait_applied(self, timeout: float) -> None:
         """Return once every live subscriber, through any replica, has acknowledged every
@@ -175,7 +172,7 @@ class KeyChangeFeed:
                     delay = min(delay * 2, 0.02)
         except TimeoutError:
             log.warning("key change not acknowledged by every subscriber in time")
-        except _CONNECTION_ERRORS as exc:  # the change is made; the feed, cut off, ends streams
+        except CONNECTION_ERRORS as exc:  # the change is made; the feed, cut off, ends streams
             log.warning("key change acknowledgements unknown", extra={"error": type(exc).__name__})
 
     @contextlib.contextmanager
@@ -234,7 +231,7 @@ class KeyChangeFeed:
             log.info("key change acknowledgements ended", extra={"error": type(exc).__name__})
 
     async def unregister(self, subscription: Subscription) -> None:
-        with contextlib.suppress(*_CONNECTION_ERRORS):
+        with contextlib.suppress(*CONNECTION_ERRORS):
             await repo.remove_watcher(self._pool, subscription.id)
 
     def _on_notification(self, conn: object, pid: int, channel: str, payload: object) -> None:
@@ -246,51 +243,15 @@ class KeyChangeFeed:
         for subscription in list(self._subscriptions):
             subscription._deliver(change)
 
-    def _lose(self) -> None:
-        self._live.clear()
-        self.listener_pid = None
+    def _end_subscriptions(self) -> None:
         for subscription in self._subscriptions:
             subscription._end()
         self._subscriptions.clear()
 
-    async def _run(self) -> None:
-        delay = self._reconnect_delay
-        while not self._stopping:
-            try:
-                conn = await db.connect(self._database_url, timeout=self._check_interval * 5)
-            except _CONNECTION_ERRORS as exc:
-                log.warning("key change feed cannot connect", extra={"error": type(exc).__name__})
-            else:
-                try:
-                    await self._listen(conn)
-                    delay = self._reconnect_delay  # it was up: reconnect promptly
-                except _CONNECTION_ERRORS as exc:
-                    log.warning("key change feed failed", extra={"error": type(exc).__name__})
-                finally:
-                    self._lose()
-                    conn.terminate()
-                if not self._stopping:
-                    log.warning("key change feed lost its database connection; reconnecting")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._max_reconnect_delay)
-
-    async def _listen(self, conn: asyncpg.Connection) -> None:
-        """Listen until the connection is lost (closed by the server, or not answering)."""
-        lost = asyncio.Event()
-        conn.add_termination_listener(lambda _conn: lost.set())
-        await conn.add_listener(CHANNEL, self._on_notification)
+    async def _catch_up(self, conn: asyncpg.Connection) -> None:
         # Listening from here on: every later change will be heard, every earlier one is
         # at most this number.
         self._heard = max(self._heard, await repo.last_committed_change(conn))
         # Streams ended when the connection was lost, perhaps without being unregistered
         # (the database was down): they are not waited for.
         await repo.remove_replica_watchers(conn, self._replica)
-        self.listener_pid = conn.get_server_pid()
-        self._live.set()
-        log.info("key change feed listening")
-        while not lost.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._check_interval):
-                    await lost.wait()
-            if not lost.is_set():  # a silent network fails this check rather than hanging
-                await conn.fetchval("SELECT 1", timeout=self._check_interval)
