@@ -83,6 +83,9 @@ class Listener:
         return self.live
 
     async def stop(self) -> None:
+        # The flag as well as the cancel: Python 3.11's wait_for (inside asyncpg's timeouts)
+        # can swallow a cancel that lands as the statement completes; the loops below then
+        # still end within a check interval.
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
@@ -123,9 +126,9 @@ class Listener:
         self.listener_pid = conn.get_server_pid()
         self._live.set()
         log.info(f"{self._name} listening")
-        while not lost.is_set():
+        while not lost.is_set() and not self._stopping:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._check_interval):
                     await lost.wait()
-            if not lost.is_set():  # a silent network fails this check rather than hanging
+            if not lost.is_set() and not self._stopping:  # a silent network fails this check
                 await conn.fetchval("SELECT 1", timeout=self._check_interval)
