@@ -390,7 +390,7 @@ class ExecutionEngine:
         retry (from then on its lease is no longer renewed)."""
         try:
             outcome = self._outcome(cmd, progress, state, error, cancelled_by)
-            price = self._prices.lookup(cmd.chat.model)
+            price = self._prices.lookup(cmd.provider, cmd.chat.model)
             family = price.family if price else None
             return await self._records.record(TerminalRecord(execution, outcome, family))
         finally:
@@ -423,7 +423,7 @@ class ExecutionEngine:
         return Outcome(
             state=state,
             usage=usage,
-            cost_nanos=cost_nanos(self._prices, cmd.chat.model, usage),
+            cost_nanos=cost_nanos(self._prices, cmd.provider, cmd.chat.model, usage),
             attempts=progress.attempts,
             error=error,
             finish_reason=progress.finish_reason,

@@ -45,6 +45,22 @@ class ExecutionError:
 
 
 @dataclass(frozen=True)
+class RouteAttempt:
+    """One route's try within an execution (its own retries included): what the provider
+    answered, when, how long it took, and what it billed."""
+
+    route: int  # index into the plan's routes
+    provider: str
+    model: str
+    start_time: dt.datetime
+    latency_ms: int
+    http_status: int = 0  # the last HTTP status seen; 0 when none (unreachable, skipped)
+    reason: str = ""  # why the route failed or was skipped; "" for the route that answered
+    usage: Usage = Usage()
+    cost_nanos: int | None = 0  # None: the model's price is unknown
+
+
+@dataclass(frozen=True)
 class Execution:
     id: uuid.UUID
     workspace: str
@@ -71,6 +87,8 @@ class Execution:
     output: Any = None  # the parsed structured output (JSON), when there is one
     output_valid: bool | None = None  # None: no output schema, or no complete output
     cancelled_by: str = ""  # the caller identity whose CancelExecution ended it
+    route_index: int = 0  # the route that produced the answer (0: the first)
+    route_attempts: tuple[RouteAttempt, ...] = ()
 
     @property
     def name(self) -> str:
@@ -97,6 +115,8 @@ class Outcome:
     output: Any = None
     output_valid: bool | None = None
     cancelled_by: str = ""
+    route_index: int = 0
+    route_attempts: tuple[RouteAttempt, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ class PricingError(ValueError):
 class ModelPrice:
     """USD per million tokens for one model family; None where the provider lists no price."""
 
+    provider: str
     family: str
     input: Decimal
     output: Decimal
@@ -63,19 +64,25 @@ class ModelPrice:
 
 @dataclass(frozen=True)
 class PriceTable:
-    families: Mapping[str, ModelPrice]
+    # Keyed by (provider, family): a model is priced by the provider that serves it, so an
+    # OpenAI model id sent through another provider has no price rather than OpenAI's.
+    families: Mapping[tuple[str, str], ModelPrice]
 
-    def lookup(self, model: str) -> ModelPrice | None:
-        """The price of ``model``: exact family id, else the longest family it extends with a
-        version suffix (see the module docstring), else None."""
+    def lookup(self, provider: str, model: str) -> ModelPrice | None:
+        """The price of ``model`` served by ``provider``: exact family id, else the longest
+        family it extends with a version suffix (see the module docstring), else None."""
         model = model.strip().lower()
-        exact = self.families.get(model)
+        exact = self.families.get((provider, model))
         if exact is not None:
             return exact
-        for family in sorted(self.families, key=len, reverse=True):
+        for listed_provider, family in sorted(self.families, key=lambda k: len(k[1]), reverse=True):
             prefix = family + "-"
-            if model.startswith(prefix) and _VERSION_SUFFIX.fullmatch(model[len(prefix) :]):
-                return self.families[family]
+            if (
+                listed_provider == provider
+                and model.startswith(prefix)
+                and _VERSION_SUFFIX.fullmatch(model[len(prefix) :])
+            ):
+                return self.families[(listed_provider, family)]
         return None
 
 
@@ -112,11 +119,15 @@ def parse_prices(document: Any) -> PriceTable:
     models = document.get("models") if isinstance(document, dict) else None
     if not isinstance(models, dict) or not models:
         raise PricingError("price file has no 'models' object")
-    families: dict[str, ModelPrice] = {}
+    families: dict[tuple[str, str], ModelPrice] = {}
     for family, entry in models.items():
         if not isinstance(entry, dict):
             raise PricingError(f"price entry {family!r} is not an object")
-        families[family.lower()] = ModelPrice(
+        provider = entry.get("provider")
+        if not isinstance(provider, str) or not provider:
+            raise PricingError(f"price entry {family!r} lacks 'provider' (openai, anthropic)")
+        families[(provider, family.lower())] = ModelPrice(
+            provider=provider,
             family=family.lower(),
             input=_price(family, entry, "input", required=True) or Decimal(0),
             output=_price(family, entry, "output", required=True) or Decimal(0),
@@ -143,13 +154,13 @@ def _price(family: str, entry: Mapping[str, Any], field: str, *, required: bool)
     return value
 
 
-def cost_nanos(prices: PriceTable, model: str, usage: TokenUsage) -> int | None:
+def cost_nanos(prices: PriceTable, provider: str, model: str, usage: TokenUsage) -> int | None:
     """Cost in integer nano-dollars (USD 1e-9), or None when the model has no known price.
 
     Exact for every price that is a whole number of nano-dollars per token (all listed ones);
     a finer price from an override file is rounded once, at the end, half up.
     """
-    price = prices.lookup(model)
+    price = prices.lookup(provider, model)
     if price is None:
         return None
     cache_read = price.cache_read if price.cache_read is not None else price.input

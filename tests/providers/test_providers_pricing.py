@@ -50,7 +50,7 @@ def _nanos_per_token(usd_per_million: str) -> int:
 
 
 def test_packaged_table_lists_exactly_the_listed_models() -> None:
-    assert set(PRICES.families) == set(LIST_PRICES)
+    assert set(PRICES.families) == {(_provider(family), family) for family in LIST_PRICES}
 
 
 @pytest.mark.parametrize("family", sorted(LIST_PRICES))
@@ -66,33 +66,51 @@ def test_every_family_costs_exactly_its_list_price(family: str) -> None:
         + 300 * _nanos_per_token(cache_read or inp)
         + 40 * _nanos_per_token(cache_write or inp)
     )
-    assert cost_nanos(PRICES, family, usage) == expected
+    assert cost_nanos(PRICES, _provider(family), family, usage) == expected
 
 
 def test_one_million_tokens_cost_the_list_price_in_nanos() -> None:
     usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
-    assert cost_nanos(PRICES, "gpt-4o", usage) == 12_500_000_000  # USD 2.50 + 10.00
+    assert (
+        cost_nanos(PRICES, _provider("gpt-4o"), "gpt-4o", usage) == 12_500_000_000
+    )  # USD 2.50 + 10.00
 
 
 def test_smallest_prices_are_exact_per_token() -> None:
-    assert cost_nanos(PRICES, "gpt-4o-mini", Usage(cache_read_tokens=1)) == 75
-    assert cost_nanos(PRICES, "claude-3-haiku", Usage(cache_read_tokens=1)) == 30
-    assert cost_nanos(PRICES, "gpt-4o-mini", Usage(input_tokens=1)) == 150
+    assert (
+        cost_nanos(PRICES, _provider("gpt-4o-mini"), "gpt-4o-mini", Usage(cache_read_tokens=1))
+        == 75
+    )
+    assert (
+        cost_nanos(
+            PRICES, _provider("claude-3-haiku"), "claude-3-haiku", Usage(cache_read_tokens=1)
+        )
+        == 30
+    )
+    assert cost_nanos(PRICES, _provider("gpt-4o-mini"), "gpt-4o-mini", Usage(input_tokens=1)) == 150
 
 
 def test_cache_write_is_charged_at_its_own_price_where_listed() -> None:
     usage = Usage(cache_write_tokens=1_000)
-    assert cost_nanos(PRICES, "claude-3-5-sonnet-20241022", usage) == 3_750_000
+    assert (
+        cost_nanos(
+            PRICES, _provider("claude-3-5-sonnet-20241022"), "claude-3-5-sonnet-20241022", usage
+        )
+        == 3_750_000
+    )
 
 
 def test_a_known_model_with_no_tokens_costs_zero_and_an_unknown_one_is_unknown() -> None:
-    assert cost_nanos(PRICES, "gpt-4o", Usage()) == 0
-    assert cost_nanos(PRICES, "mystery-model-1", Usage(input_tokens=10)) is None
+    assert cost_nanos(PRICES, _provider("gpt-4o"), "gpt-4o", Usage()) == 0
+    assert (
+        cost_nanos(PRICES, _provider("mystery-model-1"), "mystery-model-1", Usage(input_tokens=10))
+        is None
+    )
 
 
 def test_resolved_usage_is_accepted_as_usage() -> None:
     usage = ResolvedUsage(10, 20, 0, 0, estimated=True)
-    assert cost_nanos(PRICES, "gpt-4", usage) == 10 * 30_000 + 20 * 60_000
+    assert cost_nanos(PRICES, "openai", "gpt-4", usage) == 10 * 30_000 + 20 * 60_000
 
 
 @pytest.mark.parametrize(
@@ -115,7 +133,7 @@ def test_resolved_usage_is_accepted_as_usage() -> None:
     ],
 )
 def test_dated_and_aliased_ids_map_to_their_family(model: str, family: str) -> None:
-    price = PRICES.lookup(model)
+    price = PRICES.lookup(_provider(model), model)
     assert price is not None
     assert price.family == family
 
@@ -134,32 +152,60 @@ def test_dated_and_aliased_ids_map_to_their_family(model: str, family: str) -> N
     ],
 )
 def test_unlisted_variants_are_unknown_not_priced_as_their_parent(model: str) -> None:
-    assert PRICES.lookup(model) is None
+    assert PRICES.lookup(_provider(model), model) is None
+
+
+def _provider(model: str) -> str:
+    return "anthropic" if model.lower().startswith("claude") else "openai"
+
+
+def test_a_model_is_priced_by_the_provider_that_serves_it() -> None:
+    usage = Usage(input_tokens=1_000)
+    assert cost_nanos(PRICES, "openai", "gpt-4o-mini", usage) == 150_000
+    # An OpenAI model id sent through Anthropic is not charged at OpenAI's rate.
+    assert PRICES.lookup("anthropic", "gpt-4o-mini") is None
+    assert cost_nanos(PRICES, "anthropic", "gpt-4o-mini", usage) is None
+    assert PRICES.lookup("openai", "claude-3-haiku") is None
 
 
 def test_override_file_by_path(tmp_path: Path) -> None:
     path = tmp_path / "prices.json"
     path.write_text(
-        json.dumps({"models": {"my-model": {"input": "1", "output": "2", "cache_read": None}}})
+        json.dumps(
+            {
+                "models": {
+                    "my-model": {
+                        "provider": "openai",
+                        "input": "1",
+                        "output": "2",
+                        "cache_read": None,
+                    }
+                }
+            }
+        )
     )
     prices = load_prices(path)
-    assert cost_nanos(prices, "my-model-2025-01-01", Usage(input_tokens=3, output_tokens=1)) == (
-        3 * 1000 + 2000
-    )
-    assert prices.lookup("gpt-4o") is None
+    assert cost_nanos(
+        prices, "openai", "my-model-2025-01-01", Usage(input_tokens=3, output_tokens=1)
+    ) == (3 * 1000 + 2000)
+    assert prices.lookup("openai", "gpt-4o") is None
 
 
 def test_bare_json_numbers_stay_exact(tmp_path: Path) -> None:
     path = tmp_path / "prices.json"
-    path.write_text('{"models": {"m": {"input": 0.1, "output": 0.3}}}')
-    assert cost_nanos(load_prices(path), "m", Usage(input_tokens=3, output_tokens=1)) == 600
+    path.write_text('{"models": {"m": {"provider": "openai", "input": 0.1, "output": 0.3}}}')
+    assert (
+        cost_nanos(load_prices(path), "openai", "m", Usage(input_tokens=3, output_tokens=1)) == 600
+    )
 
 
 def test_prices_finer_than_a_nano_round_half_up_once() -> None:
-    prices = parse_prices({"models": {"m": {"input": "0.0005", "output": "0.0015"}}})
+    prices = parse_prices(
+        {"models": {"m": {"provider": "openai", "input": "0.0005", "output": "0.0015"}}}
+    )
     # 1 x 0.5 + 1 x 1.5 nanos = 2.0 exactly: summing before rounding keeps it exact.
-    assert cost_nanos(prices, "m", Usage(input_tokens=1, output_tokens=1)) == 2
-    assert cost_nanos(prices, "m", Usage(input_tokens=1)) == 1  # 0.5 rounds up
+    assert cost_nanos(prices, "openai", "m", Usage(input_tokens=1, output_tokens=1)) == 2
+    assert cost_nanos(prices, "openai", "m", Usage(input_tokens=1)) == 1  # 0.5 rounds up
 
 
 @pytest.mark.parametrize(
@@ -173,6 +219,7 @@ def test_prices_finer_than_a_nano_round_half_up_once() -> None:
         {"models": {"m": {"input": True, "output": "1"}}},
         {"models": {"m": {"input": "1", "output": "NaN"}}},
         {"models": {"m": ["1", "2"]}},
+        {"models": {"m": {"input": "1", "output": "1"}}},  # no provider
     ],
 )
 def test_invalid_price_documents_are_refused(document: object) -> None:
