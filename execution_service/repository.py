@@ -21,6 +21,7 @@ from execution_service.model import (
     Execution,
     ExecutionError,
     Outcome,
+    RouteAttempt,
     Usage,
 )
 from execution_service.schemas import SchemaViolation
@@ -30,7 +31,8 @@ _COLUMNS = """id, workspace, agent_id, provider, model, state, request_id, label
     output_tokens, cache_read_tokens, cache_write_tokens, usage_estimated, cost_nanos, attempts,
     error_reason, error_message, provider_status, finish_reason, output_text, create_time,
     first_token_time, end_time, agent, agent_etag, output::text AS output, output_valid,
-    error_violations::text AS error_violations, request_hash, cancel_requested_by"""
+    error_violations::text AS error_violations, request_hash, cancel_requested_by, route_index,
+    route_attempts::text AS route_attempts"""
 
 
 def _from_row(row: asyncpg.Record) -> Execution:
@@ -75,6 +77,58 @@ def _from_row(row: asyncpg.Record) -> Execution:
         output=None if row["output"] is None else json.loads(row["output"]),
         output_valid=row["output_valid"],
         cancelled_by=_cancelled_by(row),
+        route_index=row["route_index"],
+        route_attempts=_route_attempts(row["route_attempts"]),
+    )
+
+
+def _route_attempts(text: str | None) -> tuple[RouteAttempt, ...]:
+    if text is None:
+        return ()
+    return tuple(
+        RouteAttempt(
+            route=a["route"],
+            provider=a["provider"],
+            model=a["model"],
+            start_time=dt.datetime.fromisoformat(a["start_time"]),
+            latency_ms=a["latency_ms"],
+            http_status=a["http_status"],
+            reason=a["reason"],
+            usage=Usage(
+                a["input_tokens"],
+                a["output_tokens"],
+                a["cache_read_tokens"],
+                a["cache_write_tokens"],
+                a["usage_estimated"],
+            ),
+            cost_nanos=a["cost_nanos"],
+        )
+        for a in json.loads(text)
+    )
+
+
+def _route_attempts_json(attempts: tuple[RouteAttempt, ...]) -> str | None:
+    if not attempts:
+        return None
+    return json.dumps(
+        [
+            {
+                "route": a.route,
+                "provider": a.provider,
+                "model": a.model,
+                "start_time": a.start_time.isoformat(),
+                "latency_ms": a.latency_ms,
+                "http_status": a.http_status,
+                "reason": a.reason,
+                "input_tokens": a.usage.input_tokens,
+                "output_tokens": a.usage.output_tokens,
+                "cache_read_tokens": a.usage.cache_read_tokens,
+                "cache_write_tokens": a.usage.cache_write_tokens,
+                "usage_estimated": a.usage.estimated,
+                "cost_nanos": a.cost_nanos,
+            }
+            for a in attempts
+        ]
     )
 
 
@@ -197,9 +251,11 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
             labels, create_time, agent, agent_etag, request_hash, state, input_tokens,
             output_tokens, cache_read_tokens, cache_write_tokens, usage_estimated, cost_nanos,
             attempts, error_reason, error_message, provider_status, finish_reason, output_text,
-            first_token_time, end_time, output, output_valid, error_violations)
+            first_token_time, end_time, output, output_valid, error_violations, route_index,
+            route_attempts)
         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-            $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27::jsonb, $28, $29::jsonb)
+            $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27::jsonb, $28, $29::jsonb, $30,
+            $31::jsonb)
         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
             input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
             cache_read_tokens = EXCLUDED.cache_read_tokens,
@@ -212,6 +268,7 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
             first_token_time = EXCLUDED.first_token_time, end_time = EXCLUDED.end_time,
             output = EXCLUDED.output, output_valid = EXCLUDED.output_valid,
             error_violations = EXCLUDED.error_violations,
+            route_index = EXCLUDED.route_index, route_attempts = EXCLUDED.route_attempts,
             lease_owner = NULL, lease_expires_at = NULL
         WHERE e.state = '{RUNNING}' OR (e.state = '{FAILED}' AND e.error_reason = '{INTERRUPTED}')
         RETURNING true""",
@@ -234,6 +291,8 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
         None if outcome.output is None else _jsonb(outcome.output),
         outcome.output_valid,
         _violations_json(error),
+        outcome.route_index,
+        _route_attempts_json(outcome.route_attempts),
     )
     if recorded:
         mine = dataclasses.replace(
@@ -250,6 +309,8 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
             output=outcome.output,
             output_valid=outcome.output_valid,
             cancelled_by=outcome.cancelled_by,
+            route_index=outcome.route_index,
+            route_attempts=outcome.route_attempts,
         )
         return mine, True
     row = await db.fetchrow(f"SELECT {_COLUMNS} FROM executions WHERE id = $1", execution.id)
