@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from execution_service.routing import Trigger
 from execution_service.schemas import JsonSchema, structured_output_violations
 from execution_service.validation import agent_id_violations
 from service_kit.errors import FieldViolation, InvalidArgument
@@ -27,6 +28,7 @@ UPDATABLE_FIELDS = (
     "input_schema",
     "output_schema",
     "labels",
+    "fallback",
 )
 ETAG_BYTES = 12
 # A refusal's violations travel in gRPC trailing metadata twice (the status message and the
@@ -65,6 +67,7 @@ class AgentSpec:
     input_schema: JsonSchema | None = None
     output_schema: JsonSchema | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    fallback: frozenset[Trigger] | None = None  # None: routing.DEFAULT_TRIGGERS
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 import httpx
@@ -42,15 +42,14 @@ from execution_service.model import (
     Execution,
     ExecutionError,
     Outcome,
+    RouteAttempt,
     Usage,
 )
-from execution_service.output_check import OutputVerdict, check_output
+from execution_service.output_check import check_output
 from execution_service.plan import AgentCall, AgentPlanner, ExecutionPlan
 from execution_service.pricing import PriceTable, cost_nanos
-from execution_service.providers.base import Finish, Refusal, TextDelta, UsageReport
-from execution_service.providers.call import stream_chat
-from execution_service.providers.errors import ErrorReason, ProviderError
-from execution_service.providers.registry import get_provider
+from execution_service.providers.errors import ProviderError
+from execution_service.route_runner import Progress, RouteRunner
 from execution_service.settings import EngineSettings
 from execution_service.terminal_records import TerminalRecord, TerminalRecords
 from execution_service.token_estimate import resolve_usage
@@ -83,25 +82,31 @@ class Completed:
 Event = Started | Delta | Completed
 
 
-@dataclass
-class _Progress:
-    """What one execution has seen so far; becomes its Outcome."""
-
-    attempts: int = 0
-    parts: list[str] = field(default_factory=list)
-    usage: UsageReport | None = None
-    finish_reason: str = ""
-    first_token_time: dt.datetime | None = None
-    refusal: list[str] | None = None  # the refusal's pieces, once the model refused
-    verdict: OutputVerdict | None = None  # on the output, once the stream completed
-
-
 # The caller's deadline timer started before its request reached this process, so the
 # cancellation it causes arrives up to a network delay before the deadline computed here.
 DEADLINE_SLACK = 0.25
 # An agent changing again and again while an execution of it is being recorded: plan it
 # again this often, then give up with ABORTED.
 MAX_REPLANS = 3
+
+
+def total_usage(attempts: tuple[RouteAttempt, ...]) -> Usage:
+    """An execution's tokens: the sum over its route attempts (those that failed before any
+    output usually report none)."""
+    return Usage(
+        sum(a.usage.input_tokens for a in attempts),
+        sum(a.usage.output_tokens for a in attempts),
+        sum(a.usage.cache_read_tokens for a in attempts),
+        sum(a.usage.cache_write_tokens for a in attempts),
+        any(a.usage.estimated for a in attempts),
+    )
+
+
+def total_cost(attempts: tuple[RouteAttempt, ...]) -> int | None:
+    """What the providers billed, summed over the attempts; unknown (None) when any attempt's
+    price is unknown."""
+    costs = [a.cost_nanos for a in attempts]
+    return None if None in costs else sum(c for c in costs if c is not None)
 
 
 def utc_now() -> dt.datetime:
@@ -172,10 +177,9 @@ class ExecutionEngine:
         self.owner = owner or f"execution-{uuid.uuid4().hex[:12]}"
         self._clock = clock
         self._now = now
-        self._base_urls = {
-            "openai": settings.openai_base_url,
-            "anthropic": settings.anthropic_base_url,
-        }
+        self._runner = RouteRunner(
+            keys=keys, http=http, prices=prices, settings=settings, clock=clock, now=now
+        )
         self._records = TerminalRecords(
             pool, retry_for=settings.finish_retry_seconds, backoff=settings.finish_retry_backoff
         )
@@ -257,12 +261,12 @@ class ExecutionEngine:
         metrics.EXECUTIONS_IN_FLIGHT.inc()  # until _finish, which every path below reaches
         self._running.add(execution.id)
         self._idle.clear()
-        progress = _Progress()
+        progress = Progress()
         cancellable = self._cancellable[execution.id] = _Cancellable(asyncio.current_task())
         try:
             try:
                 yield Started(execution)
-                async for text in self._stream(cmd, progress, deadline, request_id):
+                async for text in self._runner.run(cmd, progress, deadline, request_id):
                     yield Delta(text)
             finally:  # before anything is recorded: a cancel request now comes too late
                 del self._cancellable[execution.id]
@@ -308,64 +312,11 @@ class ExecutionEngine:
             raise execution_failed(error.reason, error.message, execution.name) from None
         yield Completed(await self._recorded(execution, cmd, progress, SUCCEEDED, None))
 
-    async def _stream(
-        self, cmd: ExecutionPlan, progress: _Progress, deadline: float | None, request_id: str
-    ) -> AsyncIterator[str]:
-        provider = get_provider(cmd.provider)
-        refetched = False
-        while True:
-            key, from_cache = await self._keys.get(cmd.workspace, cmd.provider, request_id)
-            attempts_before = progress.attempts
-
-            def count_attempt(n: int, before: int = attempts_before) -> None:
-                progress.attempts = before + n
-                metrics.PROVIDER_ATTEMPTS.labels(cmd.provider).inc()
-
-            def count_retry(failure: ProviderError) -> None:
-                metrics.PROVIDER_RETRIES.labels(cmd.provider, failure.reason.value).inc()
-
-            events = stream_chat(
-                self._http,
-                provider,
-                cmd.chat,
-                key.secret,
-                base_url=key.base_url or self._base_urls[cmd.provider],
-                policy=self._settings.retry,
-                default_max_tokens=self._settings.default_max_tokens,
-                deadline=deadline,
-                on_attempt=count_attempt,
-                on_retry=count_retry,
-            )
-            try:
-                async with aclosing(events):
-                    async for event in events:
-                        if isinstance(event, TextDelta):
-                            if progress.first_token_time is None:
-                                progress.first_token_time = self._now()
-                            progress.parts.append(event.text)
-                            yield event.text
-                        elif isinstance(event, Refusal):
-                            progress.refusal = [*(progress.refusal or []), event.text]
-                        elif isinstance(event, UsageReport):
-                            progress.usage = event
-                        elif isinstance(event, Finish):
-                            progress.finish_reason = event.reason
-                return
-            except ProviderError as err:
-                # A cached key the provider now refuses was probably rotated: fetch it again.
-                stale = err.reason == ErrorReason.PROVIDER_AUTH_FAILED and from_cache
-                if stale and not refetched and not progress.parts:
-                    self._keys.invalidate(cmd.workspace, cmd.provider)
-                    refetched = True
-                    count_retry(err)
-                    continue
-                raise
-
     async def _recorded(
         self,
         execution: Execution,
         cmd: ExecutionPlan,
-        progress: _Progress,
+        progress: Progress,
         state: str,
         error: ExecutionError | None,
     ) -> Execution:
@@ -380,7 +331,7 @@ class ExecutionEngine:
         self,
         execution: Execution,
         cmd: ExecutionPlan,
-        progress: _Progress,
+        progress: Progress,
         state: str,
         error: ExecutionError | None,
         *,
@@ -390,9 +341,12 @@ class ExecutionEngine:
         retry (from then on its lease is no longer renewed)."""
         try:
             outcome = self._outcome(cmd, progress, state, error, cancelled_by)
-            price = self._prices.lookup(cmd.provider, cmd.chat.model)
+            route = cmd.routes[progress.route]
+            price = self._prices.lookup(route.provider, route.chat.model)
             family = price.family if price else None
-            return await self._records.record(TerminalRecord(execution, outcome, family))
+            # Recorded with the provider and model of the route that answered (or failed last).
+            served = dataclasses.replace(execution, provider=route.provider, model=route.chat.model)
+            return await self._records.record(TerminalRecord(served, outcome, family))
         finally:
             metrics.EXECUTIONS_IN_FLIGHT.dec()
             self._running.discard(execution.id)
@@ -402,17 +356,18 @@ class ExecutionEngine:
     def _outcome(
         self,
         cmd: ExecutionPlan,
-        progress: _Progress,
+        progress: Progress,
         state: str,
         error: ExecutionError | None,
         cancelled_by: str = "",
     ) -> Outcome:
         text = "".join(progress.parts)
         verdict = progress.verdict
+        route = cmd.routes[progress.route]
         if progress.usage is None and not text:
             usage = Usage()  # the provider never answered with anything billable
         else:
-            resolved = resolve_usage(progress.usage, prompt=cmd.chat.messages, output_text=text)
+            resolved = resolve_usage(progress.usage, prompt=route.chat.messages, output_text=text)
             usage = Usage(
                 resolved.input_tokens,
                 resolved.output_tokens,
@@ -420,19 +375,34 @@ class ExecutionEngine:
                 resolved.cache_write_tokens,
                 resolved.estimated,
             )
+        end_time = self._now()
+        last = RouteAttempt(
+            route=progress.route,
+            provider=route.provider,
+            model=route.chat.model,
+            start_time=progress.route_start or end_time,
+            latency_ms=round((self._clock() - progress.route_started_at) * 1000),
+            http_status=error.provider_status if error else 200,
+            reason=error.reason if error else "",
+            usage=usage,
+            cost_nanos=cost_nanos(self._prices, route.provider, route.chat.model, usage),
+        )
+        attempts = (*progress.failed_routes, last)
         return Outcome(
             state=state,
-            usage=usage,
-            cost_nanos=cost_nanos(self._prices, cmd.provider, cmd.chat.model, usage),
+            usage=total_usage(attempts),
+            cost_nanos=total_cost(attempts),
             attempts=progress.attempts,
             error=error,
             finish_reason=progress.finish_reason,
             output_text=text if self._settings.store_output else None,
             first_token_time=progress.first_token_time,
-            end_time=self._now(),
+            end_time=end_time,
             output=verdict.output if verdict else None,
             output_valid=verdict.output_valid if verdict else None,
             cancelled_by=cancelled_by,
+            route_index=progress.route,
+            route_attempts=attempts,
         )
 
     async def _replay(self, existing: Execution, request_hash: str | None) -> AsyncIterator[Event]:

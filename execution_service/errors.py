@@ -154,6 +154,7 @@ _PROVIDER_STATUS: dict[str, type[ServiceError]] = {
     "PROVIDER_AUTH_FAILED": FailedPrecondition,
     "PROVIDER_PERMISSION_DENIED": FailedPrecondition,
     "PROVIDER_BAD_REQUEST": ProviderRejectedRequest,
+    "PROVIDER_CONTEXT_WINDOW_EXCEEDED": ProviderRejectedRequest,
     # The key's base URL points where this service may not connect (egress policy).
     "PROVIDER_DESTINATION_FORBIDDEN": FailedPrecondition,
     "PROVIDER_RATE_LIMITED": ResourceExhausted,

@@ -269,6 +269,7 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
             output = EXCLUDED.output, output_valid = EXCLUDED.output_valid,
             error_violations = EXCLUDED.error_violations,
             route_index = EXCLUDED.route_index, route_attempts = EXCLUDED.route_attempts,
+            provider = EXCLUDED.provider, model = EXCLUDED.model,
             lease_owner = NULL, lease_expires_at = NULL
         WHERE e.state = '{RUNNING}' OR (e.state = '{FAILED}' AND e.error_reason = '{INTERRUPTED}')
         RETURNING true""",
@@ -400,7 +401,8 @@ async def agent_stats(
                    (ORDER BY extract(epoch FROM first_token_time - create_time))
                    FILTER (WHERE first_token_time IS NOT NULL) AS ttft_p95,
                count(*) FILTER (WHERE state = 'FAILED' AND error_reason = ANY($5::text[]))
-                   AS output_invalid
+                   AS output_invalid,
+               count(*) FILTER (WHERE route_index > 0 AND state <> 'RUNNING') AS fallback
         FROM executions
         WHERE workspace = $1 AND agent_id = $2 AND create_time >= $3 AND create_time < $4""",
         workspace,
@@ -428,6 +430,7 @@ async def agent_stats(
         ttft_p50=row["ttft_p50"],
         ttft_p95=row["ttft_p95"],
         output_invalid=row["output_invalid"],
+        fallback=row["fallback"],
     )
 
 

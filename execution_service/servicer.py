@@ -23,7 +23,7 @@ from execution_service.agents import AGENT_CURSOR, Agent
 from execution_service.engine import Completed, Delta, ExecutionEngine, Started
 from execution_service.history import EXECUTION_CURSOR, History
 from execution_service.key_check import KeyChecker
-from execution_service.model import AgentStats, Execution, ExecutionError
+from execution_service.model import AgentStats, Execution, ExecutionError, RouteAttempt
 from execution_service.plan import AgentPlanner, decode
 from execution_service.validation import (
     PROVIDERS,
@@ -95,8 +95,30 @@ def execution_message(e: Execution) -> res.Execution:
         output=_struct(e.output) if isinstance(e.output, dict) else None,
         output_valid=e.output_valid,
         cancelled_by=e.cancelled_by,
+        route_index=e.route_index,
+        route_attempts=[_attempt_message(a) for a in e.route_attempts],
     )
     return message
+
+
+def _attempt_message(a: RouteAttempt) -> res.RouteAttempt:
+    return res.RouteAttempt(
+        route_index=a.route,
+        provider=_PROVIDER_ENUM[a.provider],  # type: ignore[arg-type]
+        model=a.model,
+        http_status=a.http_status,
+        reason=a.reason,
+        start_time=_timestamp(a.start_time),
+        latency=_duration(a.latency_ms / 1000),
+        usage=res.Usage(
+            input_tokens=a.usage.input_tokens,
+            output_tokens=a.usage.output_tokens,
+            cache_read_tokens=a.usage.cache_read_tokens,
+            cache_write_tokens=a.usage.cache_write_tokens,
+            estimated=a.usage.estimated,
+        ),
+        cost_nanos=a.cost_nanos,
+    )
 
 
 def _error_message(error: ExecutionError | None) -> res.ExecutionError | None:
@@ -133,6 +155,7 @@ def _stats_message(s: AgentStats) -> res.AgentStats:
         time_to_first_token_p50=_duration(s.ttft_p50),
         time_to_first_token_p95=_duration(s.ttft_p95),
         output_invalid_count=s.output_invalid,
+        fallback_count=s.fallback,
     )
 
 
@@ -170,6 +193,14 @@ def agent_message(agent: Agent) -> res.Agent:
         create_time=_timestamp(agent.create_time),
         update_time=_timestamp(agent.update_time),
         etag=agent.etag,
+        fallback=None
+        if spec.fallback is None
+        else res.FallbackPolicy(
+            triggers=[
+                res.FallbackTrigger.Value(f"FALLBACK_TRIGGER_{t}")  # type: ignore[misc]
+                for t in sorted(spec.fallback)
+            ]
+        ),
     )
 
 

@@ -76,6 +76,12 @@ PROVIDER_ATTEMPTS = Counter(
     "HTTP requests made to a provider for executions (first attempts and retries).",
     ["provider"],
 )
+EXECUTION_FALLBACKS = Counter(
+    "execution_fallbacks_total",
+    "Executions moved on from a failed route to the next one, by the failed route's provider "
+    "and the failure's reason (API_KEY_NOT_CONFIGURED: the route was skipped).",
+    ["provider", "reason"],
+)
 PROVIDER_RETRIES = Counter(
     "execution_provider_retries_total",
     "Provider requests repeated after a failure, by the failure's reason "

@@ -62,6 +62,7 @@ class ExecuteRequest(_message.Message):
     INPUT_FIELD_NUMBER: _builtins.int
     INPUT_JSON_FIELD_NUMBER: _builtins.int
     OUTPUT_SCHEMA_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """`workspaces/{workspace}`."""
     agent_id: _builtins.str
@@ -104,6 +105,12 @@ class ExecuteRequest(_message.Message):
         requested from the provider in its structured-output mode.
         """
 
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2_1.Route]:
+        """Ad hoc form only, instead of provider, model and generation_config: where to run, in
+        order of preference (1 to 4 routes), falling back by the default FallbackPolicy.
+        """
+
     def __init__(
         self,
         *,
@@ -119,10 +126,11 @@ class ExecuteRequest(_message.Message):
         input: _struct_pb2.Struct | None = ...,
         input_json: _builtins.str = ...,
         output_schema: _struct_pb2.Struct | None = ...,
+        routes: _abc.Iterable[_resources_pb2_1.Route] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent_input", b"agent_input", "generation_config", b"generation_config", "input", b"input", "input_json", b"input_json", "output_schema", b"output_schema"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_id", b"agent_id", "agent_input", b"agent_input", "generation_config", b"generation_config", "input", b"input", "input_json", b"input_json", "labels", b"labels", "messages", b"messages", "model", b"model", "output_schema", b"output_schema", "parent", b"parent", "provider", b"provider", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_id", b"agent_id", "agent_input", b"agent_input", "generation_config", b"generation_config", "input", b"input", "input_json", b"input_json", "labels", b"labels", "messages", b"messages", "model", b"model", "output_schema", b"output_schema", "parent", b"parent", "provider", b"provider", "request_id", b"request_id", "routes", b"routes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_agent_input: _TypeAlias = _typing.Literal["input", "input_json"]  # noqa: Y015
     _WhichOneofArgType_agent_input: _TypeAlias = _typing.Literal["agent_input", b"agent_input"]  # noqa: Y015

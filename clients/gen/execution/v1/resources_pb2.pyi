@@ -83,6 +83,52 @@ MESSAGE_ROLE_ASSISTANT: MessageRole.ValueType  # 3
 """The model, in earlier turns."""
 Global___MessageRole: _TypeAlias = MessageRole  # noqa: Y015
 
+class _FallbackTrigger:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FallbackTriggerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FallbackTrigger.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FALLBACK_TRIGGER_UNSPECIFIED: _FallbackTrigger.ValueType  # 0
+    """Not set; always rejected."""
+    FALLBACK_TRIGGER_RATE_LIMITED: _FallbackTrigger.ValueType  # 1
+    """The provider answered 429 (rate or quota limit)."""
+    FALLBACK_TRIGGER_OVERLOADED: _FallbackTrigger.ValueType  # 2
+    """The provider is overloaded (Anthropic's 529)."""
+    FALLBACK_TRIGGER_SERVER_ERROR: _FallbackTrigger.ValueType  # 3
+    """The provider answered 5xx, timed out, or cut the stream before any output."""
+    FALLBACK_TRIGGER_UNREACHABLE: _FallbackTrigger.ValueType  # 4
+    """The provider could not be reached."""
+    FALLBACK_TRIGGER_CONTEXT_WINDOW_EXCEEDED: _FallbackTrigger.ValueType  # 5
+    """The provider's 400 saying the prompt exceeds the model's context window."""
+    FALLBACK_TRIGGER_AUTH_FAILED: _FallbackTrigger.ValueType  # 6
+    """The provider refused the key (401) or its permissions (403). Not a default: a wrong key
+    is usually better fixed than hidden.
+    """
+
+class FallbackTrigger(_FallbackTrigger, metaclass=_FallbackTriggerEnumTypeWrapper):
+    """Why an execution moves on to its next route. A route that fails for another reason ends
+    the execution.
+    """
+
+FALLBACK_TRIGGER_UNSPECIFIED: FallbackTrigger.ValueType  # 0
+"""Not set; always rejected."""
+FALLBACK_TRIGGER_RATE_LIMITED: FallbackTrigger.ValueType  # 1
+"""The provider answered 429 (rate or quota limit)."""
+FALLBACK_TRIGGER_OVERLOADED: FallbackTrigger.ValueType  # 2
+"""The provider is overloaded (Anthropic's 529)."""
+FALLBACK_TRIGGER_SERVER_ERROR: FallbackTrigger.ValueType  # 3
+"""The provider answered 5xx, timed out, or cut the stream before any output."""
+FALLBACK_TRIGGER_UNREACHABLE: FallbackTrigger.ValueType  # 4
+"""The provider could not be reached."""
+FALLBACK_TRIGGER_CONTEXT_WINDOW_EXCEEDED: FallbackTrigger.ValueType  # 5
+"""The provider's 400 saying the prompt exceeds the model's context window."""
+FALLBACK_TRIGGER_AUTH_FAILED: FallbackTrigger.ValueType  # 6
+"""The provider refused the key (401) or its permissions (403). Not a default: a wrong key
+is usually better fixed than hidden.
+"""
+Global___FallbackTrigger: _TypeAlias = FallbackTrigger  # noqa: Y015
+
 @_typing.final
 class Message(_message.Message):
     """One chat message."""
@@ -307,6 +353,8 @@ class Execution(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     OUTPUT_VALID_FIELD_NUMBER: _builtins.int
     CANCELLED_BY_FIELD_NUMBER: _builtins.int
+    ROUTE_INDEX_FIELD_NUMBER: _builtins.int
+    ROUTE_ATTEMPTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`workspaces/{workspace}/executions/{execution}`."""
     agent_id: _builtins.str
@@ -338,6 +386,10 @@ class Execution(_message.Message):
     cancelled_by: _builtins.str
     """The caller identity (SPIFFE ID) whose CancelExecution ended the execution; empty unless
     the state is CANCELLED by such a request.
+    """
+    route_index: _builtins.int
+    """Which of the execution's routes produced the answer (0: the first). `provider` and
+    `model` are that route's; with a fallback this is greater than 0.
     """
     @_builtins.property
     def usage(self) -> Global___Usage:
@@ -375,6 +427,12 @@ class Execution(_message.Message):
     def output(self) -> _struct_pb2.Struct:
         """The parsed structured output, when an output schema applied and the output was JSON."""
 
+    @_builtins.property
+    def route_attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteAttempt]:
+        """Every route tried, in order, including routes skipped for want of a key and the route
+        that answered. `cost_nanos` is the sum over these attempts.
+        """
+
     def __init__(
         self,
         *,
@@ -401,10 +459,12 @@ class Execution(_message.Message):
         output: _struct_pb2.Struct | None = ...,
         output_valid: _builtins.bool | None = ...,
         cancelled_by: _builtins.str = ...,
+        route_index: _builtins.int = ...,
+        route_attempts: _abc.Iterable[Global___RouteAttempt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "_output_valid", b"_output_valid", "cost_nanos", b"cost_nanos", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "first_token_time", b"first_token_time", "latency", b"latency", "output", b"output", "output_valid", b"output_valid", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "_output_valid", b"_output_valid", "agent", b"agent", "agent_etag", b"agent_etag", "agent_id", b"agent_id", "attempts", b"attempts", "cancelled_by", b"cancelled_by", "cost_nanos", b"cost_nanos", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "finish_reason", b"finish_reason", "first_token_time", b"first_token_time", "labels", b"labels", "latency", b"latency", "model", b"model", "name", b"name", "output", b"output", "output_text", b"output_text", "output_valid", b"output_valid", "provider", b"provider", "request_id", b"request_id", "state", b"state", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "_output_valid", b"_output_valid", "agent", b"agent", "agent_etag", b"agent_etag", "agent_id", b"agent_id", "attempts", b"attempts", "cancelled_by", b"cancelled_by", "cost_nanos", b"cost_nanos", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "finish_reason", b"finish_reason", "first_token_time", b"first_token_time", "labels", b"labels", "latency", b"latency", "model", b"model", "name", b"name", "output", b"output", "output_text", b"output_text", "output_valid", b"output_valid", "provider", b"provider", "request_id", b"request_id", "route_attempts", b"route_attempts", "route_index", b"route_index", "state", b"state", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_nanos: _TypeAlias = _typing.Literal["cost_nanos"]  # noqa: Y015
     _WhichOneofArgType__cost_nanos: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos"]  # noqa: Y015
@@ -416,6 +476,99 @@ class Execution(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__output_valid) -> _WhichOneofReturnType__output_valid | None: ...
 
 Global___Execution: _TypeAlias = Execution  # noqa: Y015
+
+@_typing.final
+class RouteAttempt(_message.Message):
+    """One route's try within an execution, its own retries included."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_INDEX_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    COST_NANOS_FIELD_NUMBER: _builtins.int
+    route_index: _builtins.int
+    """Index of the route in the execution's routes."""
+    provider: _resources_pb2.Provider.ValueType
+    """The route's provider."""
+    model: _builtins.str
+    """The route's model."""
+    http_status: _builtins.int
+    """HTTP status of the provider's last answer; 0 when there was none (not reached, skipped)."""
+    reason: _builtins.str
+    """Why the route failed or was skipped (PROVIDER_OVERLOADED, API_KEY_NOT_CONFIGURED, ...);
+    empty for the route that answered.
+    """
+    cost_nanos: _builtins.int
+    """What the provider billed for this route, in nano-dollars; unset when the price is unknown."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the route was started."""
+
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration:
+        """How long the route took, retries included."""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Tokens the provider reported for this route."""
+
+    def __init__(
+        self,
+        *,
+        route_index: _builtins.int = ...,
+        provider: _resources_pb2.Provider.ValueType = ...,
+        model: _builtins.str = ...,
+        http_status: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        latency: _duration_pb2.Duration | None = ...,
+        usage: Global___Usage | None = ...,
+        cost_nanos: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "cost_nanos", b"cost_nanos", "latency", b"latency", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "cost_nanos", b"cost_nanos", "http_status", b"http_status", "latency", b"latency", "model", b"model", "provider", b"provider", "reason", b"reason", "route_index", b"route_index", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cost_nanos: _TypeAlias = _typing.Literal["cost_nanos"]  # noqa: Y015
+    _WhichOneofArgType__cost_nanos: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_nanos) -> _WhichOneofReturnType__cost_nanos | None: ...
+
+Global___RouteAttempt: _TypeAlias = RouteAttempt  # noqa: Y015
+
+@_typing.final
+class FallbackPolicy(_message.Message):
+    """When an agent falls back along its routes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIGGERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def triggers(self) -> _containers.RepeatedScalarFieldContainer[Global___FallbackTrigger.ValueType]:
+        """The failures (after the route's own retries) that move the execution to the next route.
+        An agent without a policy uses the defaults: RATE_LIMITED, OVERLOADED, SERVER_ERROR,
+        UNREACHABLE and CONTEXT_WINDOW_EXCEEDED. A policy with no triggers never falls back.
+        A route whose provider has no key in the workspace is always skipped (unless it is the
+        last), and no route falls back once output has reached the caller.
+        """
+
+    def __init__(
+        self,
+        *,
+        triggers: _abc.Iterable[Global___FallbackTrigger.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["triggers", b"triggers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FallbackPolicy: _TypeAlias = FallbackPolicy  # noqa: Y015
 
 @_typing.final
 class Route(_message.Message):
@@ -488,6 +641,7 @@ class Agent(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    FALLBACK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`workspaces/{workspace}/agents/{agent}`; the agent id follows the agent_id rule
     (1 to 128 characters of [A-Za-z0-9._-]) and is the `agent_id` of its executions.
@@ -504,8 +658,8 @@ class Agent(_message.Message):
     """
     @_builtins.property
     def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Route]:
-        """Where the agent runs, in order of preference. Exactly one route for now; later
-        versions fall back along the list.
+        """Where the agent runs, in order of preference (1 to 4 routes): when a route fails in a way
+        `fallback` names, before any output reached the caller, the next route is tried.
         """
 
     @_builtins.property
@@ -530,6 +684,10 @@ class Agent(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the agent was last changed."""
 
+    @_builtins.property
+    def fallback(self) -> Global___FallbackPolicy:
+        """When to move on to the next route; unset uses the defaults (see FallbackPolicy)."""
+
     def __init__(
         self,
         *,
@@ -544,10 +702,11 @@ class Agent(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        fallback: Global___FallbackPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "input_schema", b"input_schema", "output_schema", b"output_schema", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "fallback", b"fallback", "input_schema", b"input_schema", "output_schema", b"output_schema", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "display_name", b"display_name", "etag", b"etag", "input_schema", b"input_schema", "instructions", b"instructions", "labels", b"labels", "name", b"name", "output_schema", b"output_schema", "routes", b"routes", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "display_name", b"display_name", "etag", b"etag", "fallback", b"fallback", "input_schema", b"input_schema", "instructions", b"instructions", "labels", b"labels", "name", b"name", "output_schema", b"output_schema", "routes", b"routes", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -577,6 +736,7 @@ class AgentStats(_message.Message):
     TIME_TO_FIRST_TOKEN_P50_FIELD_NUMBER: _builtins.int
     TIME_TO_FIRST_TOKEN_P95_FIELD_NUMBER: _builtins.int
     OUTPUT_INVALID_COUNT_FIELD_NUMBER: _builtins.int
+    FALLBACK_COUNT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent."""
     total_count: _builtins.int
@@ -607,6 +767,8 @@ class AgentStats(_message.Message):
     """Of the failed executions, those whose output was refused or broke its output schema
     (OUTPUT_REFUSED, OUTPUT_SCHEMA_VIOLATION) rather than a provider or service failure.
     """
+    fallback_count: _builtins.int
+    """Executions answered by a fallback route (route_index > 0)."""
     @_builtins.property
     def latency_p50(self) -> _duration_pb2.Duration:
         """Median latency of finished executions."""
@@ -644,10 +806,11 @@ class AgentStats(_message.Message):
         time_to_first_token_p50: _duration_pb2.Duration | None = ...,
         time_to_first_token_p95: _duration_pb2.Duration | None = ...,
         output_invalid_count: _builtins.int = ...,
+        fallback_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "time_to_first_token_p50", b"time_to_first_token_p50", "time_to_first_token_p95", b"time_to_first_token_p95"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "cancelled_count", b"cancelled_count", "cost_nanos", b"cost_nanos", "failed_count", b"failed_count", "input_tokens", b"input_tokens", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "output_invalid_count", b"output_invalid_count", "output_tokens", b"output_tokens", "running_count", b"running_count", "succeeded_count", b"succeeded_count", "success_rate", b"success_rate", "time_to_first_token_p50", b"time_to_first_token_p50", "time_to_first_token_p95", b"time_to_first_token_p95", "total_count", b"total_count", "unknown_cost_count", b"unknown_cost_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "cancelled_count", b"cancelled_count", "cost_nanos", b"cost_nanos", "failed_count", b"failed_count", "fallback_count", b"fallback_count", "input_tokens", b"input_tokens", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "output_invalid_count", b"output_invalid_count", "output_tokens", b"output_tokens", "running_count", b"running_count", "succeeded_count", b"succeeded_count", "success_rate", b"success_rate", "time_to_first_token_p50", b"time_to_first_token_p50", "time_to_first_token_p95", b"time_to_first_token_p95", "total_count", b"total_count", "unknown_cost_count", b"unknown_cost_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
