@@ -170,8 +170,6 @@ class ExecutionEngine:
         self._pool = pool
         # RUNNING rows may go through a pool that commits without waiting for the disk.
         self._start_pool = start_pool or pool
-        self._keys = keys
-        self._http = http
         self._prices = prices
         self._settings = settings
         self.owner = owner or f"execution-{uuid.uuid4().hex[:12]}"
