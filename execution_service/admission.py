@@ -68,7 +68,9 @@ class Reservation:
 
 def input_token_bound(messages: Iterable[ChatMessage]) -> int:
     """An upper bound of the input tokens of `messages` (see the module docstring)."""
-    return sum(len(m.content.encode("utf-8", "surrogatepass")) + TOKENS_PER_MESSAGE for m in messages)
+    return sum(
+        len(m.content.encode("utf-8", "surrogatepass")) + TOKENS_PER_MESSAGE for m in messages
+    )
 
 
 def reservation(
@@ -139,7 +141,9 @@ def refusal(verdict: Verdict, provider: str, model: str) -> ServiceError:
         return PriceUnknown(verdict.budget, provider, model)
     if verdict.reason == BUDGET_EXCEEDED:
         end = verdict.period_end.isoformat().replace("+00:00", "Z") if verdict.period_end else ""
-        return BudgetExceeded(verdict.budget, verdict.limit_nanos or 0, verdict.spent_nanos or 0, end)
+        return BudgetExceeded(
+            verdict.budget, verdict.limit_nanos or 0, verdict.spent_nanos or 0, end
+        )
     return RateLimited(verdict.budget, verdict.retry_after)
 
 

@@ -17,9 +17,9 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import NoReturn
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import asyncpg
 import httpx
@@ -32,8 +32,8 @@ from execution_service.admission import (
     Reservation,
     RouteCost,
     Verdict,
-    count_verdict,
     bounded,
+    count_verdict,
     input_token_bound,
     refusal,
     reservation,
@@ -569,9 +569,7 @@ class ExecutionEngine:
             log.warning("marked interrupted executions failed", extra={"count": swept})
         # Swept rows released their reservations (a trigger); this releases those whose
         # execution never got a row, once no admission could still be writing it.
-        released = await repo.release_orphan_reservations(
-            self._pool, ORPHAN_RESERVATION_SECONDS
-        )
+        released = await repo.release_orphan_reservations(self._pool, ORPHAN_RESERVATION_SECONDS)
         if released:
             log.warning("released reservations of unrecorded executions", extra={"count": released})
         await budget_metrics.refresh(self._pool)

@@ -94,10 +94,10 @@ class EtagMismatch(ServiceError):
     code = grpc.StatusCode.ABORTED
     default_reason = "ETAG_MISMATCH"
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, kind: str = "agent") -> None:
         super().__init__(
             f"{name} has changed since the given etag was read; get it again and retry",
-            metadata={"agent": name},
+            metadata={kind: name},
         )
 
 
@@ -220,3 +220,27 @@ class RateLimited(ResourceExhausted):
             metadata={"budget": budget, "retry_after_seconds": f"{retry_delay:.3f}"},
         )
         self.retry_delay = retry_delay
+
+
+class BudgetNotFound(NotFound):
+    default_reason = "BUDGET_NOT_FOUND"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} does not exist", metadata={"budget": name})
+
+
+class BudgetAlreadyExists(AlreadyExists):
+    default_reason = "BUDGET_ALREADY_EXISTS"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} already exists", metadata={"budget": name})
+
+
+class BudgetConcurrentlyModified(ServiceError):
+    code = grpc.StatusCode.ABORTED
+    default_reason = "BUDGET_CONCURRENTLY_MODIFIED"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"{name} kept changing while this call ran; retry it", metadata={"budget": name}
+        )
