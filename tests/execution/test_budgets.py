@@ -8,7 +8,6 @@ import datetime as dt
 from typing import Any
 
 import grpc
-from google.protobuf import field_mask_pb2
 
 from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import resources_pb2 as res
@@ -16,9 +15,7 @@ from provider_emulator.server import RunningEmulator
 from tests.execution.support import (
     Stub,
     Workspace,
-    error_details,
     error_info,
-    expect_error,
     openai_key,
     request,
     run,
@@ -30,7 +27,9 @@ from tests.execution.support import (
 WORST_CASE = 29 * 150 + 64 * 600
 
 
-async def create_budget(stub: Any, ws: str, budget_id: str = "monthly", **fields: Any) -> res.Budget:
+async def create_budget(
+    stub: Any, ws: str, budget_id: str = "monthly", **fields: Any
+) -> res.Budget:
     fields.setdefault("period", res.BUDGET_PERIOD_MONTH)
     response = await stub.CreateBudget(
         pb.CreateBudgetRequest(
