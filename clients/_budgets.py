@@ -92,9 +92,10 @@ def update_budget_request(
 
 
 class AsyncBudgetMethods:
-    _stub: Any
+    """Mixed into ExecutionClient (which provides `_stub` and `_unary`)."""
 
-    async def _unary(self, method: Any, request: Any, timeout: float | None) -> Any: ...
+    _stub: Any
+    _unary: Any
 
     async def create_budget(
         self, workspace: str, budget_id: str, *, timeout: float | None = None, **fields: Any
@@ -154,9 +155,10 @@ class AsyncBudgetMethods:
 
 
 class SyncBudgetMethods:
-    _stub: Any
+    """Mixed into ExecutionClientSync (which provides `_stub` and `_unary`)."""
 
-    def _unary(self, method: Any, request: Any, timeout: float | None) -> Any: ...
+    _stub: Any
+    _unary: Any
 
     def create_budget(
         self, workspace: str, budget_id: str, *, timeout: float | None = None, **fields: Any
