@@ -87,24 +87,30 @@ def throughput(port: int, seconds: float) -> list[str]:
 
 
 async def round_trips(port: int, database_url: str, executions: int) -> list[str]:
-    """Transactions the execution database committed per sequential execution (every
-    statement the service sends runs in its own transaction, so this counts round trips;
-    background loops add a little: lease renewal, the sweeper, the health ping)."""
+    """Transactions the execution database committed per sequential execution: every
+    statement the service sends runs in its own transaction, so this counts round trips.
+    Autovacuum is paused on the tables meanwhile (its transactions count too); background
+    loops still add a little (lease renewal, the sweeper, the health ping every 2 s)."""
     stub = ex_grpc.ExecutionServiceStub(secure_channel(port, "app"))
     conn = await asyncpg.connect(database_url)
+    tables = ("executions", "budgets", "budget_periods", "budget_reservations")
     lines = [f"(c) database round trips per execution ({executions} sequential each way):"]
     try:
+        for table in tables:
+            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
         for workspace in (WORKSPACE, LIMITED):
-            await asyncio.sleep(1.5)  # let the statistics of earlier work be flushed
+            # A backend's statistics reach pg_stat_database within about 10 s of going idle.
+            await asyncio.sleep(11)
             before = await _commits(conn)
             for _ in range(executions):
                 await _first_delta(stub, execute_request(workspace))
-            await asyncio.sleep(1.5)
-            # Our own two reads are one transaction each.
-            per = (await _commits(conn) - before - 1) / executions
+            await asyncio.sleep(11)
+            per = (await _commits(conn) - before - 1) / executions  # - our own read
             label = "with limits" if workspace == LIMITED else "without limits"
             lines.append(f"    {label:15} {per:.2f} committed transactions per execution")
     finally:
+        for table in tables:
+            await conn.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
         await conn.close()
     return lines
 

@@ -174,9 +174,15 @@ async def update_if_unchanged(
 async def delete(db: Executor, workspace: str, budget_id: str, *, etag: str | None) -> bool:
     deleted = await db.fetchval(
         """
-        DELETE FROM budgets
-        WHERE workspace = $1 AND budget_id = $2 AND ($3::text IS NULL OR etag = $3)
-        RETURNING true""",
+        WITH deleted AS (
+            DELETE FROM budgets
+            WHERE workspace = $1 AND budget_id = $2 AND ($3::text IS NULL OR etag = $3)
+            RETURNING workspace, budget_id
+        ), reservations AS (
+            DELETE FROM budget_reservations r USING deleted d
+            WHERE r.workspace = d.workspace AND r.budget_id = d.budget_id
+        )
+        SELECT true FROM deleted""",
         workspace,
         budget_id,
         etag,

@@ -53,9 +53,9 @@ CREATE TABLE budget_reservations (
     reserve_time   timestamptz NOT NULL DEFAULT now(),
     settled        boolean     NOT NULL DEFAULT false,
     charged_nanos  bigint      NOT NULL DEFAULT 0,
-    PRIMARY KEY (execution_id, workspace, budget_id),
-    FOREIGN KEY (workspace, budget_id, period, period_start)
-        REFERENCES budget_periods ON DELETE CASCADE
+    -- No foreign key: its check would cost every admission a lookup. Deleting a budget
+    -- deletes its reservations in the same statement (budget_repository.delete).
+    PRIMARY KEY (execution_id, workspace, budget_id)
 );
 CREATE INDEX budget_reservations_held ON budget_reservations (reserve_time) WHERE NOT settled;
 CREATE INDEX budget_reservations_settled ON budget_reservations (reserve_time) WHERE settled;
@@ -103,6 +103,7 @@ DECLARE
     v_wait float8;
     v_found text;
     v_rank int := 0;  -- precedence of the refusal found so far
+    v_locked budgets[] := '{}';
 BEGIN
     ok := true; reason := ''; budget := ''; retry_after := 0; alerts := '{}'; enforced := false;
     IF NOT p_go THEN
@@ -112,6 +113,7 @@ BEGIN
              WHERE workspace = p_workspace AND (agent_id IS NULL OR agent_id = p_agent_id)
              ORDER BY budget_id FOR UPDATE
     LOOP
+        v_locked := v_locked || b;
         v_start := budget_period_start(b.period, p_time);
         SELECT p.spent_nanos, p.reserved_nanos INTO v_spent, v_reserved FROM budget_periods p
         WHERE p.workspace = b.workspace AND p.budget_id = b.budget_id AND p.period = b.period
@@ -172,9 +174,7 @@ BEGIN
     END IF;
     -- Everything fits (or only ALERT_ONLY budgets object): reserve and take, in the same
     -- order, under the locks already held.
-    FOR b IN SELECT * FROM budgets
-             WHERE workspace = p_workspace AND (agent_id IS NULL OR agent_id = p_agent_id)
-             ORDER BY budget_id
+    FOREACH b IN ARRAY v_locked
     LOOP
         v_start := budget_period_start(b.period, p_time);
         INSERT INTO budget_periods AS p (workspace, budget_id, period, period_start,
