@@ -30,6 +30,10 @@ async def main(args: argparse.Namespace) -> None:
         from bench import execution_bench
 
         lines += await execution_bench.run(args.seconds)
+    if args.only == "limits":
+        from bench import limits_bench
+
+        lines += await limits_bench.run(args.seconds)
     if args.only == "agent":
         from bench import execution_bench
 
@@ -44,5 +48,5 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per case")
-    parser.add_argument("--only", choices=["schema", "keyvault", "execution", "agent"])
+    parser.add_argument("--only", choices=["schema", "keyvault", "execution", "agent", "limits"])
     asyncio.run(main(parser.parse_args()))

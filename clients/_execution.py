@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from ._base import AsyncClientBase, SyncClientBase
+from ._budgets import AsyncBudgetMethods, SyncBudgetMethods
 from ._errors import error_from_rpc
 from ._types import (
     AgentRoute,
@@ -50,7 +51,7 @@ from .gen.execution.v1 import resources_pb2 as ex_res
 DEFAULT_EXECUTION_ADDRESS = "localhost:50052"
 
 
-class ExecutionClient(AsyncClientBase):
+class ExecutionClient(AsyncBudgetMethods, AsyncClientBase):
     """asyncio client of `execution.v1.ExecutionService`.
 
     ```python
@@ -334,7 +335,7 @@ class ExecutionClient(AsyncClientBase):
         await self._unary(self._stub.DeleteAgent, request, timeout)
 
 
-class ExecutionClientSync(SyncClientBase):
+class ExecutionClientSync(SyncBudgetMethods, SyncClientBase):
     """Blocking client of `execution.v1.ExecutionService`; the same methods as
     `ExecutionClient`, without `await` (`execute` is a plain iterator)."""
 

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import _cli_budgets as cli_budgets
 from . import _cli_output as show
 from ._channel import DEFAULT_TIMEOUT
 from ._errors import ClientError
@@ -551,6 +552,84 @@ def cmd_agents_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- budgets (clients/_cli_budgets.py) -------------------------------------------------------
+
+
+def _budget_handler(
+    run: Callable[[argparse.Namespace, Callable[..., Any], Callable[[str], None]], int],
+) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            return run(args, _execution, _out)
+        except argparse.ArgumentTypeError as err:
+            raise UsageProblem(str(err)) from None
+
+    return handler
+
+
+def _budget_commands(
+    commands: Any, leaf: Callable[..., argparse.ArgumentParser], workspace: Any
+) -> None:
+    budgets = commands.add_parser(
+        "budgets", help="spend limits and rate limits (admin certificate to change them)"
+    )
+    group = budgets.add_subparsers(dest="budgets_command", metavar="COMMAND", required=True)
+
+    def target(sub: argparse.ArgumentParser) -> None:
+        workspace(sub)
+        sub.add_argument("budget", metavar="BUDGET", help="budget id, e.g. monthly")
+
+    sub = leaf(
+        group,
+        "create",
+        "execution",
+        _budget_handler(cli_budgets.create),
+        "create a budget",
+        admin=True,
+    )
+    target(sub)
+    cli_budgets.add_flags(sub, create=True, positive=_positive, label=_label)
+    sub = leaf(
+        group,
+        "update",
+        "execution",
+        _budget_handler(cli_budgets.update),
+        "change the fields given (only those); --etag makes it conditional",
+        admin=True,
+    )
+    target(sub)
+    cli_budgets.add_flags(sub, create=False, positive=_positive, label=_label)
+    sub.add_argument(
+        "--clear",
+        action="append",
+        choices=cli_budgets.CLEARABLE,
+        metavar="FIELD",
+        help="unset (repeatable): " + ", ".join(cli_budgets.CLEARABLE),
+    )
+    sub.add_argument("--etag", help="only if the budget is still at this version")
+    sub = leaf(
+        group,
+        "get",
+        "execution",
+        _budget_handler(cli_budgets.get),
+        "show a budget: limit, spent, reserved, remaining, period",
+    )
+    target(sub)
+    sub = leaf(group, "list", "execution", _budget_handler(cli_budgets.list_), "list budgets")
+    workspace(sub)
+    sub.add_argument("--limit", type=_positive, default=100, help="at most N (default 100)")
+    sub = leaf(
+        group,
+        "delete",
+        "execution",
+        _budget_handler(cli_budgets.delete),
+        "delete a budget",
+        admin=True,
+    )
+    target(sub)
+    sub.add_argument("--etag", help="only if the budget is still at this version")
+
+
 # --- admin ------------------------------------------------------------------------------------
 
 
@@ -883,6 +962,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     workspace(sub)
     sub.add_argument("agent", metavar="AGENT")
     sub.add_argument("--etag", help="only if the agent is still at this version")
+
+    _budget_commands(commands, leaf, workspace)
 
     admin = commands.add_parser("admin", help="key vault administration (admin certificate)")
     admin_commands = admin.add_subparsers(dest="admin_command", metavar="COMMAND", required=True)

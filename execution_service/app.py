@@ -15,6 +15,7 @@ import httpx
 
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
 from execution_service.agent_store import AgentStore
+from execution_service.budget_store import BudgetStore
 from execution_service.cancels import CancelFeed, request_cancel
 from execution_service.engine import ExecutionEngine
 from execution_service.errors import DOMAIN
@@ -152,6 +153,7 @@ async def start_execution(
             History(pool),
             KeyChecker(keys, http, settings.engine),
             AgentStore(pool),
+            BudgetStore(pool),
             cancel=functools.partial(request_cancel, pool, engine),
         )
         server = GrpcServer(

@@ -19,11 +19,25 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import asyncpg
 import httpx
 
+from execution_service import budget_metrics
 from execution_service import repository as repo
+from execution_service.admission import (
+    RATE_LIMITED,
+    AdmissionRequest,
+    Reservation,
+    RouteCost,
+    Verdict,
+    bounded,
+    count_verdict,
+    input_token_bound,
+    refusal,
+    reservation,
+)
 from execution_service.errors import (
     AgentConcurrentlyModified,
     CancelledByRequest,
@@ -82,6 +96,9 @@ class Completed:
 Event = Started | Delta | Completed
 
 
+# A reservation is written in the same statement as its RUNNING row, so one without a row
+# after this long is certainly orphaned (a crashed statement, a lost asynchronous commit).
+ORPHAN_RESERVATION_SECONDS = 60.0
 # The caller's deadline timer started before its request reached this process, so the
 # cancellation it causes arrives up to a network delay before the deadline computed here.
 DEADLINE_SLACK = 0.25
@@ -221,25 +238,28 @@ class ExecutionEngine:
             assert planner is not None, "an agent's run needs a planner"
             cmd = await planner.plan(request)
         for attempt in range(MAX_REPLANS + 1):
+            candidate = Execution(
+                id=uuid.uuid4(),
+                workspace=cmd.workspace,
+                agent_id=cmd.agent_id,
+                provider=cmd.provider,
+                model=cmd.chat.model,
+                state=RUNNING,
+                create_time=self._now(),
+                request_id=cmd.request_id,
+                request_hash=cmd.request_hash,
+                labels=cmd.labels,
+                agent=cmd.agent,
+                agent_etag=cmd.agent_etag,
+            )
             try:
-                execution = await repo.insert_running(
+                # The budgets' reservation and the rate limits' tokens go with the row.
+                execution, verdict = await repo.insert_running(
                     self._start_pool,
-                    Execution(
-                        id=uuid.uuid4(),
-                        workspace=cmd.workspace,
-                        agent_id=cmd.agent_id,
-                        provider=cmd.provider,
-                        model=cmd.chat.model,
-                        state=RUNNING,
-                        create_time=self._now(),
-                        request_id=cmd.request_id,
-                        request_hash=cmd.request_hash,
-                        labels=cmd.labels,
-                        agent=cmd.agent,
-                        agent_etag=cmd.agent_etag,
-                    ),
+                    candidate,
                     lease_owner=self.owner,
                     lease_seconds=self._settings.lease_seconds,
+                    admission=AdmissionRequest(self._reservation(cmd)),
                 )
                 break
             except repo.AgentChanged:
@@ -248,14 +268,19 @@ class ExecutionEngine:
                 if attempt == MAX_REPLANS:
                     raise AgentConcurrentlyModified(cmd.agent) from None
                 cmd = await planner.plan(request, fresh=True)
+        count_verdict(verdict)
+        if not verdict.ok:
+            await self._refuse(candidate, cmd, verdict)
         if execution is None:  # a concurrent duplicate took the request id first
             assert cmd.request_id is not None
+            await repo.release_reservations(self._pool, candidate.id)
             existing = await repo.get_by_request_id(self._pool, cmd.workspace, cmd.request_id)
             assert existing is not None
             async for event in self._replay(existing, cmd.request_hash):
                 yield event
             return
 
+        cmd = bounded(cmd, verdict, self._settings.default_max_tokens)
         metrics.EXECUTIONS_IN_FLIGHT.inc()  # until _finish, which every path below reaches
         self._running.add(execution.id)
         self._idle.clear()
@@ -309,6 +334,39 @@ class ExecutionEngine:
             await self._recorded(execution, cmd, progress, FAILED, error)
             raise execution_failed(error.reason, error.message, execution.name) from None
         yield Completed(await self._recorded(execution, cmd, progress, SUCCEEDED, None))
+
+    def _reservation(self, cmd: ExecutionPlan) -> Reservation:
+        """The worst case of `cmd` over the routes that may run."""
+        routes = [RouteCost(r.provider, r.chat.model, r.chat.max_tokens) for r in cmd.routes]
+        return reservation(
+            self._prices,
+            routes,
+            input_token_bound(cmd.chat.messages),
+            self._settings.default_max_tokens,
+        )
+
+    async def _refuse(self, execution: Execution, cmd: ExecutionPlan, verdict: Verdict) -> NoReturn:
+        """A budget or rate limit refused the execution before any provider call. A budget's
+        refusal is recorded FAILED (no row was written by the refused admission); a rate
+        limit's is not recorded (a caller over its rate must not fill the table)."""
+        error = refusal(verdict, cmd.provider, cmd.chat.model)
+        if verdict.reason == RATE_LIMITED:
+            raise error
+        outcome = Outcome(
+            state=FAILED,
+            usage=Usage(),
+            cost_nanos=0,
+            attempts=0,
+            error=ExecutionError(error.reason, error.message),
+            finish_reason="",
+            output_text=None,
+            first_token_time=None,
+            end_time=self._now(),
+        )
+        if await self._records.record(TerminalRecord(execution, outcome, None)) is None:
+            raise record_pending(execution, FAILED)
+        error.metadata["execution"] = execution.name
+        raise error
 
     async def _recorded(
         self,
@@ -477,6 +535,12 @@ class ExecutionEngine:
         metrics.EXECUTIONS_INTERRUPTED.inc(swept)
         if swept:
             log.warning("marked interrupted executions failed", extra={"count": swept})
+        # Swept rows released their reservations (a trigger); this releases those whose
+        # execution never got a row, once no admission could still be writing it.
+        released = await repo.release_orphan_reservations(self._pool, ORPHAN_RESERVATION_SECONDS)
+        if released:
+            log.warning("released reservations of unrecorded executions", extra={"count": released})
+        await budget_metrics.refresh(self._pool)
         return swept
 
     async def sweep_forever(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from execution_service.admission import ADMITTED, AdmissionRequest, Verdict
 from execution_service.model import (
     CANCELLED,
     CANCELLED_BY_REQUEST,
@@ -191,10 +192,20 @@ class AgentChanged(Exception):
 
 
 async def insert_running(
-    db: Executor, execution: Execution, *, lease_owner: str, lease_seconds: float
-) -> Execution | None:
-    """Record a new RUNNING execution. Returns None when its request id is already taken
-    (the caller then reads the execution that holds it, `get_by_request_id`).
+    db: Executor,
+    execution: Execution,
+    *,
+    lease_owner: str,
+    lease_seconds: float,
+    admission: AdmissionRequest | None = None,
+) -> tuple[Execution | None, Verdict]:
+    """Record a new RUNNING execution, and the admission's verdict. The execution is None
+    when its request id is already taken (the caller then reads the execution that holds it,
+    `get_by_request_id`) or when the admission refused it.
+
+    With `admission`, the execution's budgets are reserved and its rate-limit tokens taken in
+    the same statement (`budget_admit`, migration 007): all of them, or, when one refuses,
+    none and no row. The reservation is released when the row turns terminal (a trigger).
 
     An execution of an agent is recorded only while the agent is still at the version it
     was planned from (`agent_etag`), checked in the same statement; otherwise nothing is
@@ -211,26 +222,55 @@ async def insert_running(
             SELECT $9::text IS NULL OR EXISTS (
                 SELECT 1 FROM agents WHERE workspace = $2 AND agent_id = $3 AND etag = $10
             ) AS ok
+        ), admitted AS (
+            SELECT a.* FROM agent_current,
+                budget_admit($14::boolean AND agent_current.ok, $2, $3, $1, $15::timestamptz,
+                             $16::bigint, $17::boolean, $18::bigint) a
         ), inserted AS (
             INSERT INTO executions (id, workspace, agent_id, provider, model, state, request_id,
                                     labels, create_time, agent, agent_etag, request_hash,
                                     lease_owner, lease_expires_at)
             SELECT $1, $2, $3, $4, $5, 'RUNNING', $6, $7::jsonb, $8::timestamptz, $9, $10, $11,
                    $12, $8::timestamptz + make_interval(secs => $13::float8)
-            FROM agent_current WHERE ok
+            FROM agent_current, admitted WHERE agent_current.ok AND admitted.ok
             ON CONFLICT (workspace, request_id) WHERE request_id IS NOT NULL DO NOTHING
             RETURNING true
         )
         SELECT (SELECT ok FROM agent_current) AS agent_current,
-               EXISTS (SELECT 1 FROM inserted) AS inserted""",
+               EXISTS (SELECT 1 FROM inserted) AS inserted, admitted.*
+        FROM admitted""",
         *_start_columns(execution),
         lease_owner,
         lease_seconds,
+        *_admission_args(admission, execution),
     )
     assert row is not None
     if not row["agent_current"]:
         raise AgentChanged(execution.agent)
-    return execution if row["inserted"] else None
+    verdict = _verdict(row) if admission is not None else ADMITTED
+    return (execution if row["inserted"] else None), verdict
+
+
+def _admission_args(admission: AdmissionRequest | None, execution: Execution) -> tuple[object, ...]:
+    """$14..$18: whether to admit, and the reservation (see `budget_admit`)."""
+    if admission is None:
+        return (False, execution.create_time, 0, False, 0)
+    r = admission.reservation
+    return (True, admission.time or execution.create_time, r.amount_nanos, r.unpriced, r.tokens)
+
+
+def _verdict(row: asyncpg.Record) -> Verdict:
+    return Verdict(
+        ok=row["ok"],
+        reason=row["reason"],
+        budget=row["budget"],
+        limit_nanos=row["limit_nanos"],
+        spent_nanos=row["spent_nanos"],
+        period_end=row["period_end"],
+        retry_after=row["retry_after"],
+        alerts=tuple(row["alerts"]),
+        enforced=row["enforced"],
+    )
 
 
 async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[Execution, bool]:
@@ -525,3 +565,29 @@ async def cancel_requests(
         execution_ids,
     )
     return [(r["id"], r["cancel_requested_by"]) for r in rows]
+
+
+# --- budgets: what admission reserved (see migration 007) --------------------------------
+
+
+async def release_reservations(db: Executor, execution_id: uuid.UUID) -> None:
+    """Release what an admission reserved for an execution that was then not recorded (its
+    request id was taken by a concurrent duplicate)."""
+    await db.execute(
+        """
+        WITH held AS (
+            UPDATE budget_reservations SET settled = true
+            WHERE execution_id = $1 AND NOT settled
+            RETURNING workspace, budget_id, period, period_start, amount_nanos)
+        UPDATE budget_periods p SET reserved_nanos = p.reserved_nanos - held.amount_nanos
+        FROM held
+        WHERE p.workspace = held.workspace AND p.budget_id = held.budget_id
+          AND p.period = held.period AND p.period_start = held.period_start""",
+        execution_id,
+    )
+
+
+async def release_orphan_reservations(db: Executor, bound_seconds: float) -> int:
+    """The sweeper's part: reservations held over `bound_seconds` for an execution that was
+    never recorded are released; returns how many."""
+    return int(await db.fetchval("SELECT budget_release_orphans($1)", bound_seconds))

@@ -135,6 +135,41 @@ COST_NANODOLLARS = Counter(
     ["provider", "model"],
 )
 
+ADMISSION_REFUSALS = Counter(
+    "execution_admission_refusals_total",
+    "Executions refused by a budget or rate limit before any provider call, by reason "
+    "(BUDGET_EXCEEDED, PRICE_UNKNOWN, RATE_LIMITED).",
+    ["reason"],
+)
+BUDGET_ALERTS = Counter(
+    "execution_budget_alerts_total",
+    "Executions an ALERT_ONLY budget would have refused (they ran), by the reason it would "
+    "have given.",
+    ["reason"],
+)
+# Bounded: only the MAX_BUDGET_SERIES workspace-wide budgets with a spend limit that have
+# used the largest share of it are shown (budget = the budget's resource name); the rest are
+# counted in BUDGETS_NOT_SHOWN. Every process reads the same rows, so workers agree.
+BUDGET_SPENT = Gauge(
+    "execution_budget_spent_nanodollars",
+    "Spent in the current period of a workspace budget (the most used ones, see "
+    "execution_budgets_not_shown), nano-dollars.",
+    ["budget"],
+    multiprocess_mode="livemax",
+)
+BUDGET_REMAINING = Gauge(
+    "execution_budget_remaining_nanodollars",
+    "Limit minus spent minus reserved in the current period of a workspace budget, "
+    "nano-dollars (0 when used up).",
+    ["budget"],
+    multiprocess_mode="livemax",
+)
+BUDGETS_NOT_SHOWN = Gauge(
+    "execution_budgets_not_shown",
+    "Workspace budgets left out of the per-budget series (past the most used ones).",
+    multiprocess_mode="livemax",
+)
+
 
 def observe_rpc(method: str, code: grpc.StatusCode, seconds: float) -> None:
     """The interceptor's hook: one finished call of ``/package.Service/Method``."""

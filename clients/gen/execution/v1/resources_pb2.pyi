@@ -129,6 +129,58 @@ is usually better fixed than hidden.
 """
 Global___FallbackTrigger: _TypeAlias = FallbackTrigger  # noqa: Y015
 
+class _BudgetPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BudgetPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BudgetPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BUDGET_PERIOD_UNSPECIFIED: _BudgetPeriod.ValueType  # 0
+    """Not set: DAY when creating."""
+    BUDGET_PERIOD_DAY: _BudgetPeriod.ValueType  # 1
+    """A UTC day, from 00:00 UTC."""
+    BUDGET_PERIOD_MONTH: _BudgetPeriod.ValueType  # 2
+    """A calendar month, from the first day 00:00 UTC."""
+
+class BudgetPeriod(_BudgetPeriod, metaclass=_BudgetPeriodEnumTypeWrapper):
+    """How long a budget's spend limit runs before it starts again from zero."""
+
+BUDGET_PERIOD_UNSPECIFIED: BudgetPeriod.ValueType  # 0
+"""Not set: DAY when creating."""
+BUDGET_PERIOD_DAY: BudgetPeriod.ValueType  # 1
+"""A UTC day, from 00:00 UTC."""
+BUDGET_PERIOD_MONTH: BudgetPeriod.ValueType  # 2
+"""A calendar month, from the first day 00:00 UTC."""
+Global___BudgetPeriod: _TypeAlias = BudgetPeriod  # noqa: Y015
+
+class _BudgetMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BudgetModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BudgetMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BUDGET_MODE_UNSPECIFIED: _BudgetMode.ValueType  # 0
+    """Not set: ENFORCE when creating."""
+    BUDGET_MODE_ENFORCE: _BudgetMode.ValueType  # 1
+    """Refuse it: RESOURCE_EXHAUSTED (BUDGET_EXCEEDED, RATE_LIMITED) or FAILED_PRECONDITION
+    (PRICE_UNKNOWN).
+    """
+    BUDGET_MODE_ALERT_ONLY: _BudgetMode.ValueType  # 2
+    """Let it run; count it in `execution_budget_alerts_total`."""
+
+class BudgetMode(_BudgetMode, metaclass=_BudgetModeEnumTypeWrapper):
+    """What a budget does when an execution does not fit."""
+
+BUDGET_MODE_UNSPECIFIED: BudgetMode.ValueType  # 0
+"""Not set: ENFORCE when creating."""
+BUDGET_MODE_ENFORCE: BudgetMode.ValueType  # 1
+"""Refuse it: RESOURCE_EXHAUSTED (BUDGET_EXCEEDED, RATE_LIMITED) or FAILED_PRECONDITION
+(PRICE_UNKNOWN).
+"""
+BUDGET_MODE_ALERT_ONLY: BudgetMode.ValueType  # 2
+"""Let it run; count it in `execution_budget_alerts_total`."""
+Global___BudgetMode: _TypeAlias = BudgetMode  # noqa: Y015
+
 @_typing.final
 class Message(_message.Message):
     """One chat message."""
@@ -815,3 +867,173 @@ class AgentStats(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentStats: _TypeAlias = AgentStats  # noqa: Y015
+
+@_typing.final
+class BudgetPeriodUsage(_message.Message):
+    """A budget's current period and what has been used of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    SPENT_NANOS_FIELD_NUMBER: _builtins.int
+    RESERVED_NANOS_FIELD_NUMBER: _builtins.int
+    REMAINING_NANOS_FIELD_NUMBER: _builtins.int
+    spent_nanos: _builtins.int
+    """Actual cost of the finished executions admitted in the period, nano-dollars."""
+    reserved_nanos: _builtins.int
+    """Worst-case cost of the running executions admitted in the period, nano-dollars."""
+    remaining_nanos: _builtins.int
+    """limit - spent - reserved, never below 0; unset when the budget has no spend limit."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the period started (inclusive)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ends (exclusive), and the budget starts again from zero."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        spent_nanos: _builtins.int = ...,
+        reserved_nanos: _builtins.int = ...,
+        remaining_nanos: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_remaining_nanos", b"_remaining_nanos", "end_time", b"end_time", "remaining_nanos", b"remaining_nanos", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_remaining_nanos", b"_remaining_nanos", "end_time", b"end_time", "remaining_nanos", b"remaining_nanos", "reserved_nanos", b"reserved_nanos", "spent_nanos", b"spent_nanos", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__remaining_nanos: _TypeAlias = _typing.Literal["remaining_nanos"]  # noqa: Y015
+    _WhichOneofArgType__remaining_nanos: _TypeAlias = _typing.Literal["_remaining_nanos", b"_remaining_nanos"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__remaining_nanos) -> _WhichOneofReturnType__remaining_nanos | None: ...
+
+Global___BudgetPeriodUsage: _TypeAlias = BudgetPeriodUsage  # noqa: Y015
+
+@_typing.final
+class Budget(_message.Message):
+    """Limits on a workspace's executions, or on one agent's: a spend limit per period and/or
+    request and token rates per minute, shared by every replica. Every budget whose scope
+    matches an execution applies to it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_NANOS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    ALLOW_UNPRICED_MODELS_FIELD_NUMBER: _builtins.int
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    CURRENT_PERIOD_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`workspaces/{workspace}/budgets/{budget}`."""
+    display_name: _builtins.str
+    """Human-readable name, up to 256 characters."""
+    agent_id: _builtins.str
+    """Only executions of this agent id count; empty: every execution of the workspace."""
+    limit_nanos: _builtins.int
+    """Spend limit per period in nano-dollars (USD 1e-9); unset: no spend limit (spend is still
+    tracked). An execution is admitted only if its worst-case cost fits in what is left.
+    """
+    period: Global___BudgetPeriod.ValueType
+    """The spend limit's period."""
+    mode: Global___BudgetMode.ValueType
+    """ENFORCE or ALERT_ONLY."""
+    allow_unpriced_models: _builtins.bool
+    """With a spend limit: admit models without a known price (their cost counts as 0) instead
+    of refusing them with PRICE_UNKNOWN.
+    """
+    requests_per_minute: _builtins.int
+    """Executions admitted per minute (a token bucket of this size, refilled continuously);
+    unset: no limit.
+    """
+    tokens_per_minute: _builtins.int
+    """Tokens per minute: each execution takes its worst case (input bound + max_tokens) when
+    admitted and gives back what it did not use when it finishes; unset: no limit.
+    """
+    etag: _builtins.str
+    """Changes with every update; send it back with UpdateBudget or DeleteBudget to change only
+    the version you read.
+    """
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Caller-supplied labels (at most 16)."""
+
+    @_builtins.property
+    def current_period(self) -> Global___BudgetPeriodUsage:
+        """The current period (output only)."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the budget was created."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the budget was last changed."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        limit_nanos: _builtins.int | None = ...,
+        period: Global___BudgetPeriod.ValueType = ...,
+        mode: Global___BudgetMode.ValueType = ...,
+        allow_unpriced_models: _builtins.bool = ...,
+        requests_per_minute: _builtins.int | None = ...,
+        tokens_per_minute: _builtins.int | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        current_period: Global___BudgetPeriodUsage | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit_nanos", b"_limit_nanos", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "create_time", b"create_time", "current_period", b"current_period", "limit_nanos", b"limit_nanos", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit_nanos", b"_limit_nanos", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "agent_id", b"agent_id", "allow_unpriced_models", b"allow_unpriced_models", "create_time", b"create_time", "current_period", b"current_period", "display_name", b"display_name", "etag", b"etag", "labels", b"labels", "limit_nanos", b"limit_nanos", "mode", b"mode", "name", b"name", "period", b"period", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit_nanos: _TypeAlias = _typing.Literal["limit_nanos"]  # noqa: Y015
+    _WhichOneofArgType__limit_nanos: _TypeAlias = _typing.Literal["_limit_nanos", b"_limit_nanos"]  # noqa: Y015
+    _WhichOneofReturnType__requests_per_minute: _TypeAlias = _typing.Literal["requests_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__requests_per_minute: _TypeAlias = _typing.Literal["_requests_per_minute", b"_requests_per_minute"]  # noqa: Y015
+    _WhichOneofReturnType__tokens_per_minute: _TypeAlias = _typing.Literal["tokens_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__tokens_per_minute: _TypeAlias = _typing.Literal["_tokens_per_minute", b"_tokens_per_minute"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit_nanos) -> _WhichOneofReturnType__limit_nanos | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__requests_per_minute) -> _WhichOneofReturnType__requests_per_minute | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tokens_per_minute) -> _WhichOneofReturnType__tokens_per_minute | None: ...
+
+Global___Budget: _TypeAlias = Budget  # noqa: Y015
