@@ -15,7 +15,7 @@ from execution_service.admission import (
     reservation,
 )
 from execution_service.errors import BudgetExceeded, PriceUnknown, RateLimited
-from execution_service.plan import ExecutionPlan
+from execution_service.plan import ExecutionPlan, PlannedRoute
 from execution_service.pricing import load_prices
 from execution_service.providers.base import ChatMessage, ChatRequest
 
@@ -47,11 +47,12 @@ def test_a_route_without_a_price_makes_it_unpriced_not_free() -> None:
     assert mixed.unpriced and mixed.amount_nanos == 5 * 150 + 10 * 600
 
 
-def _plan(max_tokens: int | None) -> ExecutionPlan:
+def _plan(*max_tokens: int | None) -> ExecutionPlan:
     chat = ChatRequest(model="gpt-4o-mini", messages=(ChatMessage("user", "hi"),))
-    return ExecutionPlan(
-        "ws", "a", "openai", dataclasses.replace(chat, max_tokens=max_tokens), None
+    routes = tuple(
+        PlannedRoute("openai", dataclasses.replace(chat, max_tokens=n)) for n in max_tokens
     )
+    return ExecutionPlan("ws", "a", routes, None)
 
 
 def test_an_enforced_limit_caps_an_unbounded_output_at_what_was_reserved() -> None:
@@ -59,6 +60,8 @@ def test_an_enforced_limit_caps_an_unbounded_output_at_what_was_reserved() -> No
     assert bounded(_plan(None), enforced, 64).chat.max_tokens == 64
     assert bounded(_plan(10), enforced, 64).chat.max_tokens == 10
     assert bounded(_plan(None), ADMITTED, 64).chat.max_tokens is None
+    each = bounded(_plan(10, None), enforced, 64)  # every route that may run is capped
+    assert [r.chat.max_tokens for r in each.routes] == [10, 64]
 
 
 def test_refusals_become_their_errors() -> None:
