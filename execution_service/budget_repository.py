@@ -14,17 +14,23 @@ _COLUMNS = """b.workspace, b.budget_id, b.agent_id, b.display_name, b.limit_nano
     b.mode, b.allow_unpriced_models, b.requests_per_minute, b.tokens_per_minute, b.labels,
     b.create_time, b.update_time, b.etag"""
 
-# A budget with its period at $now (the current one, from budget_periods when it has one).
+# A budget with its period at $now (the current one, from budget_periods when it has one,
+# plus the settlements not yet folded into it).
 _WITH_PERIOD = f"""
     SELECT {_COLUMNS}, s.start AS period_start,
            budget_period_end(b.period, s.start) AS period_end,
-           coalesce(p.spent_nanos, 0) AS spent_nanos,
-           coalesce(p.reserved_nanos, 0) AS reserved_nanos
+           coalesce(p.spent_nanos, 0) + coalesce(q.spent, 0) AS spent_nanos,
+           coalesce(p.reserved_nanos, 0) + coalesce(q.reserved, 0) AS reserved_nanos
     FROM budgets b
     CROSS JOIN LATERAL (SELECT budget_period_start(b.period, $NOW::timestamptz) AS start) s
     LEFT JOIN budget_periods p
         ON p.workspace = b.workspace AND p.budget_id = b.budget_id AND p.period = b.period
-       AND p.period_start = s.start"""
+       AND p.period_start = s.start
+    CROSS JOIN LATERAL (
+        SELECT sum(spent_delta)::bigint AS spent, sum(reserved_delta)::bigint AS reserved
+        FROM budget_settlements q
+        WHERE q.workspace = b.workspace AND q.budget_id = b.budget_id AND q.period = b.period
+          AND q.period_start = s.start) q"""
 
 
 def _with_period(now_param: int) -> str:
@@ -181,6 +187,9 @@ async def delete(db: Executor, workspace: str, budget_id: str, *, etag: str | No
         ), reservations AS (
             DELETE FROM budget_reservations r USING deleted d
             WHERE r.workspace = d.workspace AND r.budget_id = d.budget_id
+        ), settlements AS (
+            DELETE FROM budget_settlements s USING deleted d
+            WHERE s.workspace = d.workspace AND s.budget_id = d.budget_id
         )
         SELECT true FROM deleted""",
         workspace,
@@ -194,10 +203,10 @@ async def most_used(db: Executor, limit: int, *, now: dt.datetime) -> tuple[list
     """The `limit` workspace-wide budgets with a spend limit that have used the largest
     share of it in their current period, and how many such budgets there are in all."""
     rows = await db.fetch(
-        f"""{_with_period(2)}
-        WHERE b.agent_id IS NULL AND b.limit_nanos IS NOT NULL
-        ORDER BY (coalesce(p.spent_nanos, 0) + coalesce(p.reserved_nanos, 0))::float8
-                 / greatest(b.limit_nanos, 1) DESC, b.workspace, b.budget_id
+        f"""SELECT * FROM ({_with_period(2)}
+            WHERE b.agent_id IS NULL AND b.limit_nanos IS NOT NULL) used
+        ORDER BY (spent_nanos + reserved_nanos)::float8 / greatest(limit_nanos, 1) DESC,
+                 workspace, budget_id
         LIMIT $1""",
         limit,
         now,

@@ -60,6 +60,22 @@ CREATE TABLE budget_reservations (
 CREATE INDEX budget_reservations_held ON budget_reservations (reserve_time) WHERE NOT settled;
 CREATE INDEX budget_reservations_settled ON budget_reservations (reserve_time) WHERE settled;
 
+-- What finished executions gave back and spent, not yet folded into budget_periods and the
+-- token bucket. A finish appends here instead of updating the budget's rows: its terminal
+-- write commits durably (waits for the disk), and holding the budget's lock across that wait
+-- would make every admission of the workspace queue behind every finish. The next admission,
+-- which holds the budget's lock anyway, folds these rows in; readers add the rest.
+CREATE TABLE budget_settlements (
+    workspace      text        NOT NULL,
+    budget_id      text        NOT NULL,
+    period         text        NOT NULL,
+    period_start   timestamptz NOT NULL,
+    reserved_delta bigint      NOT NULL,  -- minus the released reservation
+    spent_delta    bigint      NOT NULL,  -- the actual cost (or its correction)
+    token_refund   bigint      NOT NULL   -- tokens taken beyond the actual usage
+);
+CREATE INDEX budget_settlements_budget ON budget_settlements (workspace, budget_id);
+
 -- The start of the period containing `at` (UTC day or calendar month).
 CREATE FUNCTION budget_period_start(period text, at timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE AS $$
@@ -104,6 +120,7 @@ DECLARE
     v_found text;
     v_rank int := 0;  -- precedence of the refusal found so far
     v_locked budgets[] := '{}';
+    v_refund bigint;
 BEGIN
     ok := true; reason := ''; budget := ''; retry_after := 0; alerts := '{}'; enforced := false;
     IF NOT p_go THEN
@@ -113,6 +130,30 @@ BEGIN
              WHERE workspace = p_workspace AND (agent_id IS NULL OR agent_id = p_agent_id)
              ORDER BY budget_id FOR UPDATE
     LOOP
+        -- Fold in what finished executions settled since the last admission (under the
+        -- budget's lock, which orders every fold).
+        WITH folded AS (
+            DELETE FROM budget_settlements s
+            WHERE s.workspace = b.workspace AND s.budget_id = b.budget_id
+            RETURNING s.period, s.period_start, s.reserved_delta, s.spent_delta, s.token_refund
+        ), per_period AS (
+            SELECT f.period, f.period_start, sum(f.reserved_delta) AS reserved,
+                   sum(f.spent_delta) AS spent
+            FROM folded f GROUP BY f.period, f.period_start
+        ), applied AS (
+            UPDATE budget_periods p SET reserved_nanos = p.reserved_nanos + pp.reserved,
+                                        spent_nanos = p.spent_nanos + pp.spent
+            FROM per_period pp
+            WHERE p.workspace = b.workspace AND p.budget_id = b.budget_id
+              AND p.period = pp.period AND p.period_start = pp.period_start
+        )
+        SELECT coalesce(sum(f.token_refund), 0) INTO v_refund FROM folded f;
+        IF v_refund > 0 AND b.tokens_per_minute IS NOT NULL THEN
+            b.token_tokens := least(b.tokens_per_minute,
+                                    coalesce(b.token_tokens, b.tokens_per_minute) + v_refund);
+            UPDATE budgets SET token_tokens = b.token_tokens
+            WHERE workspace = b.workspace AND budget_id = b.budget_id;
+        END IF;
         v_locked := v_locked || b;
         v_start := budget_period_start(b.period, p_time);
         SELECT p.spent_nanos, p.reserved_nanos INTO v_spent, v_reserved FROM budget_periods p
@@ -205,11 +246,12 @@ BEGIN
     END LOOP;
 END $$;
 
--- Finish: when an execution becomes terminal, each of its reservations is released and its
--- actual cost added to the period it was admitted in; tokens taken beyond its actual usage go
--- back to the tokens-per-minute bucket. A later terminal record replacing the sweeper's
--- INTERRUPTED one only corrects the charge (settled rows remember what was charged). Budget
--- rows are locked before period rows, in budget id order, like admission.
+-- Finish: when an execution becomes terminal, each of its reservations is settled: released,
+-- its actual cost spent in the period it was admitted in, and the tokens taken beyond its
+-- actual usage given back to the tokens-per-minute bucket. It is appended to
+-- budget_settlements (see there) and never waits for a budget's lock. A later terminal record
+-- replacing the sweeper's INTERRUPTED one only corrects the charge (settled rows remember
+-- what was charged).
 CREATE FUNCTION budget_settle() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -219,21 +261,16 @@ DECLARE
                      + NEW.cache_write_tokens;
 BEGIN
     FOR r IN SELECT * FROM budget_reservations WHERE execution_id = NEW.id
-             ORDER BY workspace, budget_id
     LOOP
         IF r.settled AND r.charged_nanos = v_cost THEN
             CONTINUE;
         END IF;
-        UPDATE budgets SET token_tokens = CASE
-                WHEN r.settled OR tokens_per_minute IS NULL OR r.tokens <= v_used THEN token_tokens
-                ELSE least(tokens_per_minute,
-                           coalesce(token_tokens, tokens_per_minute) + (r.tokens - v_used)) END
-        WHERE workspace = r.workspace AND budget_id = r.budget_id;
-        UPDATE budget_periods SET
-            reserved_nanos = reserved_nanos - CASE WHEN r.settled THEN 0 ELSE r.amount_nanos END,
-            spent_nanos = spent_nanos + v_cost - r.charged_nanos
-        WHERE workspace = r.workspace AND budget_id = r.budget_id AND period = r.period
-          AND period_start = r.period_start;
+        INSERT INTO budget_settlements (workspace, budget_id, period, period_start,
+                                        reserved_delta, spent_delta, token_refund)
+        VALUES (r.workspace, r.budget_id, r.period, r.period_start,
+                CASE WHEN r.settled THEN 0 ELSE -r.amount_nanos END,
+                v_cost - r.charged_nanos,
+                CASE WHEN r.settled OR r.tokens <= v_used THEN 0 ELSE r.tokens - v_used END);
         UPDATE budget_reservations SET settled = true, charged_nanos = v_cost
         WHERE execution_id = r.execution_id AND workspace = r.workspace
           AND budget_id = r.budget_id;

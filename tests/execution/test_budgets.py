@@ -404,3 +404,42 @@ async def test_concurrent_executions_through_two_services_never_overspend(
     assert final.current_period.reserved_nanos == 0
     assert final.current_period.spent_nanos == sum(o.completed.cost_nanos for o in ran)
     assert final.current_period.spent_nanos <= budget.limit_nanos
+
+
+async def test_a_finish_never_waits_for_the_budgets_lock(
+    workspace: Workspace,
+    execution_stub: Stub,
+    execution: RunningExecution,
+    emulator: RunningEmulator,
+) -> None:
+    """Admissions hold the budget's row lock; a finish only appends its settlement, so an
+    execution ends while another transaction holds that lock, and the next read (and the
+    next admission, which folds it in) sees what it spent."""
+    key = openai_key()
+    ws = await workspace(openai=key)
+    admin = execution_stub("admin")
+    budget = await create_budget(admin, ws, limit_nanos=10 * WORST_CASE)
+    emulator.state.script({"chunk_delay_ms": 50}, key=key)
+    call = execution_stub().Execute(request(ws))
+    started = await call.read()
+    assert started.HasField("started")
+    async with execution.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "SELECT 1 FROM budgets WHERE workspace = $1 FOR UPDATE", ws
+        )  # as an admission of the workspace would, for as long as this block runs
+        rest = []
+        while (event := await call.read()) is not grpc.aio.EOF:
+            rest.append(event)
+        done = rest[-1].completed
+        assert done.state == res.EXECUTION_STATE_SUCCEEDED
+        stored = await repo.get(execution.pool, ws, uuid.UUID(done.name.rsplit("/", 1)[1]))
+        assert stored is not None and stored.state == SUCCEEDED
+    after = await get_budget(admin, budget.name)
+    assert (after.current_period.spent_nanos, after.current_period.reserved_nanos) == (
+        done.cost_nanos,
+        0,
+    )
+    second = await run(execution_stub(), request(ws, prompt="Say hello again"))
+    assert second.error is None
+    folded = await get_budget(admin, budget.name)
+    assert folded.current_period.spent_nanos == done.cost_nanos + second.completed.cost_nanos
