@@ -51,7 +51,7 @@ from execution_service.providers.base import Finish, Refusal, TextDelta, UsageRe
 from execution_service.providers.call import stream_chat
 from execution_service.providers.errors import ErrorReason, ProviderError
 from execution_service.providers.registry import get_provider
-from execution_service.settings import EngineSettings
+from execution_service.settings import EngineSettings, stored_text
 from execution_service.terminal_records import TerminalRecord, TerminalRecords
 from execution_service.token_estimate import resolve_usage
 from service_kit import metrics
@@ -427,7 +427,7 @@ class ExecutionEngine:
             attempts=progress.attempts,
             error=error,
             finish_reason=progress.finish_reason,
-            output_text=text if self._settings.store_output else None,
+            output_text=stored_text(text, self._settings),
             first_token_time=progress.first_token_time,
             end_time=self._now(),
             output=verdict.output if verdict else None,
