@@ -92,7 +92,9 @@ async def partitions(conn: Connection) -> list[Partition]:
     return sorted(found, key=lambda p: p.lo or minimum)
 
 
-async def ensure_partitions(conn: Connection, ahead_weeks: int) -> list[str]:
+async def ensure_partitions(
+    conn: Connection, ahead_weeks: int, *, now: dt.datetime | None = None
+) -> list[str]:
     """Create the weekly partitions due; rows the default partition took for such a week
     move into it. Returns the partitions created ('' work when another replica holds the
     lock)."""
@@ -101,7 +103,7 @@ async def ensure_partitions(conn: Connection, ahead_weeks: int) -> list[str]:
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _lock_key("parts")):
             return created
         await conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
-        now = await conn.fetchval("SELECT now()")
+        now = now or await conn.fetchval("SELECT now()")
         for lo in weeks_to_create(await partitions(conn), now, ahead_weeks):
             name, hi = partition_name(lo), lo + WEEK
             await conn.execute(
@@ -183,7 +185,9 @@ async def fold_rollups(conn: Connection, before: dt.datetime | None = None) -> i
     return int(moved)
 
 
-async def drop_expired(conn: Connection, *, execution_days: int, rollup_days: int) -> list[str]:
+async def drop_expired(
+    conn: Connection, *, execution_days: int, rollup_days: int, now: dt.datetime | None = None
+) -> list[str]:
     """Drop the partitions that end more than `execution_days` ago (their key rows first),
     and delete rollups older than `rollup_days`; 0 keeps them. Returns the partitions
     dropped."""
@@ -192,7 +196,7 @@ async def drop_expired(conn: Connection, *, execution_days: int, rollup_days: in
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _lock_key("retain")):
             return dropped
         await conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
-        now = await conn.fetchval("SELECT now()")
+        now = now or await conn.fetchval("SELECT now()")
         if execution_days > 0:
             cutoff = now - dt.timedelta(days=execution_days)
             for p in await partitions(conn):
