@@ -5,6 +5,7 @@ exact ones, and a window splits into rollup ranges and raw edges that cover it e
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import random
 
 import pytest
@@ -74,7 +75,7 @@ def test_a_window_is_covered_exactly_once(start: str, end: str) -> None:
     pieces = [(r.lo, r.hi) for r in window.ranges] + [e for e in window.raw if e[0] < e[1]]
     pieces.sort()
     assert pieces[0][0] == lo and pieces[-1][1] == hi
-    for (_, a_hi), (b_lo, _) in zip(pieces, pieces[1:], strict=False):
+    for (_, a_hi), (b_lo, _) in itertools.pairwise(pieces):
         assert a_hi == b_lo  # no gap, no overlap
     for r in window.ranges:
         step = dt.timedelta(seconds=r.grain)
