@@ -438,12 +438,12 @@ async def agent_stats(
             WHERE workspace = $1 AND agent_id = $2 AND state <> 'RUNNING'
               AND ((create_time >= $8 AND create_time < $9)
                    OR (create_time >= $10 AND create_time < $11))
-        ), latency AS (
-            SELECT i, sum(p.latency_hist[i]) AS n
-            FROM parts p, generate_subscripts(p.latency_hist, 1) AS i GROUP BY i
+        ), latency AS (  -- unnest reads each array once (a subscript per element would not)
+            SELECT array_lower(p.latency_hist, 1) + u.o - 1 AS i, sum(u.n) AS n
+            FROM parts p, unnest(p.latency_hist) WITH ORDINALITY AS u(n, o) GROUP BY 1
         ), ttft AS (
-            SELECT i, sum(p.ttft_hist[i]) AS n
-            FROM parts p, generate_subscripts(p.ttft_hist, 1) AS i GROUP BY i
+            SELECT array_lower(p.ttft_hist, 1) + u.o - 1 AS i, sum(u.n) AS n
+            FROM parts p, unnest(p.ttft_hist) WITH ORDINALITY AS u(n, o) GROUP BY 1
         )
         SELECT coalesce(sum(succeeded), 0) AS succeeded,
                coalesce(sum(failed), 0) AS failed,
