@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 
+from clients.gen.execution.v1 import execution_service_pb2_grpc as ex_grpc
 from execution_service import histogram, maintenance
 from execution_service import repository as repo
 from execution_service.model import (
@@ -34,6 +35,8 @@ from execution_service.model import (
     Usage,
 )
 from service_kit import db
+from tests.execution.conftest import StartExecution
+from tests.execution.support import Workspace, get_execution, openai_key, request, run
 
 WS, AGENT = "roll", "agent-r"
 NOW = dt.datetime.now(dt.UTC)
@@ -375,3 +378,18 @@ async def test_a_populated_table_of_the_old_schema_migrates(
         assert home == maintenance.partition_name(maintenance.week_start(fresh.create_time))
     finally:
         await conn.close()
+
+
+async def test_stored_output_is_limited_to_store_output_max_bytes(
+    start_execution_service: StartExecution,
+    execution_stub: Callable[..., ex_grpc.ExecutionServiceStub],
+    workspace: Workspace,
+) -> None:
+    service = await start_execution_service(store_output_max_bytes=7)
+    stub = execution_stub(port=service.port)
+    ws = await workspace(openai=openai_key())
+    done = await run(stub, request(ws))
+    assert len(done.text.encode()) > 7  # the caller gets the whole answer
+    stored = await get_execution(stub, done.completed.name)
+    assert stored.output_text == done.text.encode()[:7].decode("utf-8", "ignore")
+    assert done.completed.output_text == stored.output_text
