@@ -413,8 +413,14 @@ async def agent_stats(
                    x.cache_read_tokens, x.cache_write_tokens, x.cost_nanos, x.unknown_cost,
                    x.output_invalid, x.fallback, x.latency_hist, x.ttft_hist
             FROM unnest($3::integer[], $4::timestamptz[], $5::timestamptz[]) AS r(grain, lo, hi)
-            JOIN execution_rollups x ON x.workspace = $1 AND x.agent_id = $2
-                 AND x.grain = r.grain AND x.bucket_start >= r.lo AND x.bucket_start < r.hi
+            -- One index range scan per range: OFFSET 0 keeps the planner from turning this
+            -- into a hash join over the whole table (its estimates for these ranges are poor).
+            CROSS JOIN LATERAL (
+                SELECT * FROM execution_rollups x
+                WHERE x.workspace = $1 AND x.agent_id = $2 AND x.grain = r.grain
+                  AND x.bucket_start >= r.lo AND x.bucket_start < r.hi
+                OFFSET 0
+            ) x
             UNION ALL
             SELECT succeeded, failed, cancelled, input_tokens, output_tokens, cache_read_tokens,
                    cache_write_tokens, cost_nanos, unknown_cost, output_invalid, fallback,
