@@ -34,6 +34,12 @@ async def main(args: argparse.Namespace) -> None:
         from bench import limits_bench
 
         lines += await limits_bench.run(args.seconds)
+    if args.only == "stats":
+        from bench import stats_bench
+
+        sizes = tuple(int(n) for n in args.stats_rows.split(","))
+        lines += await stats_bench.run(sizes)
+        lines += await stats_bench.trigger_cost(args.seconds)
     if args.only == "agent":
         from bench import execution_bench
 
@@ -48,5 +54,12 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per case")
-    parser.add_argument("--only", choices=["schema", "keyvault", "execution", "agent", "limits"])
+    parser.add_argument(
+        "--only", choices=["schema", "keyvault", "execution", "agent", "limits", "stats"]
+    )
+    parser.add_argument(
+        "--stats-rows",
+        default="1000000,10000000",
+        help="executions of one agent for --only stats (comma-separated, growing)",
+    )
     asyncio.run(main(parser.parse_args()))

@@ -64,7 +64,7 @@ from execution_service.plan import AgentCall, AgentPlanner, ExecutionPlan
 from execution_service.pricing import PriceTable, cost_nanos
 from execution_service.providers.errors import ProviderError
 from execution_service.route_runner import Progress, RouteRunner
-from execution_service.settings import EngineSettings
+from execution_service.settings import EngineSettings, stored_text
 from execution_service.terminal_records import TerminalRecord, TerminalRecords
 from execution_service.token_estimate import resolve_usage
 from service_kit import metrics
@@ -451,7 +451,7 @@ class ExecutionEngine:
             attempts=progress.attempts,
             error=error,
             finish_reason=progress.finish_reason,
-            output_text=text if self._settings.store_output else None,
+            output_text=stored_text(text, self._settings),
             first_token_time=progress.first_token_time,
             end_time=end_time,
             output=verdict.output if verdict else None,

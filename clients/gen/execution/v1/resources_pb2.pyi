@@ -766,7 +766,11 @@ Global___Agent: _TypeAlias = Agent  # noqa: Y015
 
 @_typing.final
 class AgentStats(_message.Message):
-    """Aggregates of one agent's executions over a time window."""
+    """Aggregates of one agent's executions over a time window. Counts, tokens and costs are
+    exact for any window (whole minutes come from rollups, a partial minute at either edge
+    from the executions themselves). Percentiles are interpolated like percentile_cont over
+    histogram buckets and are within 2 % of the exact value (durations above 0.1 ms).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
