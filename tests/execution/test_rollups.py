@@ -165,7 +165,7 @@ async def test_rollups_equal_raw_aggregates_after_every_way_of_ending(
             if kind == 5:  # the RUNNING row was lost: the record inserts the whole row
                 await repo.finish(conn, e, outcome(e, rand))
                 continue
-            assert await repo.insert_running(conn, e, lease_owner="o", lease_seconds=3600)
+            assert (await repo.insert_running(conn, e, lease_owner="o", lease_seconds=3600))[0]
             if kind == 4:
                 continue  # still running
             if kind in (0, 1, 2):
@@ -236,7 +236,7 @@ async def test_partitions_are_created_ahead_and_take_rows_from_the_default(
     far = NOW + dt.timedelta(weeks=10)
     e = started(far, request_id="far")
     async with pool.acquire() as conn:
-        assert await repo.insert_running(conn, e, lease_owner="o", lease_seconds=60)
+        assert (await repo.insert_running(conn, e, lease_owner="o", lease_seconds=60))[0]
         where = "SELECT tableoid::regclass::text FROM executions WHERE id = $1"
         assert await conn.fetchval(where, e.id) == "executions_default"
         created = await maintenance.ensure_partitions(conn, 11)
@@ -293,13 +293,12 @@ async def test_a_request_id_is_taken_once_across_partitions(pool: asyncpg.Pool) 
         await maintenance.ensure_partitions(conn, 2)
     this_week, next_week = NOW, NOW + maintenance.WEEK
     first = started(this_week, request_id="once")
-    assert await repo.insert_running(pool, first, lease_owner="o", lease_seconds=60)
+    assert (await repo.insert_running(pool, first, lease_owner="o", lease_seconds=60))[0]
     assert (
         await repo.insert_running(
             pool, started(next_week, "once"), lease_owner="o", lease_seconds=60
         )
-        is None
-    )
+    )[0] is None
     assert (await repo.get_by_request_id(pool, WS, "once")) == first
 
     # Two at once, in two partitions: exactly one takes it.
@@ -307,7 +306,7 @@ async def test_a_request_id_is_taken_once_across_partitions(pool: asyncpg.Pool) 
     results = await asyncio.gather(
         *(repo.insert_running(pool, e, lease_owner="o", lease_seconds=60) for e in pair)
     )
-    assert sum(r is not None for r in results) == 1
+    assert sum(r is not None for r, _ in results) == 1
     held = await repo.get_by_request_id(pool, WS, "race")
     assert held is not None and held.id in {e.id for e in pair}
     total = await pool.fetchval("SELECT count(*) FROM executions WHERE request_id = 'race'")
@@ -356,7 +355,10 @@ async def test_a_populated_table_of_the_old_schema_migrates(
         )
         window = (NOW - dt.timedelta(days=30), NOW + dt.timedelta(minutes=1))
         before = await raw_stats(conn, *window)
-        assert await db.migrate(conn, "execution_service") == ["006_partitions_rollups.sql"]
+        assert await db.migrate(conn, "execution_service") == [
+            "006_partitions_rollups.sql",
+            "007_budgets.sql",
+        ]
         await maintenance.ensure_partitions(conn, 2)
 
         assert await conn.fetchval("SELECT count(*) FROM executions") == 3000
@@ -368,10 +370,12 @@ async def test_a_populated_table_of_the_old_schema_migrates(
         old = await repo.get_by_request_id(conn, WS, "old-2")
         assert old is not None and await repo.get(conn, WS, old.id) == old
         again = started(NOW, request_id="old-2")
-        assert await repo.insert_running(conn, again, lease_owner="o", lease_seconds=60) is None
+        assert (await repo.insert_running(conn, again, lease_owner="o", lease_seconds=60))[
+            0
+        ] is None
         # New rows land in the new weekly partition after the legacy one.
         fresh = started(NOW + 2 * maintenance.WEEK)
-        assert await repo.insert_running(conn, fresh, lease_owner="o", lease_seconds=60)
+        assert (await repo.insert_running(conn, fresh, lease_owner="o", lease_seconds=60))[0]
         home = await conn.fetchval(
             "SELECT tableoid::regclass::text FROM executions WHERE id = $1", fresh.id
         )
