@@ -93,7 +93,16 @@ async def round_trips(port: int, database_url: str, executions: int) -> list[str
     loops still add a little (lease renewal, the sweeper, the health ping every 2 s)."""
     stub = ex_grpc.ExecutionServiceStub(secure_channel(port, "app"))
     conn = await asyncpg.connect(database_url)
-    tables = ("executions", "budgets", "budget_periods", "budget_reservations")
+    # Every plain table (the partitions of executions among them: a partitioned table has
+    # no storage parameters of its own).
+    tables = [
+        str(t)
+        for t in await conn.fetchval(
+            "SELECT array_agg(c.oid::regclass::text) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r' AND n.nspname = 'public'"
+        )
+    ]
     lines = [f"(c) database round trips per execution ({executions} sequential each way):"]
     try:
         for table in tables:
