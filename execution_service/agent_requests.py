@@ -21,8 +21,8 @@ from execution_service.agents import (
     Route,
     refused,
     structured_output_fit,
-    update_fields,
 )
+from execution_service.field_masks import decode_fields, mask_fields
 from execution_service.routing import MAX_ROUTES, Trigger
 from execution_service.schemas import JsonSchema, schema_violations
 from execution_service.validation import (
@@ -179,15 +179,7 @@ def _decoders(
 def _decode(
     agent: res.Agent, fields: Collection[str], prefix: str = "agent"
 ) -> tuple[dict[str, Any], list[FieldViolation]]:
-    """The named fields of an Agent message, checked (only those: an update ignores the
-    rest of the message, as its mask says)."""
-    decoders = _decoders(agent, prefix)
-    values, violations = {}, []
-    for name in UPDATABLE_FIELDS:
-        if name in fields:
-            values[name], found = decoders[name]()
-            violations += found
-    return values, violations
+    return decode_fields(_decoders(agent, prefix), fields, UPDATABLE_FIELDS)
 
 
 def create_agent(request: pb.CreateAgentRequest) -> CreateAgent:
@@ -210,7 +202,7 @@ def create_agent(request: pb.CreateAgentRequest) -> CreateAgent:
 def update_agent(request: pb.UpdateAgentRequest) -> UpdateAgent:
     workspace, agent_id, violations = _agent_name_violations(request.agent.name, "agent.name")
     try:
-        fields = update_fields(list(request.update_mask.paths))
+        fields = mask_fields(list(request.update_mask.paths), UPDATABLE_FIELDS)
     except InvalidArgument as exc:
         violations += exc.violations
         fields = frozenset()

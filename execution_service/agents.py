@@ -114,26 +114,6 @@ def refused(violations: Sequence[FieldViolation]) -> InvalidArgument:
     return InvalidArgument(kept)
 
 
-def update_fields(paths: Sequence[str], field_: str = "update_mask") -> frozenset[str]:
-    """The fields an update mask names: empty or `*` means every updatable field; anything
-    else must be an updatable field's name."""
-    if not paths or list(paths) == ["*"]:
-        return frozenset(UPDATABLE_FIELDS)
-    violations = [
-        FieldViolation(
-            f"{field_}.paths[{i}]",
-            "* must be the only path"
-            if path == "*"
-            else f"{path!r} is not an updatable field (one of {', '.join(UPDATABLE_FIELDS)}, or *)",
-        )
-        for i, path in enumerate(paths)
-        if path not in UPDATABLE_FIELDS
-    ]
-    if violations:
-        raise refused(violations)
-    return frozenset(paths)
-
-
 def structured_output_fit(spec: AgentSpec, field_: str = "agent") -> list[FieldViolation]:
     """An output schema must suit the structured-output mode of every route's provider."""
     if spec.output_schema is None:

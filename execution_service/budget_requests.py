@@ -23,8 +23,8 @@ from execution_service.budgets import (
     UPDATABLE_FIELDS,
     Budget,
     BudgetSpec,
-    update_fields,
 )
+from execution_service.field_masks import decode_fields, mask_fields
 from execution_service.validation import agent_id_violations, label_violations
 from service_kit.errors import FieldViolation, InvalidArgument
 from service_kit.names import WORKSPACE_PATTERN, has_control_characters, workspace_of
@@ -146,13 +146,7 @@ def _decoders(
 def _decode(
     budget: res.Budget, fields: Collection[str], *, creating: bool
 ) -> tuple[dict[str, Any], list[FieldViolation]]:
-    decoders = _decoders(budget, "budget", creating=creating)
-    values, violations = {}, []
-    for name in UPDATABLE_FIELDS:
-        if name in fields:
-            values[name], found = decoders[name]()
-            violations += found
-    return values, violations
+    return decode_fields(_decoders(budget, "budget", creating=creating), fields, UPDATABLE_FIELDS)
 
 
 def create_budget(request: pb.CreateBudgetRequest) -> CreateBudget:
@@ -173,7 +167,7 @@ def create_budget(request: pb.CreateBudgetRequest) -> CreateBudget:
 def update_budget(request: pb.UpdateBudgetRequest) -> UpdateBudget:
     workspace, budget_id, violations = _budget_name_violations(request.budget.name, "budget.name")
     try:
-        fields = update_fields(list(request.update_mask.paths))
+        fields = mask_fields(list(request.update_mask.paths), UPDATABLE_FIELDS)
     except InvalidArgument as exc:
         violations += exc.violations
         fields = frozenset()

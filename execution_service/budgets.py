@@ -9,11 +9,8 @@ This module is the domain (values, update masks); `budget_store` applies it over
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-from execution_service.agents import refused
-from service_kit.errors import FieldViolation
 
 DAY, MONTH = "DAY", "MONTH"
 ENFORCE, ALERT_ONLY = "ENFORCE", "ALERT_ONLY"
@@ -84,22 +81,3 @@ class Budget:
 
 def budget_name(workspace: str, budget_id: str) -> str:
     return f"workspaces/{workspace}/budgets/{budget_id}"
-
-
-def update_fields(paths: Sequence[str], field_: str = "update_mask") -> frozenset[str]:
-    """The fields an update mask names: empty or `*` means every updatable field."""
-    if not paths or list(paths) == ["*"]:
-        return frozenset(UPDATABLE_FIELDS)
-    violations = [
-        FieldViolation(
-            f"{field_}.paths[{i}]",
-            "* must be the only path"
-            if path == "*"
-            else f"{path!r} is not an updatable field (one of {', '.join(UPDATABLE_FIELDS)}, or *)",
-        )
-        for i, path in enumerate(paths)
-        if path not in UPDATABLE_FIELDS
-    ]
-    if violations:
-        raise refused(violations)
-    return frozenset(paths)
