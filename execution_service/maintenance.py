@@ -2,7 +2,7 @@
 
 - Weekly partitions are created ahead of time, so rows never wait in the default partition.
 - Pending rollup rows (written by the trigger as executions end, sharded) are folded into the
-  minute, hour and day rollups that GetAgentStats reads.
+  minute, hour, day and week rollups that GetAgentStats reads.
 - EXECUTION_RETENTION_DAYS drops whole partitions older than that; ROLLUP_RETENTION_DAYS
   deletes older rollups.
 
@@ -129,7 +129,7 @@ async def ensure_partitions(
 
 async def fold_rollups(conn: Connection, before: dt.datetime | None = None) -> int:
     """Move pending rollup rows of minutes before `before` (default: the minute before the
-    current one, which may still be written) into the minute, hour and day rollups, in one
+    current one, which may still be written) into the minute, hour, day and week rollups, in one
     statement. Returns the pending rows moved (0 when another replica holds the lock)."""
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _lock_key("fold")):
@@ -156,7 +156,8 @@ async def fold_rollups(conn: Connection, before: dt.datetime | None = None) -> i
                        rollup_hist_sum(latency_hist) AS latency_hist,
                        rollup_hist_sum(ttft_hist) AS ttft_hist
                 FROM moved m
-                CROSS JOIN (VALUES (60, 'minute'), (3600, 'hour'), (86400, 'day')) g(grain, unit)
+                CROSS JOIN (VALUES (60, 'minute'), (3600, 'hour'), (86400, 'day'),
+                                   (604800, 'week')) g(grain, unit)
                 GROUP BY 1, 2, 3, 4
             ), folded AS (
                 INSERT INTO execution_rollups AS r (workspace, agent_id, grain, bucket_start,

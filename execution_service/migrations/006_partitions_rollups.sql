@@ -162,12 +162,13 @@ CREATE TABLE execution_rollup_pending (
     PRIMARY KEY (workspace, agent_id, minute, shard)
 );
 
--- Folded rollups: grain 60 (minute), 3600 (hour) or 86400 (day, UTC), unsharded; written
+-- Folded rollups: grain 60 (minute), 3600 (hour), 86400 (day) or 604800 (week from Monday),
+-- UTC, unsharded; written
 -- only by the background fold, so readers see few rows for any window.
 CREATE TABLE execution_rollups (
     workspace          text        NOT NULL,
     agent_id           text        NOT NULL,
-    grain              integer     NOT NULL CHECK (grain IN (60, 3600, 86400)),
+    grain              integer     NOT NULL CHECK (grain IN (60, 3600, 86400, 604800)),
     bucket_start       timestamptz NOT NULL,
     succeeded          bigint      NOT NULL DEFAULT 0,
     failed             bigint      NOT NULL DEFAULT 0,

@@ -11,7 +11,7 @@ import random
 import pytest
 
 from execution_service import histogram
-from execution_service.rollup_window import DAY, HOUR, MINUTE, rollup_window
+from execution_service.rollup_window import DAY, HOUR, MINUTE, WEEK, rollup_window
 from execution_service.settings import EngineSettings, stored_text
 
 
@@ -79,7 +79,7 @@ def test_a_window_is_covered_exactly_once(start: str, end: str) -> None:
         assert a_hi == b_lo  # no gap, no overlap
     for r in window.ranges:
         step = dt.timedelta(seconds=r.grain)
-        assert (r.lo - _t("1970-01-01")) % step == dt.timedelta(0)
+        assert (r.lo - _t("1970-01-05")) % step == dt.timedelta(0)  # weeks from a Monday
         assert (r.hi - r.lo) % step == dt.timedelta(0)
     if window.ranges:
         assert window.minutes == (
@@ -88,8 +88,9 @@ def test_a_window_is_covered_exactly_once(start: str, end: str) -> None:
         )
     # A 90-day window reads few rollup rows.
     rows = sum((r.hi - r.lo) // dt.timedelta(seconds=r.grain) for r in window.ranges)
-    assert rows <= 90 + 2 * 23 + 2 * 59
-    assert {r.grain for r in window.ranges} <= {MINUTE, HOUR, DAY}
+    assert rows <= 13 + 2 * 6 + 2 * 23 + 2 * 59
+    assert {r.grain for r in window.ranges} <= {MINUTE, HOUR, DAY, WEEK}
+    assert (WEEK in {r.grain for r in window.ranges}) == (hi - lo > dt.timedelta(days=14))
 
 
 def test_stored_output_is_cut_on_a_character_boundary() -> None:

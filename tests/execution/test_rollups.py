@@ -34,6 +34,7 @@ from execution_service.model import (
     Outcome,
     Usage,
 )
+from execution_service.rollup_window import WEEK, rollup_window
 from service_kit import db
 from tests.execution.conftest import StartExecution
 from tests.execution.support import Workspace, get_execution, openai_key, request, run
@@ -156,8 +157,9 @@ async def test_rollups_equal_raw_aggregates_after_every_way_of_ending(
     pool: asyncpg.Pool,
 ) -> None:
     rand = random.Random(10)
-    base = NOW.replace(second=0, microsecond=0) - dt.timedelta(days=2, hours=3)
-    times = [base + dt.timedelta(seconds=rand.uniform(0, 3 * 86400)) for _ in range(300)]
+    # Over 17 days: windows read week, day, hour and minute rows and raw edges.
+    base = NOW.replace(second=0, microsecond=0) - dt.timedelta(days=16, hours=3)
+    times = [base + dt.timedelta(seconds=rand.uniform(0, 17 * 86400)) for _ in range(300)]
     async with pool.acquire() as conn:
         for i, t in enumerate(times):
             e = started(t, request_id=f"r{i}" if i % 3 == 0 else None)
@@ -185,13 +187,14 @@ async def test_rollups_equal_raw_aggregates_after_every_way_of_ending(
         _, ours = await repo.finish(conn, done, outcome(done, rand, FAILED))
         assert not ours
 
-        end = base + dt.timedelta(days=3, hours=1)
+        end = base + dt.timedelta(days=17, hours=1)
         windows = [
             (base - dt.timedelta(days=1), end),
             (base + dt.timedelta(seconds=17.25), end - dt.timedelta(minutes=61, seconds=3)),
             (base + dt.timedelta(hours=5, seconds=30), base + dt.timedelta(hours=5, seconds=50)),
             (base + dt.timedelta(hours=30), base + dt.timedelta(hours=31, minutes=7)),
         ]
+        assert WEEK in {r.grain for r in rollup_window(*windows[1]).ranges}
         for folded in (False, True):
             if folded:
                 assert await maintenance.fold_rollups(conn, dt.datetime.max.replace(tzinfo=dt.UTC))
