@@ -240,15 +240,16 @@ async def run(sizes: tuple[int, ...] = (1_000_000, 10_000_000)) -> list[str]:
     return lines
 
 
-async def trigger_cost(seconds: float, rounds: int = 3) -> list[str]:
-    """Tracked executions per second with the rollup trigger off and on, alternated."""
+async def trigger_cost(seconds: float, rounds: int = 6) -> list[str]:
+    """Tracked executions per second with the rollup trigger off and on, alternated, each
+    round in the other order than the last (the table grows as they run)."""
     from bench import execution_bench
     from bench.load import run_load
     from bench.stack import running_stack
 
     lines = [
         "(c) tracked executions/s, 20-chunk streams, 32 concurrent, 1 service process, "
-        f"{seconds:.0f} s a run, rollup trigger off/on alternated {rounds} times:"
+        f"{seconds:.0f} s a run, rollup trigger off and on in {rounds} rounds (ABBA order):"
     ]
     async with running_stack(with_execution=True) as stack:
         assert stack.execution_port
@@ -260,8 +261,8 @@ async def trigger_cost(seconds: float, rounds: int = 3) -> list[str]:
         try:
             call = functools.partial(execution_bench.execute_call, stack.execution_port)
             run_load(call, concurrency=32, seconds=2, processes=1)  # warm up
-            for _ in range(rounds):
-                for mode in ("off", "on"):
+            for round_ in range(rounds):
+                for mode in ("off", "on") if round_ % 2 == 0 else ("on", "off"):
                     action = "DISABLE" if mode == "off" else "ENABLE"
                     for trigger in ("executions_rollup_insert", "executions_rollup_update"):
                         await conn.execute(f"ALTER TABLE executions {action} TRIGGER {trigger}")
@@ -270,9 +271,11 @@ async def trigger_cost(seconds: float, rounds: int = 3) -> list[str]:
         finally:
             await conn.close()
     off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
-    runs = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(rates["off"], rates["on"], strict=True))
+    pairs = list(zip(rates["off"], rates["on"], strict=True))
+    paired = statistics.median(b / a for a, b in pairs)
+    runs = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in pairs)
     lines.append(
-        f"    trigger off {off:.0f}/s, on {on:.0f}/s (medians): {on / off * 100:.0f} % "
-        f"(runs off/on: {runs})"
+        f"    trigger off {off:.0f}/s, on {on:.0f}/s (medians): {on / off * 100:.0f} %; "
+        f"median of the rounds' on/off: {paired * 100:.0f} % (runs off/on: {runs})"
     )
     return lines
