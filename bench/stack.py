@@ -75,11 +75,11 @@ async def running_stack(
 ) -> AsyncIterator[Stack]:
     """`workers`: processes per service, sharing its port (KEYVAULT_/EXECUTION_WORKERS).
     `profile`: service ("keyvault", "execution") -> file that gets its sampled profile
-    (bench.sampler) when it stops."""
+    (bench.profiler) when it stops."""
 
     def service(module: str, name: str) -> tuple[str, ...]:
         out = (profile or {}).get(name)
-        return ("-m", "bench.sampler", out, "-m", module) if out else ("-m", module)
+        return ("-m", "bench.profiler", out, "-m", module) if out else ("-m", module)
 
     devcerts.write_dev_certs(CERTS)
     server = embedded_pg.start()
