@@ -25,6 +25,7 @@ def main() -> None:
 
     def report() -> None:
         profile.disable()
+        profile.dump_stats(out + ".prof")  # the raw figures, for pstats
         text = io.StringIO()
         stats = pstats.Stats(profile, stream=text)
         stats.sort_stats("tottime").print_stats(45)
