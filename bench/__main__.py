@@ -29,7 +29,7 @@ async def main(args: argparse.Namespace) -> None:
     if args.only in (None, "execution"):
         from bench import execution_bench
 
-        lines += await execution_bench.run(args.seconds)
+        lines += await execution_bench.run(args.seconds, agent=not args.skip_agent)
     if args.only == "agent":
         from bench import execution_bench
 
@@ -45,4 +45,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per case")
     parser.add_argument("--only", choices=["schema", "keyvault", "execution", "agent"])
+    parser.add_argument(
+        "--skip-agent", action="store_true", help="leave out (d), agent by name vs ad hoc"
+    )
     asyncio.run(main(parser.parse_args()))
