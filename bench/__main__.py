@@ -30,6 +30,16 @@ async def main(args: argparse.Namespace) -> None:
         from bench import execution_bench
 
         lines += await execution_bench.run(args.seconds, agent=not args.skip_agent)
+    if args.only == "limits":
+        from bench import limits_bench
+
+        lines += await limits_bench.run(args.seconds)
+    if args.only == "stats":
+        from bench import stats_bench
+
+        sizes = tuple(int(n) for n in args.stats_rows.split(","))
+        lines += await stats_bench.run(sizes)
+        lines += await stats_bench.trigger_cost(args.seconds)
     if args.only == "agent":
         from bench import execution_bench
 
@@ -44,8 +54,15 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per case")
-    parser.add_argument("--only", choices=["schema", "keyvault", "execution", "agent"])
+    parser.add_argument(
+        "--only", choices=["schema", "keyvault", "execution", "agent", "limits", "stats"]
+    )
     parser.add_argument(
         "--skip-agent", action="store_true", help="leave out (d), agent by name vs ad hoc"
+    )
+    parser.add_argument(
+        "--stats-rows",
+        default="1000000,10000000",
+        help="executions of one agent for --only stats (comma-separated, growing)",
     )
     asyncio.run(main(parser.parse_args()))

@@ -42,9 +42,9 @@ BEHAVIOURS = {
 }
 
 
-def execute_request() -> ex.ExecuteRequest:
+def execute_request(workspace: str = WORKSPACE) -> ex.ExecuteRequest:
     return ex.ExecuteRequest(
-        parent=f"workspaces/{WORKSPACE}",
+        parent=f"workspaces/{workspace}",
         agent_id="bench-agent",
         provider=kv_res.PROVIDER_OPENAI,
         model=MODEL,
@@ -52,13 +52,13 @@ def execute_request() -> ex.ExecuteRequest:
     )
 
 
-async def execute_call(port: int, channels: int = 4):
+async def execute_call(port: int, channels: int = 4, workspace: str = WORKSPACE):
     """Calls spread over several connections, as many clients would make: SO_REUSEPORT
     balances connections (not calls) across a service's worker processes."""
     stubs = itertools.cycle(
         [ex_grpc.ExecutionServiceStub(secure_channel(port, "app")) for _ in range(channels)]
     )
-    request = execute_request()
+    request = execute_request(workspace)
 
     async def call() -> None:
         state = None
@@ -281,10 +281,10 @@ async def agent_vs_ad_hoc(port: int, samples: int) -> list[str]:
     return lines
 
 
-async def store_key(vault_port: int) -> None:
+async def store_key(vault_port: int, workspace: str = WORKSPACE) -> None:
     async with secure_channel(vault_port, "app") as ch:
         await kv_grpc.KeyVaultServiceStub(ch).SetApiKey(
-            kv.SetApiKeyRequest(name=f"workspaces/{WORKSPACE}/apiKeys/openai", api_key=API_KEY)
+            kv.SetApiKeyRequest(name=f"workspaces/{workspace}/apiKeys/openai", api_key=API_KEY)
         )
 
 

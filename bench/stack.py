@@ -58,6 +58,7 @@ class Stack:
     execution_port: int | None
     emulator_url: str | None
     pids: dict[str, int]
+    execution_database_url: str | None = None
 
 
 async def _fresh_database(server_uri: str, name: str) -> str:
@@ -133,7 +134,11 @@ async def running_stack(
             )
             await wait_serving(execution_port, processes["execution"])
         yield Stack(
-            vault_port, execution_port, emulator_url, {n: p.pid for n, p in processes.items()}
+            vault_port,
+            execution_port,
+            emulator_url,
+            {n: p.pid for n, p in processes.items()},
+            env["EXECUTION_DATABASE_URL"],
         )
     finally:
         for process in processes.values():

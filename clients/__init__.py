@@ -27,6 +27,7 @@ async with ExecutionClient.connect("localhost:50052", **tls) as execution:
 - `python -m clients --help` (or the `agentctl` script) is the command-line interface.
 """
 
+from ._budgets import budget_name, usd_to_nanos
 from ._channel import (
     DEFAULT_RETRY_POLICY,
     DEFAULT_TIMEOUT,
@@ -76,6 +77,10 @@ from ._types import (
 from .gen.execution.v1.resources_pb2 import (
     Agent,
     AgentStats,
+    Budget,
+    BudgetMode,
+    BudgetPeriod,
+    BudgetPeriodUsage,
     Execution,
     ExecutionError,
     ExecutionState,
@@ -102,6 +107,10 @@ __all__ = [
     "AlreadyExists",
     "ApiKey",
     "AuditEvent",
+    "Budget",
+    "BudgetMode",
+    "BudgetPeriod",
+    "BudgetPeriodUsage",
     "ClientError",
     "Completed",
     "DeadlineExceeded",
@@ -137,12 +146,14 @@ __all__ = [
     "Usage",
     "agent_name",
     "api_key_name",
+    "budget_name",
     "json_document",
     "mtls_channel",
     "mtls_channel_sync",
     "output_of",
     "output_valid_of",
     "service_config",
+    "usd_to_nanos",
     "violations_of",
     "workspace_name",
 ]

@@ -41,6 +41,9 @@ RETRIED_METHODS: tuple[tuple[str, str], ...] = (
     (EXECUTION_SERVICE, "GetAgent"),
     (EXECUTION_SERVICE, "ListAgents"),
     (EXECUTION_SERVICE, "DeleteAgent"),
+    (EXECUTION_SERVICE, "GetBudget"),
+    (EXECUTION_SERVICE, "ListBudgets"),
+    (EXECUTION_SERVICE, "DeleteBudget"),
 )
 # Never retried automatically: Execute calls the provider and records an execution; a
 # repeated CreateAgent or UpdateAgent that had in fact succeeded would answer ALREADY_EXISTS
@@ -50,6 +53,8 @@ NOT_RETRIED_METHODS: tuple[tuple[str, str], ...] = (
     (EXECUTION_SERVICE, "Execute"),
     (EXECUTION_SERVICE, "CreateAgent"),
     (EXECUTION_SERVICE, "UpdateAgent"),
+    (EXECUTION_SERVICE, "CreateBudget"),
+    (EXECUTION_SERVICE, "UpdateBudget"),
     (KEYVAULT_SERVICE, "WatchApiKeyChanges"),
 )
 

@@ -57,7 +57,7 @@ def dollars(nanos: int) -> str:
     return f"${amount:f}"
 
 
-def cost(execution: ex_res.Execution) -> str:
+def cost(execution: ex_res.Execution | ex_res.RouteAttempt) -> str:
     return dollars(execution.cost_nanos) if execution.HasField("cost_nanos") else "unknown"
 
 
@@ -148,6 +148,8 @@ def summary(execution: ex_res.Execution, *, replayed: bool = False) -> str:
     if execution.HasField("time_to_first_token"):
         parts.append(f"first token {duration(execution.time_to_first_token)}")
     parts.append(f"attempts {execution.attempts}")
+    if execution.route_index:
+        parts.append(f"served by route {execution.route_index + 1} ({fallbacks(execution)})")
     if execution.HasField("output_valid"):
         parts.append(f"output {'valid' if execution.output_valid else 'invalid'}")
     if execution.error.reason:
@@ -155,6 +157,15 @@ def summary(execution: ex_res.Execution, *, replayed: bool = False) -> str:
     if replayed:
         return ", ".join([*parts, f"replayed from {execution.name}"])
     return ", ".join(parts) + f" ({execution.name})"
+
+
+def fallbacks(execution: ex_res.Execution) -> str:
+    """Why the routes before the answering one were left: `anthropic PROVIDER_OVERLOADED`."""
+    return "; ".join(
+        f"{provider(a.provider)} {a.reason}"
+        for a in execution.route_attempts
+        if a.route_index < execution.route_index
+    )
 
 
 def execution_rows(executions: Sequence[ex_res.Execution]) -> str:
@@ -188,6 +199,16 @@ def execution_fields(e: ex_res.Execution) -> str:
         ("cache tokens", f"{e.usage.cache_read_tokens} read / {e.usage.cache_write_tokens} write"),
         ("cost", cost(e)),
         ("attempts", str(e.attempts)),
+        *(
+            (
+                f"route {a.route_index + 1}",
+                f"{provider(a.provider)} {a.model}: "
+                + (a.reason or "answered")
+                + (f" (HTTP {a.http_status})" if a.http_status else "")
+                + f", {duration(a.latency)}, cost {cost(a)}",
+            )
+            for a in (e.route_attempts if len(e.route_attempts) > 1 else ())
+        ),
         ("created", time(e, "create_time")),
         ("first token", time(e, "first_token_time")),
         ("ended", time(e, "end_time")),
@@ -318,6 +339,10 @@ def agent_fields(a: AgentView) -> str:
         *(
             (f"route {i + 1}" if len(a.routes) > 1 else "route", route(r))
             for i, r in enumerate(a.routes)
+        ),
+        (
+            "fallback on",
+            "defaults" if a.fallback_on is None else ", ".join(a.fallback_on) or "never",
         ),
         ("labels", ", ".join(f"{k}={v}" for k, v in sorted(a.labels.items())) or "-"),
         ("etag", a.etag),

@@ -19,8 +19,10 @@ from ._rich_status import FieldViolation, details_from_trailers
 class ClientError(Exception):
     """A call failed. `code` is the gRPC status; `reason` and `domain` come from the status'
     `ErrorInfo` (empty when it has none), `metadata` is the ErrorInfo's metadata,
-    `field_violations` the `BadRequest` details, and `execution_name` the execution a failed
-    Execute (or another execution call) concerns, when there is one."""
+    `field_violations` the `BadRequest` details, `retry_delay` the seconds the server asks the
+    caller to wait before trying again (`RetryInfo`; None when it gave none), and
+    `execution_name` the execution a failed Execute (or another execution call) concerns,
+    when there is one."""
 
     default_code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
@@ -34,8 +36,10 @@ class ClientError(Exception):
         metadata: Mapping[str, str] | None = None,
         field_violations: Iterable[FieldViolation] = (),
         execution_name: str | None = None,
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(message)
+        self.retry_delay = retry_delay
         self.message = message
         self.code = code or self.default_code
         self.reason = reason
@@ -49,7 +53,10 @@ class ClientError(Exception):
         reason is left out when it only repeats the code."""
         shown = self.reason and self.reason != self.code.name
         label = self.code.name + (f" ({self.reason})" if shown else "")
-        return f"{label}: {self.message}" if self.message else label
+        text = f"{label}: {self.message}" if self.message else label
+        if self.retry_delay is not None:
+            text += f" [retry after {self.retry_delay:.3f} s]"
+        return text
 
     def __repr__(self) -> str:
         return (
@@ -100,7 +107,9 @@ class FailedPrecondition(ClientError):
 
 
 class ResourceExhausted(ClientError):
-    """A limit was hit, e.g. the provider rate-limited the workspace's key."""
+    """A limit was hit: the provider rate-limited the workspace's key, a budget has no room
+    (reason `BUDGET_EXCEEDED`), or a budget's rate limit (reason `RATE_LIMITED`, with
+    `retry_delay`)."""
 
     default_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -151,4 +160,5 @@ def error_from_rpc(error: grpc.RpcError, *, execution_name: str | None = None) -
         metadata=details.metadata,
         field_violations=details.field_violations,
         execution_name=details.metadata.get("execution") or execution_name,
+        retry_delay=details.retry_delay,
     )

@@ -14,14 +14,16 @@ service answer from its record instead of calling the provider again (every even
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
 
 from ._base import AsyncClientBase, SyncClientBase
+from ._budgets import AsyncBudgetMethods, SyncBudgetMethods
 from ._errors import error_from_rpc
 from ._types import (
+    AgentRoute,
     AgentView,
     ExecuteEvent,
     MessageLike,
@@ -49,7 +51,7 @@ from .gen.execution.v1 import resources_pb2 as ex_res
 DEFAULT_EXECUTION_ADDRESS = "localhost:50052"
 
 
-class ExecutionClient(AsyncClientBase):
+class ExecutionClient(AsyncBudgetMethods, AsyncClientBase):
     """asyncio client of `execution.v1.ExecutionService`.
 
     ```python
@@ -88,6 +90,7 @@ class ExecutionClient(AsyncClientBase):
         input: Any = None,
         input_json: str | None = None,
         output_schema: Mapping[str, Any] | None = None,
+        routes: Sequence[AgentRoute] | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[ExecuteEvent]:
         """Run a request: yields `Started`, `Delta`s, then `Completed` (whose `output` is the
@@ -113,6 +116,7 @@ class ExecutionClient(AsyncClientBase):
             input=input,
             input_json=input_json,
             output_schema=output_schema,
+            routes=routes,
         )
         call = self._stub.Execute(request, timeout=timeout, metadata=self._metadata)
         started: str | None = None
@@ -227,8 +231,10 @@ class ExecutionClient(AsyncClientBase):
         workspace: str,
         agent_id: str,
         *,
-        provider: ProviderLike,
-        model: str,
+        provider: ProviderLike | None = None,
+        model: str | None = None,
+        routes: Sequence[AgentRoute] | None = None,
+        fallback_on: Iterable[str] | None = None,
         instructions: str = "",
         display_name: str = "",
         description: str = "",
@@ -241,13 +247,18 @@ class ExecutionClient(AsyncClientBase):
         labels: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> AgentView:
-        """Define an agent (its id unique in the workspace). Schemas are JSON Schema
-        (draft 2020-12) dicts; the service refuses one its route's provider cannot use."""
+        """Define an agent (its id unique in the workspace), on `provider` and `model` or on
+        `routes` (`AgentRoute`s, in order of preference: the next runs when one fails with a
+        `fallback_on` trigger, by default rate_limited, overloaded, server_error, unreachable
+        and context_window_exceeded; `[]` never falls back). Schemas are JSON Schema (draft
+        2020-12) dicts; the service refuses one a route's provider cannot use."""
         request = create_agent_request(
             workspace,
             agent_id,
             provider=provider,
             model=model,
+            routes=routes,
+            fallback_on=fallback_on,
             instructions=instructions,
             display_name=display_name,
             description=description,
@@ -301,17 +312,18 @@ class ExecutionClient(AsyncClientBase):
         **changes: Any,
     ) -> AgentView:
         """Change the fields given as keywords (display_name, description, instructions,
-        input_schema, output_schema, labels, and the route's provider, model, max_tokens,
-        temperature, top_p, stop_sequences); `clear` names fields to empty. With `etag`,
+        input_schema, output_schema, labels, routes, fallback_on, and the first route's
+        provider, model, max_tokens, temperature, top_p, stop_sequences); `clear` names
+        fields to empty. With `etag`,
         only if the agent is still at that version (else `Aborted`). Changing a route
         setting reads the agent first and updates only the version read."""
-        base = None
+        base: Sequence[ex_res.Route] = ()
         if route_changes(changes):
             current = await self.get_agent(workspace, agent_id, timeout=timeout)
-            base = current.message.routes[0] if current.message.routes else None
+            base = current.message.routes
             etag = etag or current.etag
         request = update_agent_request(
-            workspace, agent_id, etag=etag, base_route=base, clear=clear, **changes
+            workspace, agent_id, etag=etag, base_routes=base, clear=clear, **changes
         )
         return AgentView.of((await self._unary(self._stub.UpdateAgent, request, timeout)).agent)
 
@@ -323,7 +335,7 @@ class ExecutionClient(AsyncClientBase):
         await self._unary(self._stub.DeleteAgent, request, timeout)
 
 
-class ExecutionClientSync(SyncClientBase):
+class ExecutionClientSync(SyncBudgetMethods, SyncClientBase):
     """Blocking client of `execution.v1.ExecutionService`; the same methods as
     `ExecutionClient`, without `await` (`execute` is a plain iterator)."""
 
@@ -351,6 +363,7 @@ class ExecutionClientSync(SyncClientBase):
         input: Any = None,
         input_json: str | None = None,
         output_schema: Mapping[str, Any] | None = None,
+        routes: Sequence[AgentRoute] | None = None,
         timeout: float | None = None,
     ) -> Iterator[ExecuteEvent]:
         request = execute_request(
@@ -371,6 +384,7 @@ class ExecutionClientSync(SyncClientBase):
             input=input,
             input_json=input_json,
             output_schema=output_schema,
+            routes=routes,
         )
         call: Any = self._stub.Execute(request, timeout=timeout, metadata=self._metadata)
         started: str | None = None
@@ -474,8 +488,10 @@ class ExecutionClientSync(SyncClientBase):
         workspace: str,
         agent_id: str,
         *,
-        provider: ProviderLike,
-        model: str,
+        provider: ProviderLike | None = None,
+        model: str | None = None,
+        routes: Sequence[AgentRoute] | None = None,
+        fallback_on: Iterable[str] | None = None,
         instructions: str = "",
         display_name: str = "",
         description: str = "",
@@ -493,6 +509,8 @@ class ExecutionClientSync(SyncClientBase):
             agent_id,
             provider=provider,
             model=model,
+            routes=routes,
+            fallback_on=fallback_on,
             instructions=instructions,
             display_name=display_name,
             description=description,
@@ -544,13 +562,13 @@ class ExecutionClientSync(SyncClientBase):
         timeout: float | None = None,
         **changes: Any,
     ) -> AgentView:
-        base = None
+        base: Sequence[ex_res.Route] = ()
         if route_changes(changes):
             current = self.get_agent(workspace, agent_id, timeout=timeout)
-            base = current.message.routes[0] if current.message.routes else None
+            base = current.message.routes
             etag = etag or current.etag
         request = update_agent_request(
-            workspace, agent_id, etag=etag, base_route=base, clear=clear, **changes
+            workspace, agent_id, etag=etag, base_routes=base, clear=clear, **changes
         )
         return AgentView.of((self._unary(self._stub.UpdateAgent, request, timeout)).agent)
 

@@ -2,13 +2,14 @@
 
 The services put a `google.rpc.Status` in the `grpc-status-details-bin` trailer, carrying an
 `ErrorInfo` (reason, domain, metadata) and, for invalid input, a `BadRequest` (field
-violations). The usual decoders (`grpcio-status`, `googleapis-common-protos`) are extra
-packages; this client depends on `grpcio` and `protobuf` only, so it declares the few
-messages it reads here, field numbers and types exactly as in `google/rpc/status.proto` and
-`google/rpc/error_details.proto`, in a private descriptor pool. Protobuf's wire format is
-defined by field numbers and types alone, so these messages parse the real ones; the private
-pool never clashes with `googleapis-common-protos` when that is installed too. Fields this
-client does not read (other detail types, `localized_message`, ...) are skipped by the parser.
+violations), and when a retry later may succeed, a `RetryInfo` (how long to wait). The
+usual decoders (`grpcio-status`, `googleapis-common-protos`) are extra packages; this client
+depends on `grpcio` and `protobuf` only, so it declares the few messages it reads here, field
+numbers and types exactly as in `google/rpc/status.proto` and `google/rpc/error_details.proto`,
+in a private descriptor pool. Protobuf's wire format is defined by field numbers and types
+alone, so these messages parse the real ones; the private pool never clashes with
+`googleapis-common-protos` when that is installed too. Fields this client does not read
+(other detail types, `localized_message`, ...) are skipped by the parser.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _TYPE_PREFIX = "type.googleapis.com/"
 _ERROR_INFO = "google.rpc.ErrorInfo"
 _BAD_REQUEST = "google.rpc.BadRequest"
+_RETRY_INFO = "google.rpc.RetryInfo"
 _PACKAGE = "clients.wire.rpc"  # a private package name: wire-compatible, never registered globally
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -47,6 +49,7 @@ class RichDetails:
     domain: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     field_violations: tuple[FieldViolation, ...] = ()
+    retry_delay: float | None = None  # seconds, from `RetryInfo`: when to try again
 
 
 def _add_field(
@@ -109,20 +112,26 @@ def _schema() -> descriptor_pb2.FileDescriptorProto:
         repeated=True,
         type_name=f".{_PACKAGE}.BadRequest.FieldViolation",
     )
+
+    duration = file.message_type.add(name="Duration")  # google.protobuf.Duration
+    _add_field(duration, "seconds", 1, _F.TYPE_INT64)
+    _add_field(duration, "nanos", 2, _F.TYPE_INT32)
+    retry = file.message_type.add(name="RetryInfo")  # google.rpc.RetryInfo
+    _add_field(retry, "retry_delay", 1, _F.TYPE_MESSAGE, type_name=f".{_PACKAGE}.Duration")
     return file
 
 
-def _message_classes() -> tuple[Any, Any, Any]:
+def _message_classes() -> tuple[Any, Any, Any, Any]:
     pool = descriptor_pool.DescriptorPool()
     pool.Add(_schema())
 
     def cls(name: str) -> Any:
         return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
 
-    return cls("Status"), cls("ErrorInfo"), cls("BadRequest")
+    return cls("Status"), cls("ErrorInfo"), cls("BadRequest"), cls("RetryInfo")
 
 
-_Status, _ErrorInfo, _BadRequest = _message_classes()
+_Status, _ErrorInfo, _BadRequest, _RetryInfo = _message_classes()
 
 
 def decode_status(data: bytes) -> RichDetails:
@@ -130,6 +139,7 @@ def decode_status(data: bytes) -> RichDetails:
     status = _Status.FromString(data)
     reason, domain, metadata = "", "", {}
     violations: list[FieldViolation] = []
+    retry_delay: float | None = None
     for detail in status.details:
         type_name = detail.type_url.removeprefix(_TYPE_PREFIX)
         if type_name == _ERROR_INFO and not reason:
@@ -138,6 +148,9 @@ def decode_status(data: bytes) -> RichDetails:
         elif type_name == _BAD_REQUEST:
             bad = _BadRequest.FromString(detail.value)
             violations.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
+        elif type_name == _RETRY_INFO:
+            delay = _RetryInfo.FromString(detail.value).retry_delay
+            retry_delay = delay.seconds + delay.nanos / 1e9
     return RichDetails(
         code=status.code,
         message=status.message,
@@ -145,6 +158,7 @@ def decode_status(data: bytes) -> RichDetails:
         domain=domain,
         metadata=metadata,
         field_violations=tuple(violations),
+        retry_delay=retry_delay,
     )
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -203,7 +211,9 @@ class AgentView:
     create_time: dt.datetime
     update_time: dt.datetime
     etag: str
-    message: ex_res.Agent = field(repr=False, compare=False)
+    # Lower-case FallbackTrigger names (`rate_limited`, ...); None: the service's defaults.
+    fallback_on: tuple[str, ...] | None = None
+    message: ex_res.Agent = field(default_factory=ex_res.Agent, repr=False, compare=False)
 
     @classmethod
     def of(cls, agent: ex_res.Agent) -> AgentView:
@@ -226,6 +236,12 @@ class AgentView:
             create_time=agent.create_time.ToDatetime(tzinfo=dt.UTC),
             update_time=agent.update_time.ToDatetime(tzinfo=dt.UTC),
             etag=agent.etag,
+            fallback_on=tuple(
+                ex_res.FallbackTrigger.Name(t).removeprefix("FALLBACK_TRIGGER_").lower()
+                for t in agent.fallback.triggers
+            )
+            if agent.HasField("fallback")
+            else None,
             message=agent,
         )
 
@@ -282,13 +298,44 @@ def route_message(
     return route
 
 
+def route_of(route: AgentRoute) -> ex_res.Route:
+    return route_message(
+        provider=route.provider,
+        model=route.model,
+        max_tokens=route.max_tokens,
+        temperature=route.temperature,
+        top_p=route.top_p,
+        stop_sequences=route.stop_sequences,
+    )
+
+
+# FallbackTrigger names as the clients take them (`fallback_on`).
+FALLBACK_TRIGGERS = tuple(
+    name.removeprefix("FALLBACK_TRIGGER_").lower()
+    for name in ex_res.FallbackTrigger.keys()  # noqa: SIM118 (an enum wrapper, not a dict)
+    if name != "FALLBACK_TRIGGER_UNSPECIFIED"
+)
+
+
+def fallback_policy(triggers: Iterable[str]) -> ex_res.FallbackPolicy:
+    """`["overloaded", "RATE_LIMITED"]` -> a FallbackPolicy; an empty list never falls back."""
+    values = []
+    for trigger in triggers:
+        name = f"FALLBACK_TRIGGER_{trigger.upper()}"
+        if trigger.lower() not in FALLBACK_TRIGGERS:
+            raise ValueError(f"unknown fallback trigger {trigger!r}: one of {FALLBACK_TRIGGERS}")
+        values.append(ex_res.FallbackTrigger.Value(name))
+    return ex_res.FallbackPolicy(triggers=values)
+
+
 def agent_message(
     *,
     name: str = "",
     display_name: str | None = None,
     description: str | None = None,
     instructions: str | None = None,
-    route: ex_res.Route | None = None,
+    routes: Sequence[ex_res.Route] | None = None,
+    fallback_on: Iterable[str] | None = None,
     input_schema: Mapping[str, Any] | None = None,
     output_schema: Mapping[str, Any] | None = None,
     labels: Mapping[str, str] | None = None,
@@ -305,9 +352,12 @@ def agent_message(
         if value is not None:
             setattr(agent, field_name, value)
             given.append(field_name)
-    if route is not None:
-        agent.routes.append(route)
+    if routes is not None:
+        agent.routes.extend(routes)
         given.append("routes")
+    if fallback_on is not None:
+        agent.fallback.CopyFrom(fallback_policy(fallback_on))
+        given.append("fallback")
     for field_name, schema in (("input_schema", input_schema), ("output_schema", output_schema)):
         if schema is not None:
             getattr(agent, field_name).CopyFrom(struct(schema))
@@ -328,14 +378,18 @@ def create_agent_request(
     description: str = "",
     instructions: str = "",
     labels: Mapping[str, str] | None = None,
+    routes: Sequence[AgentRoute] | None = None,
+    fallback_on: Iterable[str] | None = None,
     **route: Any,
 ) -> ex.CreateAgentRequest:
-    """`route` holds the ROUTE_SETTINGS (provider and model at least)."""
+    """One route from the ROUTE_SETTINGS in `route` (provider and model at least), or
+    `routes`, in order of preference."""
     agent, _ = agent_message(
         display_name=display_name,
         description=description,
         instructions=instructions,
-        route=route_message(**route),
+        routes=_routes(routes, route_changes(route)),
+        fallback_on=fallback_on,
         input_schema=input_schema,
         output_schema=output_schema,
         labels=labels or {},
@@ -348,23 +402,43 @@ def route_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in changes.items() if k in ROUTE_SETTINGS and v is not None}
 
 
+def _routes(
+    routes: Sequence[AgentRoute] | None,
+    settings: Mapping[str, Any],
+    base: Sequence[ex_res.Route] = (),
+) -> list[ex_res.Route] | None:
+    """The routes to send: `routes` as given, or the first of `base` with the route
+    `settings` changed (the others kept); None when neither changes them."""
+    if routes is not None:
+        given = [name for name, value in settings.items() if value not in ((), [])]
+        if given:
+            raise ValueError(f"give routes or {', '.join(given)}, not both")
+        return [route_of(r) for r in routes]
+    if not settings:
+        return None
+    return [route_message(base[0] if base else None, **settings), *base[1:]]
+
+
 def update_agent_request(
     workspace: str,
     agent_id: str,
     *,
     etag: str = "",
-    base_route: ex_res.Route | None = None,
+    base_routes: Sequence[ex_res.Route] = (),
     clear: Iterable[str] = (),
+    routes: Sequence[AgentRoute] | None = None,
     **changes: Any,
 ) -> ex.UpdateAgentRequest:
-    """Change the fields given (None: unchanged; route settings change `base_route`, the
-    agent's current route) and reset the `clear`ed ones to empty. With `etag`, only if the
-    agent is still at that version."""
-    moved = route_changes(changes)
+    """Change the fields given (None: unchanged; `routes` replaces the list, route settings
+    change the first of `base_routes`, the agent's current routes) and reset the `clear`ed
+    ones to empty (`fallback`: back to the defaults). With `etag`, only if the agent is
+    still at that version."""
     others = {k: v for k, v in changes.items() if k not in ROUTE_SETTINGS}
-    route = route_message(base_route, **moved) if moved else None
     agent, given = agent_message(
-        name=agent_name(workspace, agent_id), etag=etag, route=route, **others
+        name=agent_name(workspace, agent_id),
+        etag=etag,
+        routes=_routes(routes, route_changes(changes), base_routes),
+        **others,
     )
     paths = list(dict.fromkeys([*given, *clear]))
     if not paths:
@@ -465,9 +539,12 @@ def execute_request(
     input: Any = None,
     input_json: str | None = None,
     output_schema: Mapping[str, Any] | None = None,
+    routes: Sequence[AgentRoute] | None = None,
 ) -> ex.ExecuteRequest:
     """Ad hoc: the conversation is `system` (if given), then `messages`, then `prompt` as a
-    user message (if given), optionally with an `output_schema`. By agent: `agent` (its id
+    user message (if given), optionally with an `output_schema`, run on `provider` and
+    `model` with the generation settings, or on `routes` in order of preference (each with
+    its own settings, falling back by the service's defaults). By agent: `agent` (its id
     or full name) with `input` (a JSON object as a dict, or any JSON value) or `input_json`
     (JSON text, sent as is); the agent supplies everything else."""
     if agent is not None:
@@ -483,6 +560,7 @@ def execute_request(
             "top_p": top_p,
             "stop_sequences": list(stop_sequences),
             "output_schema": output_schema,
+            "routes": routes,
         }
         given = [name for name, value in ad_hoc.items() if value not in (None, "", [])]
         if given:
@@ -513,6 +591,23 @@ def execute_request(
         config.temperature = temperature
     if top_p is not None:
         config.top_p = top_p
+    if routes is not None:
+        single: dict[str, object] = {"provider": provider, "model": model}
+        single |= {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+        given = [k for k, v in single.items() if v not in (None, "")] + (
+            ["stop_sequences"] if config.stop_sequences else []
+        )
+        if given:
+            raise ValueError(f"each route has its own settings: leave out {', '.join(given)}")
+        return ex.ExecuteRequest(
+            parent=workspace_name(workspace),
+            agent_id=agent_id,
+            messages=conversation,
+            routes=[route_of(r) for r in routes],
+            request_id=request_id,
+            labels=dict(labels or {}),
+            output_schema=struct(output_schema) if output_schema is not None else None,
+        )
     return ex.ExecuteRequest(
         parent=workspace_name(workspace),
         agent_id=agent_id,

@@ -21,12 +21,21 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import _cli_budgets as cli_budgets
 from . import _cli_output as show
 from ._channel import DEFAULT_TIMEOUT
 from ._errors import ClientError
 from ._execution import DEFAULT_EXECUTION_ADDRESS, ExecutionClientSync
 from ._keyvault import DEFAULT_KEYVAULT_ADDRESS, KeyVaultClientSync
-from ._types import Completed, Delta, agent_name, api_key_name, workspace_name
+from ._types import (
+    FALLBACK_TRIGGERS,
+    AgentRoute,
+    Completed,
+    Delta,
+    agent_name,
+    api_key_name,
+    workspace_name,
+)
 from .gen.execution.v1 import resources_pb2 as ex_res
 
 PROG = "agentctl"
@@ -74,6 +83,26 @@ def _provider(value: str) -> str:
         # The value is not repeated: it may be a key typed in the provider's place.
         raise argparse.ArgumentTypeError("must be openai or anthropic")
     return value.lower()
+
+
+def _route(value: str) -> tuple[str, str]:
+    provider, _, model = value.partition(":")
+    if not model:
+        raise argparse.ArgumentTypeError(f"{value!r} is not PROVIDER:MODEL, e.g. openai:gpt-4o")
+    return _provider(provider), model
+
+
+def _routes(args: argparse.Namespace) -> list[AgentRoute] | None:
+    """The --route flags as routes (--max-tokens and --temperature apply to each); None
+    when none is given. They replace --provider and --model."""
+    if not args.route:
+        return None
+    if args.provider is not None or args.model is not None:
+        raise UsageProblem("give --route (repeatable) or --provider and --model, not both")
+    return [
+        AgentRoute(provider, model, max_tokens=args.max_tokens, temperature=args.temperature)
+        for provider, model in args.route
+    ]
 
 
 def _since(value: str) -> dt.timedelta:
@@ -254,6 +283,7 @@ def _execute_form(args: argparse.Namespace) -> dict[str, Any]:
             for flag, value in (
                 ("--provider", args.provider),
                 ("--model", args.model),
+                ("--route", args.route),
                 ("--system", args.system),
                 ("--max-tokens", args.max_tokens),
                 ("--temperature", args.temperature),
@@ -266,10 +296,11 @@ def _execute_form(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageProblem(f"with --input the agent defines the run; drop {', '.join(extra)}")
         text = _read_text(args.input[1:], "--input") if args.input.startswith("@") else args.input
         return {"agent": args.agent, "input_json": text}
+    routes = _routes(args)
     missing = [
         flag
         for flag, value in (("--provider", args.provider), ("--model", args.model))
-        if value is None
+        if value is None and routes is None
     ]
     if missing or args.prompt is None:
         missing += [] if args.prompt is not None else ["PROMPT"]
@@ -278,12 +309,18 @@ def _execute_form(args: argparse.Namespace) -> dict[str, Any]:
         )
     return {
         "agent_id": args.agent,
-        "provider": args.provider,
-        "model": args.model,
-        "system": args.system,
         "prompt": sys.stdin.read() if args.prompt == "-" else args.prompt,
-        "max_tokens": args.max_tokens,
-        "temperature": args.temperature,
+        "system": args.system,
+        **(
+            {"routes": routes}
+            if routes is not None
+            else {
+                "provider": args.provider,
+                "model": args.model,
+                "max_tokens": args.max_tokens,
+                "temperature": args.temperature,
+            }
+        ),
         "output_schema": _schema_file(args.output_schema, "--output-schema")
         if args.output_schema
         else None,
@@ -399,6 +436,7 @@ AGENT_FIELDS = (
     "input_schema",
     "output_schema",
     "labels",
+    "fallback",
 )
 
 
@@ -437,11 +475,19 @@ def _agent_changes(args: argparse.Namespace) -> dict[str, Any]:
         if args.output_schema
         else None,
         "labels": dict(args.label) if args.label is not None else None,
-        "provider": args.provider,
-        "model": args.model,
-        "max_tokens": args.max_tokens,
-        "temperature": args.temperature,
+        "fallback_on": None
+        if args.fallback_on is None
+        else [t for t in args.fallback_on if t != "none"],
+        **_route_changes(args),
     }
+
+
+def _route_changes(args: argparse.Namespace) -> dict[str, Any]:
+    routes = _routes(args)
+    if routes is not None:
+        return {"routes": routes}
+    settings = ("provider", "model", "max_tokens", "temperature")
+    return {name: getattr(args, name) for name in settings}
 
 
 def _show_agent(args: argparse.Namespace, agent: Any) -> None:
@@ -453,6 +499,8 @@ def _show_agent(args: argparse.Namespace, agent: Any) -> None:
 
 def cmd_agents_create(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in _agent_changes(args).items() if v is not None}
+    if "routes" not in changes and not {"provider", "model"} <= changes.keys():
+        raise UsageProblem("give --provider and --model, or --route PROVIDER:MODEL (repeatable)")
     with _execution(args) as client:
         agent = client.create_agent(args.workspace, args.agent, **changes)
     _show_agent(args, agent)
@@ -502,6 +550,84 @@ def cmd_agents_delete(args: argparse.Namespace) -> int:
     else:
         _out(f"deleted {name}")
     return 0
+
+
+# --- budgets (clients/_cli_budgets.py) -------------------------------------------------------
+
+
+def _budget_handler(
+    run: Callable[[argparse.Namespace, Callable[..., Any], Callable[[str], None]], int],
+) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            return run(args, _execution, _out)
+        except argparse.ArgumentTypeError as err:
+            raise UsageProblem(str(err)) from None
+
+    return handler
+
+
+def _budget_commands(
+    commands: Any, leaf: Callable[..., argparse.ArgumentParser], workspace: Any
+) -> None:
+    budgets = commands.add_parser(
+        "budgets", help="spend limits and rate limits (admin certificate to change them)"
+    )
+    group = budgets.add_subparsers(dest="budgets_command", metavar="COMMAND", required=True)
+
+    def target(sub: argparse.ArgumentParser) -> None:
+        workspace(sub)
+        sub.add_argument("budget", metavar="BUDGET", help="budget id, e.g. monthly")
+
+    sub = leaf(
+        group,
+        "create",
+        "execution",
+        _budget_handler(cli_budgets.create),
+        "create a budget",
+        admin=True,
+    )
+    target(sub)
+    cli_budgets.add_flags(sub, create=True, positive=_positive, label=_label)
+    sub = leaf(
+        group,
+        "update",
+        "execution",
+        _budget_handler(cli_budgets.update),
+        "change the fields given (only those); --etag makes it conditional",
+        admin=True,
+    )
+    target(sub)
+    cli_budgets.add_flags(sub, create=False, positive=_positive, label=_label)
+    sub.add_argument(
+        "--clear",
+        action="append",
+        choices=cli_budgets.CLEARABLE,
+        metavar="FIELD",
+        help="unset (repeatable): " + ", ".join(cli_budgets.CLEARABLE),
+    )
+    sub.add_argument("--etag", help="only if the budget is still at this version")
+    sub = leaf(
+        group,
+        "get",
+        "execution",
+        _budget_handler(cli_budgets.get),
+        "show a budget: limit, spent, reserved, remaining, period",
+    )
+    target(sub)
+    sub = leaf(group, "list", "execution", _budget_handler(cli_budgets.list_), "list budgets")
+    workspace(sub)
+    sub.add_argument("--limit", type=_positive, default=100, help="at most N (default 100)")
+    sub = leaf(
+        group,
+        "delete",
+        "execution",
+        _budget_handler(cli_budgets.delete),
+        "delete a budget",
+        admin=True,
+    )
+    target(sub)
+    sub.add_argument("--etag", help="only if the budget is still at this version")
 
 
 # --- admin ------------------------------------------------------------------------------------
@@ -704,6 +830,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     sub.add_argument("--provider", type=_provider, help="ad hoc: openai or anthropic")
     sub.add_argument("--model", help="ad hoc: e.g. gpt-4o-mini")
     sub.add_argument(
+        "--route",
+        action="append",
+        type=_route,
+        metavar="PROVIDER:MODEL",
+        help="ad hoc, instead of --provider and --model: where to run, in order of preference "
+        "(repeatable; the next runs when one fails, e.g. is overloaded)",
+    )
+    sub.add_argument(
         "--output-schema",
         metavar="FILE",
         help="ad hoc: a JSON Schema file the output must match (structured output)",
@@ -758,11 +892,26 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     def agent_flags(sub: argparse.ArgumentParser, *, create: bool) -> None:
         workspace(sub)
         sub.add_argument("agent", metavar="AGENT", help="agent id, e.g. support-bot")
-        route = "" if create else " (changes the route)"
+        route = "" if create else " (changes the first route)"
+        sub.add_argument("--provider", type=_provider, help="openai or anthropic" + route)
+        sub.add_argument("--model", help="e.g. gpt-4o-mini" + route)
         sub.add_argument(
-            "--provider", required=create, type=_provider, help="openai or anthropic" + route
+            "--route",
+            action="append",
+            type=_route,
+            metavar="PROVIDER:MODEL",
+            help="instead of --provider and --model: where the agent runs, in order of "
+            "preference (repeatable, up to 4; replaces every route)",
         )
-        sub.add_argument("--model", required=create, help="e.g. gpt-4o-mini" + route)
+        sub.add_argument(
+            "--fallback-on",
+            action="append",
+            choices=[*FALLBACK_TRIGGERS, "none"],
+            metavar="TRIGGER",
+            help="move to the next route on this failure (repeatable; default: rate_limited, "
+            "overloaded, server_error, unreachable, context_window_exceeded; also auth_failed; "
+            "none: never)",
+        )
         sub.add_argument("--max-tokens", type=_positive, metavar="N", help="maximum output tokens")
         sub.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
         sub.add_argument("--instructions", metavar="TEXT", help="system prompt; @FILE reads a file")
@@ -813,6 +962,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     workspace(sub)
     sub.add_argument("agent", metavar="AGENT")
     sub.add_argument("--etag", help="only if the agent is still at this version")
+
+    _budget_commands(commands, leaf, workspace)
 
     admin = commands.add_parser("admin", help="key vault administration (admin certificate)")
     admin_commands = admin.add_subparsers(dest="admin_command", metavar="COMMAND", required=True)

@@ -8,11 +8,12 @@ from typing import Any
 import asyncpg
 
 from execution_service.agents import Agent, AgentSpec, GenerationSettings, Route
+from execution_service.routing import Trigger
 from execution_service.schemas import JsonSchema
 from service_kit.db import Executor
 
 _COLUMNS = """workspace, agent_id, display_name, description, instructions, routes, input_schema,
-    output_schema, labels, create_time, update_time, etag"""
+    output_schema, labels, create_time, update_time, etag, fallback_triggers"""
 
 
 def _json(value: Any) -> Any:
@@ -67,11 +68,20 @@ def _from_row(row: asyncpg.Record) -> Agent:
             input_schema=_schema(row["input_schema"]),
             output_schema=_schema(row["output_schema"]),
             labels=_json(row["labels"]),
+            fallback=_fallback(row["fallback_triggers"]),
         ),
         create_time=row["create_time"],
         update_time=row["update_time"],
         etag=row["etag"],
     )
+
+
+def _fallback(triggers: list[str] | None) -> frozenset[Trigger] | None:
+    return None if triggers is None else frozenset(Trigger(t) for t in triggers)
+
+
+def _fallback_value(spec: AgentSpec) -> list[str] | None:
+    return None if spec.fallback is None else sorted(spec.fallback)
 
 
 def _spec_values(spec: AgentSpec) -> tuple[object, ...]:
@@ -94,13 +104,15 @@ async def insert(
     row = await db.fetchrow(
         f"""
         INSERT INTO agents ({_COLUMNS})
-        VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb, $9::jsonb, now(), now(), $10)
+        VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb, $9::jsonb, now(), now(), $10,
+                $11::text[])
         ON CONFLICT (workspace, agent_id) DO NOTHING
         RETURNING {_COLUMNS}""",
         workspace,
         agent_id,
         *_spec_values(spec),
         etag,
+        _fallback_value(spec),
     )
     return _from_row(row) if row else None
 
@@ -156,7 +168,8 @@ async def update_if_unchanged(
         f"""
         UPDATE agents SET display_name = $3, description = $4, instructions = $5,
             routes = $6::jsonb, input_schema = $7::jsonb, output_schema = $8::jsonb,
-            labels = $9::jsonb, update_time = greatest(now(), create_time), etag = $10
+            labels = $9::jsonb, update_time = greatest(now(), create_time), etag = $10,
+            fallback_triggers = $12::text[]
         WHERE workspace = $1 AND agent_id = $2 AND etag = $11
         RETURNING {_COLUMNS}""",
         current.workspace,
@@ -164,6 +177,7 @@ async def update_if_unchanged(
         *_spec_values(spec),
         new_etag,
         current.etag,
+        _fallback_value(spec),
     )
     return _from_row(row) if row else None
 

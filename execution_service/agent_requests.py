@@ -7,7 +7,7 @@ Every problem is one field violation named by its path in the request
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,8 +21,9 @@ from execution_service.agents import (
     Route,
     refused,
     structured_output_fit,
-    update_fields,
 )
+from execution_service.field_masks import decode_fields, mask_fields
+from execution_service.routing import MAX_ROUTES, Trigger
 from execution_service.schemas import JsonSchema, schema_violations
 from execution_service.validation import (
     PROVIDERS,
@@ -38,7 +39,6 @@ from service_kit.names import WORKSPACE_PATTERN, has_control_characters, workspa
 MAX_DISPLAY_NAME_CHARS = 256
 MAX_DESCRIPTION_CHARS = 4096
 MAX_INSTRUCTIONS_CHARS = 100_000
-ROUTES_ALLOWED = 1  # a list in the contract so that fallbacks can come later
 MAX_ETAG_CHARS = 128
 _AGENT_NAME = re.compile(rf"workspaces/({WORKSPACE_PATTERN})/agents/([^/]*)")
 
@@ -87,32 +87,53 @@ def _text(value: str, field: str, limit: int, *, single_line: bool) -> list[Fiel
     return []
 
 
-def _routes(agent: res.Agent, field: str) -> tuple[tuple[Route, ...], list[FieldViolation]]:
-    if len(agent.routes) != ROUTES_ALLOWED:
-        return (), [FieldViolation(field, f"exactly {ROUTES_ALLOWED} route is supported")]
+def routes_of(
+    listed: Sequence[res.Route], field: str
+) -> tuple[tuple[Route, ...], list[FieldViolation]]:
+    """Routes in order of preference (1 to MAX_ROUTES), each checked at `field[i]`."""
+    if not 1 <= len(listed) <= MAX_ROUTES:
+        return (), [FieldViolation(field, f"must list 1 to {MAX_ROUTES} routes")]
     routes, violations = [], []
-    for i, route in enumerate(agent.routes):
+    for i, route in enumerate(listed):
         where = f"{field}[{i}]"
         found = provider_violations(route.provider, f"{where}.provider")
         found += model_violations(route.model, f"{where}.model")
         found += _prefixed(where, generation_config_violations(route.generation_config))
         violations += found
-        if found:
-            continue
-        config = route.generation_config
-        routes.append(
-            Route(
-                provider=PROVIDERS[route.provider],
-                model=route.model,
-                generation=GenerationSettings(
-                    max_tokens=config.max_tokens if config.HasField("max_tokens") else None,
-                    temperature=config.temperature if config.HasField("temperature") else None,
-                    top_p=config.top_p if config.HasField("top_p") else None,
-                    stop_sequences=tuple(config.stop_sequences),
-                ),
-            )
-        )
+        if not found:
+            routes.append(route_of(route.provider, route.model, route.generation_config))
     return tuple(routes), violations
+
+
+def route_of(provider: int, model: str, config: res.GenerationConfig) -> Route:
+    """A checked route's value (see `routes_of`)."""
+    return Route(
+        provider=PROVIDERS[provider],  # type: ignore[index]
+        model=model,
+        generation=GenerationSettings(
+            max_tokens=config.max_tokens if config.HasField("max_tokens") else None,
+            temperature=config.temperature if config.HasField("temperature") else None,
+            top_p=config.top_p if config.HasField("top_p") else None,
+            stop_sequences=tuple(config.stop_sequences),
+        ),
+    )
+
+
+def _fallback(
+    agent: res.Agent, field: str
+) -> tuple[frozenset[Trigger] | None, list[FieldViolation]]:
+    """The agent's fallback triggers; None (the defaults) when it sets no policy."""
+    if not agent.HasField("fallback"):
+        return None, []
+    triggers, violations = [], []
+    for i, value in enumerate(agent.fallback.triggers):
+        name = res.FallbackTrigger.Name(value) if value in res.FallbackTrigger.values() else ""
+        trigger = name.removeprefix("FALLBACK_TRIGGER_")
+        if trigger not in Trigger.__members__:
+            violations.append(FieldViolation(f"{field}.triggers[{i}]", "must be a FallbackTrigger"))
+        else:
+            triggers.append(Trigger(trigger))
+    return frozenset(triggers), violations
 
 
 def _schema(
@@ -143,7 +164,8 @@ def _decoders(
         "display_name": text("display_name", MAX_DISPLAY_NAME_CHARS, True),
         "description": text("description", MAX_DESCRIPTION_CHARS, False),
         "instructions": text("instructions", MAX_INSTRUCTIONS_CHARS, False),
-        "routes": lambda: _routes(agent, f"{prefix}.routes"),
+        "routes": lambda: routes_of(agent.routes, f"{prefix}.routes"),
+        "fallback": lambda: _fallback(agent, f"{prefix}.fallback"),
         "input_schema": lambda: _schema(
             agent, "input_schema", f"{prefix}.input_schema", output=False
         ),
@@ -157,15 +179,7 @@ def _decoders(
 def _decode(
     agent: res.Agent, fields: Collection[str], prefix: str = "agent"
 ) -> tuple[dict[str, Any], list[FieldViolation]]:
-    """The named fields of an Agent message, checked (only those: an update ignores the
-    rest of the message, as its mask says)."""
-    decoders = _decoders(agent, prefix)
-    values, violations = {}, []
-    for name in UPDATABLE_FIELDS:
-        if name in fields:
-            values[name], found = decoders[name]()
-            violations += found
-    return values, violations
+    return decode_fields(_decoders(agent, prefix), fields, UPDATABLE_FIELDS)
 
 
 def create_agent(request: pb.CreateAgentRequest) -> CreateAgent:
@@ -188,7 +202,7 @@ def create_agent(request: pb.CreateAgentRequest) -> CreateAgent:
 def update_agent(request: pb.UpdateAgentRequest) -> UpdateAgent:
     workspace, agent_id, violations = _agent_name_violations(request.agent.name, "agent.name")
     try:
-        fields = update_fields(list(request.update_mask.paths))
+        fields = mask_fields(list(request.update_mask.paths), UPDATABLE_FIELDS)
     except InvalidArgument as exc:
         violations += exc.violations
         fields = frozenset()

@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from execution_service.routing import Trigger
 from execution_service.schemas import JsonSchema, structured_output_violations
 from execution_service.validation import agent_id_violations
 from service_kit.errors import FieldViolation, InvalidArgument
@@ -27,6 +28,7 @@ UPDATABLE_FIELDS = (
     "input_schema",
     "output_schema",
     "labels",
+    "fallback",
 )
 ETAG_BYTES = 12
 # A refusal's violations travel in gRPC trailing metadata twice (the status message and the
@@ -65,6 +67,7 @@ class AgentSpec:
     input_schema: JsonSchema | None = None
     output_schema: JsonSchema | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    fallback: frozenset[Trigger] | None = None  # None: routing.DEFAULT_TRIGGERS
 
 
 @dataclass(frozen=True)
@@ -109,26 +112,6 @@ def refused(violations: Sequence[FieldViolation]) -> InvalidArgument:
         kept.append(FieldViolation(field_, violation.description))
         used += size
     return InvalidArgument(kept)
-
-
-def update_fields(paths: Sequence[str], field_: str = "update_mask") -> frozenset[str]:
-    """The fields an update mask names: empty or `*` means every updatable field; anything
-    else must be an updatable field's name."""
-    if not paths or list(paths) == ["*"]:
-        return frozenset(UPDATABLE_FIELDS)
-    violations = [
-        FieldViolation(
-            f"{field_}.paths[{i}]",
-            "* must be the only path"
-            if path == "*"
-            else f"{path!r} is not an updatable field (one of {', '.join(UPDATABLE_FIELDS)}, or *)",
-        )
-        for i, path in enumerate(paths)
-        if path not in UPDATABLE_FIELDS
-    ]
-    if violations:
-        raise refused(violations)
-    return frozenset(paths)
 
 
 def structured_output_fit(spec: AgentSpec, field_: str = "agent") -> list[FieldViolation]:

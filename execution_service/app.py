@@ -14,7 +14,9 @@ import grpc
 import httpx
 
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
+from execution_service import maintenance
 from execution_service.agent_store import AgentStore
+from execution_service.budget_store import BudgetStore
 from execution_service.cancels import CancelFeed, request_cancel
 from execution_service.engine import ExecutionEngine
 from execution_service.errors import DOMAIN
@@ -119,6 +121,13 @@ async def start_execution(
     try:
         async with pool.acquire() as conn:
             await db.migrate(conn, "execution_service")
+            # This week's partition and the next ones, before the first execution.
+            try:
+                await maintenance.ensure_partitions(
+                    conn, settings.maintenance.partitions_ahead_weeks
+                )
+            except asyncpg.LockNotAvailableError:  # busy: the background upkeep tries again
+                log.warning("execution partitions not created yet: the table is busy")
         vault_channel = grpc.aio.secure_channel(
             settings.keyvault_address,
             channel_credentials(settings.keyvault_tls),
@@ -152,6 +161,7 @@ async def start_execution(
             History(pool),
             KeyChecker(keys, http, settings.engine),
             AgentStore(pool),
+            BudgetStore(pool),
             cancel=functools.partial(request_cancel, pool, engine),
         )
         server = GrpcServer(
@@ -180,6 +190,7 @@ async def start_execution(
         running.tasks += [
             asyncio.create_task(engine.keep_leases()),
             asyncio.create_task(engine.sweep_forever()),
+            asyncio.create_task(maintenance.run_forever(pool, settings.maintenance)),
         ]
     return running
 

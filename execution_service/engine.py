@@ -12,18 +12,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NoReturn
 
 import asyncpg
 import httpx
 
+from execution_service import budget_metrics
 from execution_service import repository as repo
+from execution_service.admission import (
+    RATE_LIMITED,
+    AdmissionRequest,
+    Reservation,
+    RouteCost,
+    Verdict,
+    bounded,
+    count_verdict,
+    input_token_bound,
+    refusal,
+    reservation,
+)
 from execution_service.errors import (
     AgentConcurrentlyModified,
     CancelledByRequest,
@@ -42,16 +56,15 @@ from execution_service.model import (
     Execution,
     ExecutionError,
     Outcome,
+    RouteAttempt,
     Usage,
 )
-from execution_service.output_check import OutputVerdict, check_output
+from execution_service.output_check import check_output
 from execution_service.plan import AgentCall, AgentPlanner, ExecutionPlan
 from execution_service.pricing import PriceTable, cost_nanos
-from execution_service.providers.base import Finish, Refusal, TextDelta, UsageReport
-from execution_service.providers.call import stream_chat
-from execution_service.providers.errors import ErrorReason, ProviderError
-from execution_service.providers.registry import get_provider
-from execution_service.settings import EngineSettings
+from execution_service.providers.errors import ProviderError
+from execution_service.route_runner import Progress, RouteRunner
+from execution_service.settings import EngineSettings, stored_text
 from execution_service.terminal_records import TerminalRecord, TerminalRecords
 from execution_service.token_estimate import resolve_usage
 from service_kit import metrics
@@ -83,25 +96,34 @@ class Completed:
 Event = Started | Delta | Completed
 
 
-@dataclass
-class _Progress:
-    """What one execution has seen so far; becomes its Outcome."""
-
-    attempts: int = 0
-    parts: list[str] = field(default_factory=list)
-    usage: UsageReport | None = None
-    finish_reason: str = ""
-    first_token_time: dt.datetime | None = None
-    refusal: list[str] | None = None  # the refusal's pieces, once the model refused
-    verdict: OutputVerdict | None = None  # on the output, once the stream completed
-
-
+# A reservation is written in the same statement as its RUNNING row, so one without a row
+# after this long is certainly orphaned (a crashed statement, a lost asynchronous commit).
+ORPHAN_RESERVATION_SECONDS = 60.0
 # The caller's deadline timer started before its request reached this process, so the
 # cancellation it causes arrives up to a network delay before the deadline computed here.
 DEADLINE_SLACK = 0.25
 # An agent changing again and again while an execution of it is being recorded: plan it
 # again this often, then give up with ABORTED.
 MAX_REPLANS = 3
+
+
+def total_usage(attempts: tuple[RouteAttempt, ...]) -> Usage:
+    """An execution's tokens: the sum over its route attempts (those that failed before any
+    output usually report none)."""
+    return Usage(
+        sum(a.usage.input_tokens for a in attempts),
+        sum(a.usage.output_tokens for a in attempts),
+        sum(a.usage.cache_read_tokens for a in attempts),
+        sum(a.usage.cache_write_tokens for a in attempts),
+        any(a.usage.estimated for a in attempts),
+    )
+
+
+def total_cost(attempts: tuple[RouteAttempt, ...]) -> int | None:
+    """What the providers billed, summed over the attempts; unknown (None) when any attempt's
+    price is unknown."""
+    costs = [a.cost_nanos for a in attempts]
+    return None if None in costs else sum(c for c in costs if c is not None)
 
 
 def utc_now() -> dt.datetime:
@@ -165,17 +187,14 @@ class ExecutionEngine:
         self._pool = pool
         # RUNNING rows may go through a pool that commits without waiting for the disk.
         self._start_pool = start_pool or pool
-        self._keys = keys
-        self._http = http
         self._prices = prices
         self._settings = settings
         self.owner = owner or f"execution-{uuid.uuid4().hex[:12]}"
         self._clock = clock
         self._now = now
-        self._base_urls = {
-            "openai": settings.openai_base_url,
-            "anthropic": settings.anthropic_base_url,
-        }
+        self._runner = RouteRunner(
+            keys=keys, http=http, prices=prices, settings=settings, clock=clock, now=now
+        )
         self._records = TerminalRecords(
             pool, retry_for=settings.finish_retry_seconds, backoff=settings.finish_retry_backoff
         )
@@ -219,25 +238,28 @@ class ExecutionEngine:
             assert planner is not None, "an agent's run needs a planner"
             cmd = await planner.plan(request)
         for attempt in range(MAX_REPLANS + 1):
+            candidate = Execution(
+                id=uuid.uuid4(),
+                workspace=cmd.workspace,
+                agent_id=cmd.agent_id,
+                provider=cmd.provider,
+                model=cmd.chat.model,
+                state=RUNNING,
+                create_time=self._now(),
+                request_id=cmd.request_id,
+                request_hash=cmd.request_hash,
+                labels=cmd.labels,
+                agent=cmd.agent,
+                agent_etag=cmd.agent_etag,
+            )
             try:
-                execution = await repo.insert_running(
+                # The budgets' reservation and the rate limits' tokens go with the row.
+                execution, verdict = await repo.insert_running(
                     self._start_pool,
-                    Execution(
-                        id=uuid.uuid4(),
-                        workspace=cmd.workspace,
-                        agent_id=cmd.agent_id,
-                        provider=cmd.provider,
-                        model=cmd.chat.model,
-                        state=RUNNING,
-                        create_time=self._now(),
-                        request_id=cmd.request_id,
-                        request_hash=cmd.request_hash,
-                        labels=cmd.labels,
-                        agent=cmd.agent,
-                        agent_etag=cmd.agent_etag,
-                    ),
+                    candidate,
                     lease_owner=self.owner,
                     lease_seconds=self._settings.lease_seconds,
+                    admission=AdmissionRequest(self._reservation(cmd)),
                 )
                 break
             except repo.AgentChanged:
@@ -246,23 +268,28 @@ class ExecutionEngine:
                 if attempt == MAX_REPLANS:
                     raise AgentConcurrentlyModified(cmd.agent) from None
                 cmd = await planner.plan(request, fresh=True)
+        count_verdict(verdict)
+        if not verdict.ok:
+            await self._refuse(candidate, cmd, verdict)
         if execution is None:  # a concurrent duplicate took the request id first
             assert cmd.request_id is not None
+            await repo.release_reservations(self._pool, candidate.id)
             existing = await repo.get_by_request_id(self._pool, cmd.workspace, cmd.request_id)
             assert existing is not None
             async for event in self._replay(existing, cmd.request_hash):
                 yield event
             return
 
+        cmd = bounded(cmd, verdict, self._settings.default_max_tokens)
         metrics.EXECUTIONS_IN_FLIGHT.inc()  # until _finish, which every path below reaches
         self._running.add(execution.id)
         self._idle.clear()
-        progress = _Progress()
+        progress = Progress()
         cancellable = self._cancellable[execution.id] = _Cancellable(asyncio.current_task())
         try:
             try:
                 yield Started(execution)
-                async for text in self._stream(cmd, progress, deadline, request_id):
+                async for text in self._runner.run(cmd, progress, deadline, request_id):
                     yield Delta(text)
             finally:  # before anything is recorded: a cancel request now comes too late
                 del self._cancellable[execution.id]
@@ -308,64 +335,44 @@ class ExecutionEngine:
             raise execution_failed(error.reason, error.message, execution.name) from None
         yield Completed(await self._recorded(execution, cmd, progress, SUCCEEDED, None))
 
-    async def _stream(
-        self, cmd: ExecutionPlan, progress: _Progress, deadline: float | None, request_id: str
-    ) -> AsyncIterator[str]:
-        provider = get_provider(cmd.provider)
-        refetched = False
-        while True:
-            key, from_cache = await self._keys.get(cmd.workspace, cmd.provider, request_id)
-            attempts_before = progress.attempts
+    def _reservation(self, cmd: ExecutionPlan) -> Reservation:
+        """The worst case of `cmd` over the routes that may run."""
+        routes = [RouteCost(r.provider, r.chat.model, r.chat.max_tokens) for r in cmd.routes]
+        return reservation(
+            self._prices,
+            routes,
+            input_token_bound(cmd.chat.messages),
+            self._settings.default_max_tokens,
+        )
 
-            def count_attempt(n: int, before: int = attempts_before) -> None:
-                progress.attempts = before + n
-                metrics.PROVIDER_ATTEMPTS.labels(cmd.provider).inc()
-
-            def count_retry(failure: ProviderError) -> None:
-                metrics.PROVIDER_RETRIES.labels(cmd.provider, failure.reason.value).inc()
-
-            events = stream_chat(
-                self._http,
-                provider,
-                cmd.chat,
-                key.secret,
-                base_url=key.base_url or self._base_urls[cmd.provider],
-                policy=self._settings.retry,
-                default_max_tokens=self._settings.default_max_tokens,
-                deadline=deadline,
-                on_attempt=count_attempt,
-                on_retry=count_retry,
-            )
-            try:
-                async with aclosing(events):
-                    async for event in events:
-                        if isinstance(event, TextDelta):
-                            if progress.first_token_time is None:
-                                progress.first_token_time = self._now()
-                            progress.parts.append(event.text)
-                            yield event.text
-                        elif isinstance(event, Refusal):
-                            progress.refusal = [*(progress.refusal or []), event.text]
-                        elif isinstance(event, UsageReport):
-                            progress.usage = event
-                        elif isinstance(event, Finish):
-                            progress.finish_reason = event.reason
-                return
-            except ProviderError as err:
-                # A cached key the provider now refuses was probably rotated: fetch it again.
-                stale = err.reason == ErrorReason.PROVIDER_AUTH_FAILED and from_cache
-                if stale and not refetched and not progress.parts:
-                    self._keys.invalidate(cmd.workspace, cmd.provider)
-                    refetched = True
-                    count_retry(err)
-                    continue
-                raise
+    async def _refuse(self, execution: Execution, cmd: ExecutionPlan, verdict: Verdict) -> NoReturn:
+        """A budget or rate limit refused the execution before any provider call. A budget's
+        refusal is recorded FAILED (no row was written by the refused admission); a rate
+        limit's is not recorded (a caller over its rate must not fill the table)."""
+        error = refusal(verdict, cmd.provider, cmd.chat.model)
+        if verdict.reason == RATE_LIMITED:
+            raise error
+        outcome = Outcome(
+            state=FAILED,
+            usage=Usage(),
+            cost_nanos=0,
+            attempts=0,
+            error=ExecutionError(error.reason, error.message),
+            finish_reason="",
+            output_text=None,
+            first_token_time=None,
+            end_time=self._now(),
+        )
+        if await self._records.record(TerminalRecord(execution, outcome, None)) is None:
+            raise record_pending(execution, FAILED)
+        error.metadata["execution"] = execution.name
+        raise error
 
     async def _recorded(
         self,
         execution: Execution,
         cmd: ExecutionPlan,
-        progress: _Progress,
+        progress: Progress,
         state: str,
         error: ExecutionError | None,
     ) -> Execution:
@@ -380,7 +387,7 @@ class ExecutionEngine:
         self,
         execution: Execution,
         cmd: ExecutionPlan,
-        progress: _Progress,
+        progress: Progress,
         state: str,
         error: ExecutionError | None,
         *,
@@ -390,9 +397,12 @@ class ExecutionEngine:
         retry (from then on its lease is no longer renewed)."""
         try:
             outcome = self._outcome(cmd, progress, state, error, cancelled_by)
-            price = self._prices.lookup(cmd.provider, cmd.chat.model)
+            route = cmd.routes[progress.route]
+            price = self._prices.lookup(route.provider, route.chat.model)
             family = price.family if price else None
-            return await self._records.record(TerminalRecord(execution, outcome, family))
+            # Recorded with the provider and model of the route that answered (or failed last).
+            served = dataclasses.replace(execution, provider=route.provider, model=route.chat.model)
+            return await self._records.record(TerminalRecord(served, outcome, family))
         finally:
             metrics.EXECUTIONS_IN_FLIGHT.dec()
             self._running.discard(execution.id)
@@ -402,17 +412,18 @@ class ExecutionEngine:
     def _outcome(
         self,
         cmd: ExecutionPlan,
-        progress: _Progress,
+        progress: Progress,
         state: str,
         error: ExecutionError | None,
         cancelled_by: str = "",
     ) -> Outcome:
         text = "".join(progress.parts)
         verdict = progress.verdict
+        route = cmd.routes[progress.route]
         if progress.usage is None and not text:
             usage = Usage()  # the provider never answered with anything billable
         else:
-            resolved = resolve_usage(progress.usage, prompt=cmd.chat.messages, output_text=text)
+            resolved = resolve_usage(progress.usage, prompt=route.chat.messages, output_text=text)
             usage = Usage(
                 resolved.input_tokens,
                 resolved.output_tokens,
@@ -420,19 +431,34 @@ class ExecutionEngine:
                 resolved.cache_write_tokens,
                 resolved.estimated,
             )
+        end_time = self._now()
+        last = RouteAttempt(
+            route=progress.route,
+            provider=route.provider,
+            model=route.chat.model,
+            start_time=progress.route_start or end_time,
+            latency_ms=round((self._clock() - progress.route_started_at) * 1000),
+            http_status=error.provider_status if error else 200,
+            reason=error.reason if error else "",
+            usage=usage,
+            cost_nanos=cost_nanos(self._prices, route.provider, route.chat.model, usage),
+        )
+        attempts = (*progress.failed_routes, last)
         return Outcome(
             state=state,
-            usage=usage,
-            cost_nanos=cost_nanos(self._prices, cmd.provider, cmd.chat.model, usage),
+            usage=total_usage(attempts),
+            cost_nanos=total_cost(attempts),
             attempts=progress.attempts,
             error=error,
             finish_reason=progress.finish_reason,
-            output_text=text if self._settings.store_output else None,
+            output_text=stored_text(text, self._settings),
             first_token_time=progress.first_token_time,
-            end_time=self._now(),
+            end_time=end_time,
             output=verdict.output if verdict else None,
             output_valid=verdict.output_valid if verdict else None,
             cancelled_by=cancelled_by,
+            route_index=progress.route,
+            route_attempts=attempts,
         )
 
     async def _replay(self, existing: Execution, request_hash: str | None) -> AsyncIterator[Event]:
@@ -509,6 +535,12 @@ class ExecutionEngine:
         metrics.EXECUTIONS_INTERRUPTED.inc(swept)
         if swept:
             log.warning("marked interrupted executions failed", extra={"count": swept})
+        # Swept rows released their reservations (a trigger); this releases those whose
+        # execution never got a row, once no admission could still be writing it.
+        released = await repo.release_orphan_reservations(self._pool, ORPHAN_RESERVATION_SECONDS)
+        if released:
+            log.warning("released reservations of unrecorded executions", extra={"count": released})
+        await budget_metrics.refresh(self._pool)
         return swept
 
     async def sweep_forever(self) -> None:

@@ -94,10 +94,10 @@ class EtagMismatch(ServiceError):
     code = grpc.StatusCode.ABORTED
     default_reason = "ETAG_MISMATCH"
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, kind: str = "agent") -> None:
         super().__init__(
             f"{name} has changed since the given etag was read; get it again and retry",
-            metadata={"agent": name},
+            metadata={kind: name},
         )
 
 
@@ -154,6 +154,7 @@ _PROVIDER_STATUS: dict[str, type[ServiceError]] = {
     "PROVIDER_AUTH_FAILED": FailedPrecondition,
     "PROVIDER_PERMISSION_DENIED": FailedPrecondition,
     "PROVIDER_BAD_REQUEST": ProviderRejectedRequest,
+    "PROVIDER_CONTEXT_WINDOW_EXCEEDED": ProviderRejectedRequest,
     # The key's base URL points where this service may not connect (egress policy).
     "PROVIDER_DESTINATION_FORBIDDEN": FailedPrecondition,
     "PROVIDER_RATE_LIMITED": ResourceExhausted,
@@ -171,3 +172,76 @@ def execution_failed(reason: str, message: str, execution_name: str) -> ServiceE
     cls = _PROVIDER_STATUS.get(reason, Unavailable)
     metadata = {"execution": execution_name}
     return cls(message, reason=reason, metadata=metadata)
+
+
+# --- admission: budgets and rate limits ---------------------------------------------------
+
+
+class BudgetExceeded(ResourceExhausted):
+    """The execution's worst-case cost does not fit in a budget's period. Recorded FAILED
+    (the metadata names it, with the limit, the amount spent and when the period ends)."""
+
+    default_reason = "BUDGET_EXCEEDED"
+
+    def __init__(self, budget: str, limit_nanos: int, spent_nanos: int, period_end: str) -> None:
+        super().__init__(
+            f"{budget} does not have room for this execution's worst-case cost: "
+            f"{spent_nanos} of {limit_nanos} nano-dollars spent in the period ending {period_end}",
+            metadata={
+                "budget": budget,
+                "limit_nanos": str(limit_nanos),
+                "spent_nanos": str(spent_nanos),
+                "period_end": period_end,
+            },
+        )
+
+
+class PriceUnknown(FailedPrecondition):
+    """An enforced budget cannot bound the cost of a model without a known price."""
+
+    default_reason = "PRICE_UNKNOWN"
+
+    def __init__(self, budget: str, provider: str, model: str) -> None:
+        super().__init__(
+            f"{budget} enforces a spend limit and {provider} model {model!r} has no known "
+            "price; use a priced model, or allow unpriced models on the budget",
+            metadata={"budget": budget, "provider": provider, "model": model},
+        )
+
+
+class RateLimited(ResourceExhausted):
+    """A budget's requests-per-minute or tokens-per-minute bucket is empty: retry after
+    `retry_delay` seconds (google.rpc.RetryInfo). Nothing is recorded."""
+
+    default_reason = "RATE_LIMITED"
+
+    def __init__(self, budget: str, retry_delay: float) -> None:
+        super().__init__(
+            f"{budget} rate limit reached; retry in {retry_delay:.3f} s",
+            metadata={"budget": budget, "retry_after_seconds": f"{retry_delay:.3f}"},
+        )
+        self.retry_delay = retry_delay
+
+
+class BudgetNotFound(NotFound):
+    default_reason = "BUDGET_NOT_FOUND"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} does not exist", metadata={"budget": name})
+
+
+class BudgetAlreadyExists(AlreadyExists):
+    default_reason = "BUDGET_ALREADY_EXISTS"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} already exists", metadata={"budget": name})
+
+
+class BudgetConcurrentlyModified(ServiceError):
+    code = grpc.StatusCode.ABORTED
+    default_reason = "BUDGET_CONCURRENTLY_MODIFIED"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"{name} kept changing while this call ran; retry it", metadata={"budget": name}
+        )

@@ -138,6 +138,7 @@ class AgentStats:
     ttft_p50: float | None
     ttft_p95: float | None
     output_invalid: int = 0
+    fallback: int = 0  # answered by a fallback route (route_index > 0)
 
     @property
     def success_rate(self) -> float:

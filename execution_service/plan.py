@@ -18,10 +18,11 @@ from typing import Any
 
 from clients import json_document  # Struct -> JSON, the same on both ends of the wire
 from clients.gen.execution.v1 import execution_service_pb2 as pb
-from execution_service.agent_requests import parse_agent_name
-from execution_service.agents import Agent, agent_name
+from execution_service.agent_requests import parse_agent_name, route_of, routes_of
+from execution_service.agents import Agent, Route, agent_name
 from execution_service.errors import AgentNotFound, InputSchemaViolation
 from execution_service.providers.base import ChatMessage, ChatRequest, OutputSchema
+from execution_service.routing import DEFAULT_TRIGGERS, Trigger
 from execution_service.schemas import (
     JsonSchema,
     canonical_json,
@@ -31,7 +32,6 @@ from execution_service.schemas import (
 from execution_service.schemas import compiled as compiled_schema
 from execution_service.validation import (
     MAX_PROMPT_CHARS,
-    PROVIDERS,
     ROLES,
     execute_violations,
     label_violations,
@@ -47,20 +47,39 @@ MAX_INPUT_VIOLATIONS = 6  # field violations listed (the status travels in trail
 
 
 @dataclass(frozen=True)
+class PlannedRoute:
+    """One way to run the execution: a provider and the chat request to send it."""
+
+    provider: str
+    chat: ChatRequest
+
+
+@dataclass(frozen=True)
 class ExecutionPlan:
-    """What one execution runs. `output_schema` is what the output is validated against
-    (the same schema the chat request asks the provider to follow), None for free text."""
+    """What one execution runs: its routes in order of preference (at least one), falling
+    back on the `fallback` triggers (see `routing`). `output_schema` is what the output is
+    validated against (the same schema every route's chat request asks the provider to
+    follow), None for free text."""
 
     workspace: str
     agent_id: str
-    provider: str
-    chat: ChatRequest
+    routes: tuple[PlannedRoute, ...]
     request_id: str | None
     labels: dict[str, str] = field(default_factory=dict)
     agent: str = ""  # the agent's name when run by name, else empty
     agent_etag: str = ""
     output_schema: JsonSchema | None = None
     request_hash: str | None = None  # of the request as sent, when it has a request id
+    fallback: frozenset[Trigger] = DEFAULT_TRIGGERS
+
+    @property
+    def provider(self) -> str:
+        """The first route's provider: what the execution is recorded with as it starts."""
+        return self.routes[0].provider
+
+    @property
+    def chat(self) -> ChatRequest:
+        return self.routes[0].chat
 
 
 @dataclass(frozen=True)
@@ -79,33 +98,31 @@ def decode(request: pb.ExecuteRequest) -> ExecutionPlan | AgentCall:
     """The ad hoc form's complete plan, or the agent form's call (which needs its agent)."""
     if request.agent:
         return _agent_call(request)
-    violations = execute_violations(request)
+    if request.routes:
+        violations, routes = _listed_routes(request)
+    else:
+        violations = execute_violations(request)
+        routes = ()
+        if not violations:
+            routes = (route_of(request.provider, request.model, request.generation_config),)
     input_kind = request.WhichOneof("agent_input")
     if input_kind:
         violations.append(FieldViolation(input_kind, "is only for an Execute by agent"))
-    schema, provider = None, PROVIDERS.get(request.provider)
-    if request.HasField("output_schema") and provider is not None:
+    schema = None
+    if request.HasField("output_schema") and routes:
         document = json_document(request.output_schema)
-        found = output_schema_violations(document, "output_schema", [provider])
+        providers = list(dict.fromkeys(r.provider for r in routes))
+        found = output_schema_violations(document, "output_schema", providers)
         violations += found
         schema = None if found else JsonSchema.of(document)
     if violations:
         raise InvalidArgument(violations)
-    config = request.generation_config
-    chat = ChatRequest(
-        model=request.model,
-        messages=tuple(ChatMessage(ROLES[m.role], m.content) for m in request.messages),  # type: ignore[arg-type]
-        max_tokens=config.max_tokens if config.HasField("max_tokens") else None,
-        temperature=config.temperature if config.HasField("temperature") else None,
-        top_p=config.top_p if config.HasField("top_p") else None,
-        stop=tuple(config.stop_sequences),
-        output_schema=OutputSchema.create(schema.document) if schema else None,
-    )
+    messages = tuple(ChatMessage(ROLES[m.role], m.content) for m in request.messages)  # type: ignore[arg-type]
+    output = OutputSchema.create(schema.document) if schema else None
     plan = ExecutionPlan(
         workspace=workspace_of(request.parent),
         agent_id=request.agent_id,
-        provider=PROVIDERS[request.provider],
-        chat=chat,
+        routes=tuple(PlannedRoute(r.provider, _chat(r, messages, output)) for r in routes),
         request_id=request.request_id or None,
         labels=dict(request.labels),
         output_schema=schema,
@@ -113,6 +130,37 @@ def decode(request: pb.ExecuteRequest) -> ExecutionPlan | AgentCall:
     if plan.request_id is None:
         return plan
     return dataclasses.replace(plan, request_hash=request_hash(_ad_hoc_form(plan)))
+
+
+def _listed_routes(request: pb.ExecuteRequest) -> tuple[list[FieldViolation], tuple[Route, ...]]:
+    """An ad hoc Execute's `routes`, which replace its provider, model and generation_config."""
+    violations = [
+        FieldViolation(name, "must be unset when routes are given (each route has its own)")
+        for name, present in (
+            ("provider", bool(request.provider)),
+            ("model", bool(request.model)),
+            ("generation_config", request.HasField("generation_config")),
+        )
+        if present
+    ]
+    violations += execute_violations(request, route=False)
+    routes, found = routes_of(request.routes, "routes")
+    return violations + found, routes
+
+
+def _chat(
+    route: Route, messages: tuple[ChatMessage, ...], output: OutputSchema | None
+) -> ChatRequest:
+    generation = route.generation
+    return ChatRequest(
+        model=route.model,
+        messages=messages,
+        max_tokens=generation.max_tokens,
+        temperature=generation.temperature,
+        top_p=generation.top_p,
+        stop=generation.stop_sequences,
+        output_schema=output,
+    )
 
 
 def _set_ad_hoc_fields(request: pb.ExecuteRequest) -> list[str]:
@@ -201,26 +249,18 @@ def agent_plan(call: AgentCall, agent: Agent | None) -> ExecutionPlan:
         raise InvalidArgument(
             [FieldViolation("input", "must be a JSON object (the agent has no input schema)")]
         )
-    route = spec.routes[0]  # one route for now; fallbacks walk the rest
     messages = [ChatMessage("user", input_message(call.input))]
     if spec.instructions:
         messages.insert(0, ChatMessage("system", spec.instructions))
     output = spec.output_schema
-    generation = route.generation
-    chat = ChatRequest(
-        model=route.model,
-        messages=tuple(messages),
-        max_tokens=generation.max_tokens,
-        temperature=generation.temperature,
-        top_p=generation.top_p,
-        stop=generation.stop_sequences,
-        output_schema=OutputSchema.create(output.document, call.agent_id) if output else None,
-    )
+    requested = OutputSchema.create(output.document, call.agent_id) if output else None
     return ExecutionPlan(
         workspace=call.workspace,
         agent_id=call.agent_id,
-        provider=route.provider,
-        chat=chat,
+        routes=tuple(
+            PlannedRoute(r.provider, _chat(r, tuple(messages), requested)) for r in spec.routes
+        ),
+        fallback=DEFAULT_TRIGGERS if spec.fallback is None else spec.fallback,
         request_id=call.request_id,
         labels=call.labels,
         agent=agent.name,
@@ -248,8 +288,22 @@ def request_hash(form: dict[str, Any]) -> str:
 
 
 def _ad_hoc_form(plan: ExecutionPlan) -> dict[str, Any]:
-    """An ad hoc request's canonical form: its own plan is exactly what it asked for."""
-    chat = plan.chat
+    """An ad hoc request's canonical form: its own plan is exactly what it asked for. One
+    route is written as the provider, model and generation config it is (so a request sent
+    either way hashes the same); several are listed."""
+    routes = [_route_form(r) for r in plan.routes]
+    return {
+        "parent": f"workspaces/{plan.workspace}",
+        "agent_id": plan.agent_id,
+        **(routes[0] if len(routes) == 1 else {"routes": routes}),
+        "messages": [{"role": m.role, "content": m.content} for m in plan.chat.messages],
+        "output_schema": plan.output_schema.document if plan.output_schema else None,
+        "labels": plan.labels,
+    }
+
+
+def _route_form(route: PlannedRoute) -> dict[str, Any]:
+    chat = route.chat
     generation = {
         "max_tokens": chat.max_tokens,
         "temperature": chat.temperature,
@@ -257,14 +311,9 @@ def _ad_hoc_form(plan: ExecutionPlan) -> dict[str, Any]:
         "stop_sequences": list(chat.stop) or None,
     }
     return {
-        "parent": f"workspaces/{plan.workspace}",
-        "agent_id": plan.agent_id,
-        "provider": plan.provider,
+        "provider": route.provider,
         "model": chat.model,
-        "messages": [{"role": m.role, "content": m.content} for m in chat.messages],
         "generation_config": {k: v for k, v in generation.items() if v is not None},
-        "output_schema": plan.output_schema.document if plan.output_schema else None,
-        "labels": plan.labels,
     }
 
 

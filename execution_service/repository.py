@@ -10,6 +10,8 @@ from typing import Any
 
 import asyncpg
 
+from execution_service import histogram
+from execution_service.admission import ADMITTED, AdmissionRequest, Verdict
 from execution_service.model import (
     CANCELLED,
     CANCELLED_BY_REQUEST,
@@ -24,6 +26,7 @@ from execution_service.model import (
     RouteAttempt,
     Usage,
 )
+from execution_service.rollup_window import rollup_window
 from execution_service.schemas import SchemaViolation
 from service_kit.db import Executor
 
@@ -186,21 +189,39 @@ def _start_columns(execution: Execution) -> tuple[object, ...]:
     )
 
 
+# Executions are partitioned by create_time (migration 006): an execution's key row gives
+# it, so a lookup by id reads one partition (pruned at execution time), not every one.
+_PARTITION_OF_ID = "create_time = (SELECT create_time FROM execution_keys WHERE id = $1)"
+
+
 class AgentChanged(Exception):
     """The agent an execution was planned from is no longer at that version (or is gone)."""
 
 
 async def insert_running(
-    db: Executor, execution: Execution, *, lease_owner: str, lease_seconds: float
-) -> Execution | None:
-    """Record a new RUNNING execution. Returns None when its request id is already taken
-    (the caller then reads the execution that holds it, `get_by_request_id`).
+    db: Executor,
+    execution: Execution,
+    *,
+    lease_owner: str,
+    lease_seconds: float,
+    admission: AdmissionRequest | None = None,
+) -> tuple[Execution | None, Verdict]:
+    """Record a new RUNNING execution, and the admission's verdict. The execution is None
+    when its request id is already taken (the caller then reads the execution that holds it,
+    `get_by_request_id`) or when the admission refused it.
+
+    With `admission`, the execution's budgets are reserved and its rate-limit tokens taken in
+    the same statement (`budget_admit`, migration 007): all of them, or, when one refuses,
+    none and no row. The reservation is released when the row turns terminal (a trigger).
 
     An execution of an agent is recorded only while the agent is still at the version it
     was planned from (`agent_etag`), checked in the same statement; otherwise nothing is
     written and AgentChanged is raised (plan again from the agent as it is now). So a plan
     may come from a copy of the agent kept in memory at no extra round trip, and an update
     or delete still applies to every execution that starts after it.
+
+    A request id already taken makes the row's insert trigger skip it (migration 006:
+    request ids are unique across partitions in `execution_keys`), so nothing is returned.
 
     The row holds exactly what was given, so the answer is `execution` itself rather than
     the row decoded again (this is on every execution's time-to-first-token path).
@@ -211,26 +232,54 @@ async def insert_running(
             SELECT $9::text IS NULL OR EXISTS (
                 SELECT 1 FROM agents WHERE workspace = $2 AND agent_id = $3 AND etag = $10
             ) AS ok
+        ), admitted AS (
+            SELECT a.* FROM agent_current,
+                budget_admit($14::boolean AND agent_current.ok, $2, $3, $1, $15::timestamptz,
+                             $16::bigint, $17::boolean, $18::bigint) a
         ), inserted AS (
             INSERT INTO executions (id, workspace, agent_id, provider, model, state, request_id,
                                     labels, create_time, agent, agent_etag, request_hash,
                                     lease_owner, lease_expires_at)
             SELECT $1, $2, $3, $4, $5, 'RUNNING', $6, $7::jsonb, $8::timestamptz, $9, $10, $11,
                    $12, $8::timestamptz + make_interval(secs => $13::float8)
-            FROM agent_current WHERE ok
-            ON CONFLICT (workspace, request_id) WHERE request_id IS NOT NULL DO NOTHING
+            FROM agent_current, admitted WHERE agent_current.ok AND admitted.ok
             RETURNING true
         )
         SELECT (SELECT ok FROM agent_current) AS agent_current,
-               EXISTS (SELECT 1 FROM inserted) AS inserted""",
+               EXISTS (SELECT 1 FROM inserted) AS inserted, admitted.*
+        FROM admitted""",
         *_start_columns(execution),
         lease_owner,
         lease_seconds,
+        *_admission_args(admission, execution),
     )
     assert row is not None
     if not row["agent_current"]:
         raise AgentChanged(execution.agent)
-    return execution if row["inserted"] else None
+    verdict = _verdict(row) if admission is not None else ADMITTED
+    return (execution if row["inserted"] else None), verdict
+
+
+def _admission_args(admission: AdmissionRequest | None, execution: Execution) -> tuple[object, ...]:
+    """$14..$18: whether to admit, and the reservation (see `budget_admit`)."""
+    if admission is None:
+        return (False, execution.create_time, 0, False, 0)
+    r = admission.reservation
+    return (True, admission.time or execution.create_time, r.amount_nanos, r.unpriced, r.tokens)
+
+
+def _verdict(row: asyncpg.Record) -> Verdict:
+    return Verdict(
+        ok=row["ok"],
+        reason=row["reason"],
+        budget=row["budget"],
+        limit_nanos=row["limit_nanos"],
+        spent_nanos=row["spent_nanos"],
+        period_end=row["period_end"],
+        retry_after=row["retry_after"],
+        alerts=tuple(row["alerts"]),
+        enforced=row["enforced"],
+    )
 
 
 async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[Execution, bool]:
@@ -256,7 +305,7 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16,
             $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27::jsonb, $28, $29::jsonb, $30,
             $31::jsonb)
-        ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
+        ON CONFLICT (id, create_time) DO UPDATE SET state = EXCLUDED.state,
             input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
             cache_read_tokens = EXCLUDED.cache_read_tokens,
             cache_write_tokens = EXCLUDED.cache_write_tokens,
@@ -269,6 +318,7 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
             output = EXCLUDED.output, output_valid = EXCLUDED.output_valid,
             error_violations = EXCLUDED.error_violations,
             route_index = EXCLUDED.route_index, route_attempts = EXCLUDED.route_attempts,
+            provider = EXCLUDED.provider, model = EXCLUDED.model,
             lease_owner = NULL, lease_expires_at = NULL
         WHERE e.state = '{RUNNING}' OR (e.state = '{FAILED}' AND e.error_reason = '{INTERRUPTED}')
         RETURNING true""",
@@ -313,14 +363,17 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
             route_attempts=outcome.route_attempts,
         )
         return mine, True
-    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM executions WHERE id = $1", execution.id)
+    row = await db.fetchrow(
+        f"SELECT {_COLUMNS} FROM executions WHERE id = $1 AND {_PARTITION_OF_ID}", execution.id
+    )
     assert row is not None
     return _from_row(row), False
 
 
 async def get(db: Executor, workspace: str, execution_id: uuid.UUID) -> Execution | None:
     row = await db.fetchrow(
-        f"SELECT {_COLUMNS} FROM executions WHERE id = $1 AND workspace = $2",
+        f"""SELECT {_COLUMNS} FROM executions
+            WHERE id = $1 AND workspace = $2 AND {_PARTITION_OF_ID}""",
         execution_id,
         workspace,
     )
@@ -329,7 +382,9 @@ async def get(db: Executor, workspace: str, execution_id: uuid.UUID) -> Executio
 
 async def get_by_request_id(db: Executor, workspace: str, request_id: str) -> Execution | None:
     row = await db.fetchrow(
-        f"SELECT {_COLUMNS} FROM executions WHERE workspace = $1 AND request_id = $2",
+        f"""SELECT {_COLUMNS} FROM executions WHERE (id, create_time) = (
+                SELECT id, create_time FROM execution_keys WHERE workspace = $1 AND request_id = $2
+            )""",
         workspace,
         request_id,
     )
@@ -347,26 +402,39 @@ async def list_page(
     after: tuple[dt.datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[Execution]:
-    """Newest first; keyset on (create_time, id) so pages never shift or skip."""
+    """Newest first; keyset on (create_time, id) so pages never shift or skip.
+
+    Only the filters given are written into the statement (one prepared statement per
+    combination): a generic plan of `($n IS NULL OR column = $n)` could not use the keyset
+    as an index condition nor prune partitions, and page 10,000 would cost 10,000 pages.
+    """
+    where = ["workspace = $1"]
+    args: list[object] = [workspace]
+
+    def arg(value: object) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if agent_id is not None:
+        where.append(f"agent_id = {arg(agent_id)}")
+    if state is not None:
+        where.append(f"state = {arg(state)}")
+    if start_time is not None:
+        where.append(f"create_time >= {arg(start_time)}")
+    if end_time is not None and after is None:
+        # Past page 1 the cursor, from a token bound to this query, lies before end_time: a
+        # second upper bound would let a generic plan start its index scan at end_time and
+        # walk every row down to the cursor.
+        where.append(f"create_time < {arg(end_time)}")
+    if after is not None:
+        t, i = arg(after[0]), arg(after[1])
+        # The row comparison is the index condition; the plain bound lets partitions be
+        # pruned at execution time.
+        where.append(f"(create_time, id) < ({t}::timestamptz, {i}::uuid) AND create_time <= {t}")
     rows = await db.fetch(
-        f"""
-        SELECT {_COLUMNS} FROM executions
-        WHERE workspace = $1
-          AND ($2::text IS NULL OR agent_id = $2)
-          AND ($3::text IS NULL OR state = $3)
-          AND ($4::timestamptz IS NULL OR create_time >= $4)
-          AND ($5::timestamptz IS NULL OR create_time < $5)
-          AND ($6::timestamptz IS NULL OR (create_time, id) < ($6, $7::uuid))
-        ORDER BY create_time DESC, id DESC
-        LIMIT $8""",
-        workspace,
-        agent_id,
-        state,
-        start_time,
-        end_time,
-        after[0] if after else None,
-        after[1] if after else None,
-        limit,
+        f"""SELECT {_COLUMNS} FROM executions WHERE {" AND ".join(where)}
+            ORDER BY create_time DESC, id DESC LIMIT {arg(limit)}""",
+        *args,
     )
     return [_from_row(r) for r in rows]
 
@@ -374,61 +442,119 @@ async def list_page(
 async def agent_stats(
     db: Executor, workspace: str, agent_id: str, start: dt.datetime, end: dt.datetime
 ) -> AgentStats:
+    """An agent's executions created in [start, end): from the rollups for every whole
+    minute (rollup_window), from the rows themselves for a partial minute at either edge, so
+    totals are exact for any window; running executions are counted from the rows. Latency
+    percentiles come from merged histogram buckets (execution_service.histogram: within
+    1.96 % of the exact value)."""
+    window = rollup_window(start, end)
+    grains = [r.grain for r in window.ranges]
+    (head_lo, head_hi), (tail_lo, tail_hi) = window.raw
     row = await db.fetchrow(
         """
-        SELECT count(*) AS total,
-               count(*) FILTER (WHERE state = 'RUNNING') AS running,
-               count(*) FILTER (WHERE state = 'SUCCEEDED') AS succeeded,
-               count(*) FILTER (WHERE state = 'FAILED') AS failed,
-               count(*) FILTER (WHERE state = 'CANCELLED') AS cancelled,
+        WITH parts AS (
+            SELECT x.succeeded, x.failed, x.cancelled, x.input_tokens, x.output_tokens,
+                   x.cache_read_tokens, x.cache_write_tokens, x.cost_nanos, x.unknown_cost,
+                   x.output_invalid, x.fallback, x.latency_hist, x.ttft_hist
+            FROM unnest($3::integer[], $4::timestamptz[], $5::timestamptz[]) AS r(grain, lo, hi)
+            -- One index range scan per range: OFFSET 0 keeps the planner from turning this
+            -- into a hash join over the whole table (its estimates for these ranges are poor).
+            CROSS JOIN LATERAL (
+                SELECT * FROM execution_rollups x
+                WHERE x.workspace = $1 AND x.agent_id = $2 AND x.grain = r.grain
+                  AND x.bucket_start >= r.lo AND x.bucket_start < r.hi
+                OFFSET 0
+            ) x
+            UNION ALL
+            SELECT succeeded, failed, cancelled, input_tokens, output_tokens, cache_read_tokens,
+                   cache_write_tokens, cost_nanos, unknown_cost, output_invalid, fallback,
+                   latency_hist, ttft_hist
+            FROM execution_rollup_pending
+            WHERE workspace = $1 AND agent_id = $2 AND minute >= $6 AND minute < $7
+            UNION ALL
+            SELECT (state = 'SUCCEEDED')::int, (state = 'FAILED')::int,
+                   (state = 'CANCELLED')::int, input_tokens, output_tokens, cache_read_tokens,
+                   cache_write_tokens, coalesce(cost_nanos, 0), (cost_nanos IS NULL)::int,
+                   (state = 'FAILED' AND error_reason = ANY($14::text[]))::int,
+                   (route_index > 0)::int,
+                   CASE WHEN end_time IS NOT NULL THEN array_fill(1, ARRAY[1], ARRAY[
+                       rollup_bucket(extract(epoch FROM end_time - create_time)::float8 * 1000)
+                   ]) END,
+                   CASE WHEN first_token_time IS NOT NULL THEN array_fill(1, ARRAY[1], ARRAY[
+                       rollup_bucket(
+                           extract(epoch FROM first_token_time - create_time)::float8 * 1000)
+                   ]) END
+            FROM executions
+            WHERE workspace = $1 AND agent_id = $2 AND state <> 'RUNNING'
+              AND ((create_time >= $8 AND create_time < $9)
+                   OR (create_time >= $10 AND create_time < $11))
+        ), latency AS (  -- unnest reads each array once (a subscript per element would not)
+            SELECT array_lower(p.latency_hist, 1) + u.o - 1 AS i, sum(u.n) AS n
+            FROM parts p, unnest(p.latency_hist) WITH ORDINALITY AS u(n, o) GROUP BY 1
+        ), ttft AS (
+            SELECT array_lower(p.ttft_hist, 1) + u.o - 1 AS i, sum(u.n) AS n
+            FROM parts p, unnest(p.ttft_hist) WITH ORDINALITY AS u(n, o) GROUP BY 1
+        )
+        SELECT coalesce(sum(succeeded), 0) AS succeeded,
+               coalesce(sum(failed), 0) AS failed,
+               coalesce(sum(cancelled), 0) AS cancelled,
                coalesce(sum(input_tokens), 0) AS input_tokens,
                coalesce(sum(output_tokens), 0) AS output_tokens,
                coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
                coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
                coalesce(sum(cost_nanos), 0) AS cost_nanos,
-               count(*) FILTER (WHERE cost_nanos IS NULL AND state <> 'RUNNING') AS unknown_cost,
-               percentile_cont(0.5) WITHIN GROUP
-                   (ORDER BY extract(epoch FROM end_time - create_time))
-                   FILTER (WHERE end_time IS NOT NULL) AS latency_p50,
-               percentile_cont(0.95) WITHIN GROUP
-                   (ORDER BY extract(epoch FROM end_time - create_time))
-                   FILTER (WHERE end_time IS NOT NULL) AS latency_p95,
-               percentile_cont(0.5) WITHIN GROUP
-                   (ORDER BY extract(epoch FROM first_token_time - create_time))
-                   FILTER (WHERE first_token_time IS NOT NULL) AS ttft_p50,
-               percentile_cont(0.95) WITHIN GROUP
-                   (ORDER BY extract(epoch FROM first_token_time - create_time))
-                   FILTER (WHERE first_token_time IS NOT NULL) AS ttft_p95,
-               count(*) FILTER (WHERE state = 'FAILED' AND error_reason = ANY($5::text[]))
-                   AS output_invalid
-        FROM executions
-        WHERE workspace = $1 AND agent_id = $2 AND create_time >= $3 AND create_time < $4""",
+               coalesce(sum(unknown_cost), 0) AS unknown_cost,
+               coalesce(sum(output_invalid), 0) AS output_invalid,
+               coalesce(sum(fallback), 0) AS fallback,
+               (SELECT count(*) FROM executions
+                WHERE workspace = $1 AND agent_id = $2 AND state = 'RUNNING'
+                  AND create_time >= $12 AND create_time < $13) AS running,
+               (SELECT array_agg(ARRAY[i, n::integer]) FROM latency WHERE n > 0) AS latency,
+               (SELECT array_agg(ARRAY[i, n::integer]) FROM ttft WHERE n > 0) AS ttft
+        FROM parts""",
         workspace,
         agent_id,
+        grains,
+        [r.lo for r in window.ranges],
+        [r.hi for r in window.ranges],
+        window.minutes[0],
+        window.minutes[1],
+        head_lo,
+        head_hi,
+        tail_lo,
+        tail_hi,
         start,
         end,
         list(OUTPUT_FAILURES),
     )
     assert row is not None
+    latency = {i: n for i, n in row["latency"] or ()}
+    ttft = {i: n for i, n in row["ttft"] or ()}
+    succeeded, failed, cancelled = (int(row[k]) for k in ("succeeded", "failed", "cancelled"))
     return AgentStats(
         agent_id=agent_id,
-        total=row["total"],
+        total=succeeded + failed + cancelled + row["running"],
         running=row["running"],
-        succeeded=row["succeeded"],
-        failed=row["failed"],
-        cancelled=row["cancelled"],
+        succeeded=succeeded,
+        failed=failed,
+        cancelled=cancelled,
         input_tokens=int(row["input_tokens"]),
         output_tokens=int(row["output_tokens"]),
         cache_read_tokens=int(row["cache_read_tokens"]),
         cache_write_tokens=int(row["cache_write_tokens"]),
         cost_nanos=int(row["cost_nanos"]),
-        unknown_cost_count=row["unknown_cost"],
-        latency_p50=row["latency_p50"],
-        latency_p95=row["latency_p95"],
-        ttft_p50=row["ttft_p50"],
-        ttft_p95=row["ttft_p95"],
-        output_invalid=row["output_invalid"],
+        unknown_cost_count=int(row["unknown_cost"]),
+        latency_p50=_seconds(histogram.percentile(latency, 0.5)),
+        latency_p95=_seconds(histogram.percentile(latency, 0.95)),
+        ttft_p50=_seconds(histogram.percentile(ttft, 0.5)),
+        ttft_p95=_seconds(histogram.percentile(ttft, 0.95)),
+        output_invalid=int(row["output_invalid"]),
+        fallback=int(row["fallback"]),
     )
+
+
+def _seconds(ms: float | None) -> float | None:
+    return None if ms is None else ms / 1000
 
 
 async def renew_leases(
@@ -490,12 +616,12 @@ async def request_cancel(
     row = await db.fetchrow(
         f"""
         WITH target AS (
-            SELECT 1 FROM executions WHERE id = $1 AND workspace = $2
+            SELECT 1 FROM executions WHERE id = $1 AND workspace = $2 AND {_PARTITION_OF_ID}
         ), marked AS (
             UPDATE executions
             SET cancel_requested_by = coalesce(cancel_requested_by, $3),
                 cancel_requested_at = coalesce(cancel_requested_at, now())
-            WHERE id = $1 AND workspace = $2 AND state = '{RUNNING}'
+            WHERE id = $1 AND workspace = $2 AND state = '{RUNNING}' AND {_PARTITION_OF_ID}
             RETURNING lease_owner, pg_notify('{CANCELS_CHANNEL}', id::text)
         )
         SELECT EXISTS (SELECT 1 FROM target) AS found,
@@ -522,3 +648,29 @@ async def cancel_requests(
         execution_ids,
     )
     return [(r["id"], r["cancel_requested_by"]) for r in rows]
+
+
+# --- budgets: what admission reserved (see migration 007) --------------------------------
+
+
+async def release_reservations(db: Executor, execution_id: uuid.UUID) -> None:
+    """Release what an admission reserved for an execution that was then not recorded (its
+    request id was taken by a concurrent duplicate)."""
+    await db.execute(
+        """
+        WITH held AS (
+            UPDATE budget_reservations SET settled = true
+            WHERE execution_id = $1 AND NOT settled
+            RETURNING workspace, budget_id, period, period_start, amount_nanos)
+        UPDATE budget_periods p SET reserved_nanos = p.reserved_nanos - held.amount_nanos
+        FROM held
+        WHERE p.workspace = held.workspace AND p.budget_id = held.budget_id
+          AND p.period = held.period AND p.period_start = held.period_start""",
+        execution_id,
+    )
+
+
+async def release_orphan_reservations(db: Executor, bound_seconds: float) -> int:
+    """The sweeper's part: reservations held over `bound_seconds` for an execution that was
+    never recorded are released; returns how many."""
+    return int(await db.fetchval("SELECT budget_release_orphans($1)", bound_seconds))

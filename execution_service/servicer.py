@@ -17,13 +17,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from clients.gen.execution.v1 import resources_pb2 as res
-from execution_service import agent_requests
+from execution_service import agent_requests, budget_requests
 from execution_service.agent_store import AgentStore
 from execution_service.agents import AGENT_CURSOR, Agent
+from execution_service.budget_store import BudgetStore
 from execution_service.engine import Completed, Delta, ExecutionEngine, Started
 from execution_service.history import EXECUTION_CURSOR, History
 from execution_service.key_check import KeyChecker
-from execution_service.model import AgentStats, Execution, ExecutionError
+from execution_service.model import AgentStats, Execution, ExecutionError, RouteAttempt
 from execution_service.plan import AgentPlanner, decode
 from execution_service.validation import (
     PROVIDERS,
@@ -95,8 +96,30 @@ def execution_message(e: Execution) -> res.Execution:
         output=_struct(e.output) if isinstance(e.output, dict) else None,
         output_valid=e.output_valid,
         cancelled_by=e.cancelled_by,
+        route_index=e.route_index,
+        route_attempts=[_attempt_message(a) for a in e.route_attempts],
     )
     return message
+
+
+def _attempt_message(a: RouteAttempt) -> res.RouteAttempt:
+    return res.RouteAttempt(
+        route_index=a.route,
+        provider=_PROVIDER_ENUM[a.provider],  # type: ignore[arg-type]
+        model=a.model,
+        http_status=a.http_status,
+        reason=a.reason,
+        start_time=_timestamp(a.start_time),
+        latency=_duration(a.latency_ms / 1000),
+        usage=res.Usage(
+            input_tokens=a.usage.input_tokens,
+            output_tokens=a.usage.output_tokens,
+            cache_read_tokens=a.usage.cache_read_tokens,
+            cache_write_tokens=a.usage.cache_write_tokens,
+            estimated=a.usage.estimated,
+        ),
+        cost_nanos=a.cost_nanos,
+    )
 
 
 def _error_message(error: ExecutionError | None) -> res.ExecutionError | None:
@@ -133,6 +156,7 @@ def _stats_message(s: AgentStats) -> res.AgentStats:
         time_to_first_token_p50=_duration(s.ttft_p50),
         time_to_first_token_p95=_duration(s.ttft_p95),
         output_invalid_count=s.output_invalid,
+        fallback_count=s.fallback,
     )
 
 
@@ -170,6 +194,14 @@ def agent_message(agent: Agent) -> res.Agent:
         create_time=_timestamp(agent.create_time),
         update_time=_timestamp(agent.update_time),
         etag=agent.etag,
+        fallback=None
+        if spec.fallback is None
+        else res.FallbackPolicy(
+            triggers=[
+                res.FallbackTrigger.Value(f"FALLBACK_TRIGGER_{t}")  # type: ignore[misc]
+                for t in sorted(spec.fallback)
+            ]
+        ),
     )
 
 
@@ -198,10 +230,12 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         history: History,
         checker: KeyChecker,
         agents: AgentStore,
+        budgets: BudgetStore,
         *,
         cancel: Canceller,
     ) -> None:
         self._engine = engine
+        self._budgets = budgets
         self._cancel = cancel
         self._history = history
         self._checker = checker
@@ -351,6 +385,49 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         workspace, agent_id, etag = agent_requests.delete_agent(request)
         await self._agents.delete(workspace, agent_id, etag=etag)
         return pb.DeleteAgentResponse()
+
+    # --- budgets: standard methods --------------------------------------------------------
+
+    async def CreateBudget(
+        self, request: pb.CreateBudgetRequest, context: Any
+    ) -> pb.CreateBudgetResponse:
+        command = budget_requests.create_budget(request)
+        budget = await self._budgets.create(command.workspace, command.budget_id, command.spec)
+        return pb.CreateBudgetResponse(budget=budget_requests.budget_message(budget))
+
+    async def GetBudget(self, request: pb.GetBudgetRequest, context: Any) -> pb.GetBudgetResponse:
+        workspace, budget_id = budget_requests.parse_budget_name(request.name)
+        budget = await self._budgets.get(workspace, budget_id)
+        return pb.GetBudgetResponse(budget=budget_requests.budget_message(budget))
+
+    async def ListBudgets(
+        self, request: pb.ListBudgetsRequest, context: Any
+    ) -> pb.ListBudgetsResponse:
+        workspace = workspace_of(request.parent)
+        page = page_request(
+            request.page_size, request.page_token, query=request.parent, cursor=AGENT_CURSOR
+        )
+        budgets, last = await self._budgets.page(workspace, page)
+        token = page_token({"id": last}, query=request.parent, cursor=AGENT_CURSOR) if last else ""
+        return pb.ListBudgetsResponse(
+            budgets=[budget_requests.budget_message(b) for b in budgets], next_page_token=token
+        )
+
+    async def UpdateBudget(
+        self, request: pb.UpdateBudgetRequest, context: Any
+    ) -> pb.UpdateBudgetResponse:
+        command = budget_requests.update_budget(request)
+        budget = await self._budgets.update(
+            command.workspace, command.budget_id, command.changes, etag=command.etag
+        )
+        return pb.UpdateBudgetResponse(budget=budget_requests.budget_message(budget))
+
+    async def DeleteBudget(
+        self, request: pb.DeleteBudgetRequest, context: Any
+    ) -> pb.DeleteBudgetResponse:
+        workspace, budget_id, etag = budget_requests.delete_budget(request)
+        await self._budgets.delete(workspace, budget_id, etag=etag)
+        return pb.DeleteBudgetResponse()
 
 
 def register(servicer: ExecutionServicer) -> Any:

@@ -28,6 +28,13 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 600.0  # between bytes of a provider's answer
 # A terminal record the database refused is retried with FINISH_RETRY_BACKOFF for this long.
 DEFAULT_FINISH_RETRY_SECONDS = 600.0
+# Stored output text is cut to this many bytes of UTF-8 (0: no limit).
+DEFAULT_STORE_OUTPUT_MAX_BYTES = 0
+# Upkeep of the partitioned executions table and its rollups (execution_service.maintenance).
+DEFAULT_MAINTENANCE_INTERVAL = 30.0
+DEFAULT_PARTITIONS_AHEAD_WEEKS = 2
+DEFAULT_EXECUTION_RETENTION_DAYS = 0  # 0: kept forever
+DEFAULT_ROLLUP_RETENTION_DAYS = 0  # 0: kept forever
 # The retry defaults are RetryPolicy's own (execution_service/retry.py).
 # Retrying a terminal record during a database outage: 0.5 s, 1 s, 2 s ... capped at 5 s, so
 # the record lands within about 5 s of the database's return.
@@ -41,6 +48,7 @@ class EngineSettings:
     retry: RetryPolicy = DEFAULT_RETRY_POLICY
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     store_output: bool = DEFAULT_STORE_OUTPUT
+    store_output_max_bytes: int = DEFAULT_STORE_OUTPUT_MAX_BYTES
     key_cache_ttl: float = DEFAULT_KEY_CACHE_TTL
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     sweep_interval: float = DEFAULT_SWEEP_INTERVAL
@@ -63,12 +71,23 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class MaintenanceSettings:
+    """Partitions ahead, rollup folding and retention (execution_service.maintenance)."""
+
+    interval_seconds: float = DEFAULT_MAINTENANCE_INTERVAL
+    partitions_ahead_weeks: int = DEFAULT_PARTITIONS_AHEAD_WEEKS
+    execution_retention_days: int = DEFAULT_EXECUTION_RETENTION_DAYS
+    rollup_retention_days: int = DEFAULT_ROLLUP_RETENTION_DAYS
+
+
+@dataclass(frozen=True)
 class ExecutionSettings:
     server: ServerSettings
     database_url: str | None
     keyvault_address: str
     keyvault_tls: TlsFiles  # the execution workload's client certificate for the vault
     engine: EngineSettings
+    maintenance: MaintenanceSettings = MaintenanceSettings()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ExecutionSettings:
@@ -101,6 +120,9 @@ class ExecutionSettings:
                     "DEFAULT_MAX_TOKENS", DEFAULT_MAX_TOKENS, minimum=1, maximum=200_000
                 ),
                 store_output=env.flag("STORE_OUTPUT", DEFAULT_STORE_OUTPUT),
+                store_output_max_bytes=env.integer(
+                    "STORE_OUTPUT_MAX_BYTES", DEFAULT_STORE_OUTPUT_MAX_BYTES, minimum=0
+                ),
                 key_cache_ttl=env.number("KEY_CACHE_TTL_SECONDS", DEFAULT_KEY_CACHE_TTL),
                 lease_seconds=env.number(
                     "EXECUTION_LEASE_SECONDS", DEFAULT_LEASE_SECONDS, minimum=1.0
@@ -122,4 +144,32 @@ class ExecutionSettings:
                 pricing_file=Path(pricing) if pricing else None,
                 egress=env.egress_policy(),
             ),
+            maintenance=MaintenanceSettings(
+                interval_seconds=env.number(
+                    "MAINTENANCE_INTERVAL_SECONDS", DEFAULT_MAINTENANCE_INTERVAL, minimum=1.0
+                ),
+                partitions_ahead_weeks=env.integer(
+                    "PARTITIONS_AHEAD_WEEKS", DEFAULT_PARTITIONS_AHEAD_WEEKS, minimum=1, maximum=52
+                ),
+                execution_retention_days=env.integer(
+                    "EXECUTION_RETENTION_DAYS", DEFAULT_EXECUTION_RETENTION_DAYS, minimum=0
+                ),
+                rollup_retention_days=env.integer(
+                    "ROLLUP_RETENTION_DAYS", DEFAULT_ROLLUP_RETENTION_DAYS, minimum=0
+                ),
+            ),
         )
+
+
+def stored_text(text: str, settings: EngineSettings) -> str | None:
+    """The output text as stored: none without STORE_OUTPUT, else at most
+    `store_output_max_bytes` bytes of UTF-8 (0: all of it), cut at a character boundary."""
+    if not settings.store_output:
+        return None
+    limit = settings.store_output_max_bytes
+    if not limit:
+        return text
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return text
+    return encoded[:limit].decode("utf-8", "ignore")

@@ -135,18 +135,20 @@ def request_id_violations(request_id: str) -> list[FieldViolation]:
     return [FieldViolation("request_id", "must be 1-128 characters of [A-Za-z0-9._:-]")]
 
 
-def execute_violations(request: pb.ExecuteRequest) -> list[FieldViolation]:
-    """What is wrong with an ad hoc Execute request's fields (its output schema aside)."""
+def execute_violations(request: pb.ExecuteRequest, *, route: bool = True) -> list[FieldViolation]:
+    """What is wrong with an ad hoc Execute request's fields (its output schema aside, and
+    its provider, model and generation config when `route` is False: routes are listed)."""
     violations: list[FieldViolation] = []
     try:
         workspace_of(request.parent)
     except InvalidArgument as exc:
         violations += exc.violations
     violations += agent_id_violations(request.agent_id)
-    violations += provider_violations(request.provider)
-    violations += model_violations(request.model)
+    if route:
+        violations += provider_violations(request.provider)
+        violations += model_violations(request.model)
+        violations += generation_config_violations(request.generation_config)
     violations += _message_violations(list(request.messages))
-    violations += generation_config_violations(request.generation_config)
     violations += request_id_violations(request.request_id)
     violations += label_violations(dict(request.labels))
     return violations

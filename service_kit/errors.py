@@ -2,7 +2,8 @@
 
 Domain code raises `ServiceError` subclasses (each service's `errors.py` names its reasons);
 `to_rpc_status` is the single place that turns them into `google.rpc.Status` with
-`ErrorInfo` (UPPER_SNAKE reason, domain) and `BadRequest` field violations.
+`ErrorInfo` (UPPER_SNAKE reason, domain), `BadRequest` field violations, and `RetryInfo`
+when the error says how long to wait before trying again.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 
@@ -26,6 +27,8 @@ class ServiceError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     default_reason: str = "INTERNAL"
+    # Seconds the caller should wait before retrying (google.rpc.RetryInfo); None: no advice.
+    retry_delay: float | None = None
 
     def __init__(
         self,
@@ -122,4 +125,8 @@ def to_rpc_status(error: ServiceError, domain: str) -> status_pb2.Status:
                 )
             )
         )
+    if error.retry_delay is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(round(error.retry_delay * 1e9), 0))
+        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status_pb2.Status(code=code_value, message=error.message, details=details)

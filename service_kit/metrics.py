@@ -77,6 +77,12 @@ PROVIDER_ATTEMPTS = Counter(
     "HTTP requests made to a provider for executions (first attempts and retries).",
     ["provider"],
 )
+EXECUTION_FALLBACKS = Counter(
+    "execution_fallbacks_total",
+    "Executions moved on from a failed route to the next one, by the failed route's provider "
+    "and the failure's reason (API_KEY_NOT_CONFIGURED: the route was skipped).",
+    ["provider", "reason"],
+)
 PROVIDER_RETRIES = Counter(
     "execution_provider_retries_total",
     "Provider requests repeated after a failure, by the failure's reason "
@@ -128,6 +134,41 @@ COST_NANODOLLARS = Counter(
     "Cost of executions in nano-dollars (1e-9 USD), by provider and model price family; "
     "executions of models without a listed price add nothing.",
     ["provider", "model"],
+)
+
+ADMISSION_REFUSALS = Counter(
+    "execution_admission_refusals_total",
+    "Executions refused by a budget or rate limit before any provider call, by reason "
+    "(BUDGET_EXCEEDED, PRICE_UNKNOWN, RATE_LIMITED).",
+    ["reason"],
+)
+BUDGET_ALERTS = Counter(
+    "execution_budget_alerts_total",
+    "Executions an ALERT_ONLY budget would have refused (they ran), by the reason it would "
+    "have given.",
+    ["reason"],
+)
+# Bounded: only the MAX_BUDGET_SERIES workspace-wide budgets with a spend limit that have
+# used the largest share of it are shown (budget = the budget's resource name); the rest are
+# counted in BUDGETS_NOT_SHOWN. Every process reads the same rows, so workers agree.
+BUDGET_SPENT = Gauge(
+    "execution_budget_spent_nanodollars",
+    "Spent in the current period of a workspace budget (the most used ones, see "
+    "execution_budgets_not_shown), nano-dollars.",
+    ["budget"],
+    multiprocess_mode="livemax",
+)
+BUDGET_REMAINING = Gauge(
+    "execution_budget_remaining_nanodollars",
+    "Limit minus spent minus reserved in the current period of a workspace budget, "
+    "nano-dollars (0 when used up).",
+    ["budget"],
+    multiprocess_mode="livemax",
+)
+BUDGETS_NOT_SHOWN = Gauge(
+    "execution_budgets_not_shown",
+    "Workspace budgets left out of the per-budget series (past the most used ones).",
+    multiprocess_mode="livemax",
 )
 
 

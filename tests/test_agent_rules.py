@@ -12,11 +12,15 @@ from execution_service.agents import (
     Route,
     new_etag,
     structured_output_fit,
-    update_fields,
 )
+from execution_service.field_masks import mask_fields
 from execution_service.schemas import JsonSchema
 from service_kit.errors import InvalidArgument
 from service_kit.pagination import page_request, page_token
+
+
+def update_fields(paths: list[str]) -> frozenset[str]:
+    return mask_fields(paths, UPDATABLE_FIELDS)
 
 
 def test_an_empty_mask_or_star_means_every_updatable_field() -> None:

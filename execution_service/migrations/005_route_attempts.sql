@@ -5,3 +5,7 @@
 ALTER TABLE executions
     ADD COLUMN route_index    integer NOT NULL DEFAULT 0,
     ADD COLUMN route_attempts jsonb;
+
+-- When an agent moves on to its next route: the FallbackTrigger names (RATE_LIMITED, ...);
+-- NULL uses the defaults, an empty array never falls back.
+ALTER TABLE agents ADD COLUMN fallback_triggers text[];

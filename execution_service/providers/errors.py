@@ -9,6 +9,7 @@ see `call.py`, and `translate_transport_error` never quotes request headers).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 
@@ -44,6 +45,8 @@ class ErrorReason(StrEnum):
     PROVIDER_AUTH_FAILED = "PROVIDER_AUTH_FAILED"
     PROVIDER_PERMISSION_DENIED = "PROVIDER_PERMISSION_DENIED"
     PROVIDER_BAD_REQUEST = "PROVIDER_BAD_REQUEST"
+    # A 400 saying the prompt (with max_tokens) does not fit the model's context window.
+    PROVIDER_CONTEXT_WINDOW_EXCEEDED = "PROVIDER_CONTEXT_WINDOW_EXCEEDED"
     PROVIDER_RATE_LIMITED = "PROVIDER_RATE_LIMITED"
     PROVIDER_QUOTA_EXCEEDED = "PROVIDER_QUOTA_EXCEEDED"
     PROVIDER_OVERLOADED = "PROVIDER_OVERLOADED"
@@ -136,8 +139,21 @@ class DeadlineExceeded(ProviderError):
         self.last_error = last_error
 
 
-def reason_for_status(status: int, error_type: str | None, error_code: str | None) -> ErrorReason:
-    """Map an HTTP error status plus the body's type/code to a reason (both providers)."""
+# How each provider says a request does not fit the model's context window: OpenAI's code
+# `context_length_exceeded`; Anthropic's invalid_request_error "prompt is too long: ..." or
+# "input length and `max_tokens` exceed context limit: ...".
+_CONTEXT_WINDOW_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
+_CONTEXT_WINDOW_WORDS = re.compile(
+    r"prompt is too long|exceeds? (?:the )?context (?:limit|window)|maximum context length",
+    re.IGNORECASE,
+)
+
+
+def reason_for_status(
+    status: int, error_type: str | None, error_code: str | None, message: str = ""
+) -> ErrorReason:
+    """Map an HTTP error status plus the body's type/code (and, for a 400, its message) to a
+    reason (both providers)."""
     if error_code == "insufficient_quota" or error_type == "insufficient_quota":
         return ErrorReason.PROVIDER_QUOTA_EXCEEDED
     if error_type == "overloaded_error" or status == 529:
@@ -152,6 +168,10 @@ def reason_for_status(status: int, error_type: str | None, error_code: str | Non
         return ErrorReason.PROVIDER_RATE_LIMITED
     if status >= 500:
         return ErrorReason.PROVIDER_SERVER_ERROR
+    if status == 400 and (
+        error_code in _CONTEXT_WINDOW_CODES or _CONTEXT_WINDOW_WORDS.search(message[:500])
+    ):
+        return ErrorReason.PROVIDER_CONTEXT_WINDOW_EXCEEDED
     # 400, 404, 409, 413, 422 and any other 4xx (or an unexpected 1xx/3xx): the request
     # as sent was not accepted.
     return ErrorReason.PROVIDER_BAD_REQUEST
@@ -172,7 +192,7 @@ def http_error(
     """
     code = error_code or error_type
     return ProviderError(
-        reason_for_status(status, error_type, error_code),
+        reason_for_status(status, error_type, error_code, message),
         message or f"HTTP {status} from provider",
         status=status,
         retryable=retry.classify(status, headers, code),

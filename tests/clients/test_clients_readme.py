@@ -96,3 +96,20 @@ async def test_readme_cli_agents(
     assert len(summaries) == 2
     assert "refused: the input breaks the input schema" in out
     assert re.search(r"^error: INVALID_ARGUMENT.*input/question", err, re.M)
+
+
+async def test_readme_cli_fallback(
+    pair_vault: RunningKeyVault,
+    execution: RunningExecution,
+    emulator: RunningEmulator,
+    pki: Path,
+    tmp_path: Path,
+) -> None:
+    out, err = await run_cli_block(
+        "clients-fallback", pair_vault, execution, emulator, pki, tmp_path
+    )
+    assert "route 1" in out and "route 2" in out and "overloaded, rate_limited" in out
+    assert re.search(
+        r"^SUCCEEDED: .*, served by route 2 \(anthropic PROVIDER_OVERLOADED\) \(", err, re.M
+    )
+    assert TEXT in out

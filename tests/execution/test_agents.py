@@ -572,7 +572,7 @@ async def test_routes_ids_and_texts_are_checked_with_the_execute_rules(
     ws, stub = await workspace(), execution_stub()
     cases: list[tuple[dict[str, Any], list[str]]] = [
         ({"routes": []}, ["agent.routes"]),
-        ({"routes": [route(), route()]}, ["agent.routes"]),
+        ({"routes": [route()] * 5}, ["agent.routes"]),
         (
             {"routes": [route(provider=0, model="bad model", max_tokens=0, top_p=2.0)]},
             [

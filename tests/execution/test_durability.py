@@ -78,7 +78,10 @@ async def test_finish_recreates_a_lost_running_row_and_replaces_only_the_sweeper
             # Inserted, then failed by the sweeper (its owner's record was late, e.g. waiting
             # out a database outage): the real outcome replaces the INTERRUPTED verdict.
             swept = _started()
-            assert await repo.insert_running(conn, swept, lease_owner="gone", lease_seconds=0.0)
+            inserted, _ = await repo.insert_running(
+                conn, swept, lease_owner="gone", lease_seconds=0.0
+            )
+            assert inserted is not None
             assert await repo.fail_expired_leases(conn, "owner stopped") >= 1
             interrupted = await repo.get(conn, swept.workspace, swept.id)
             assert interrupted is not None and interrupted.error is not None

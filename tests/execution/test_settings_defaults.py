@@ -13,6 +13,7 @@ from execution_service.settings import EngineSettings, ExecutionSettings
 def test_an_empty_environment_gives_the_declared_defaults() -> None:
     loaded = ExecutionSettings.from_env({})
     assert loaded.engine == EngineSettings()
+    assert loaded.maintenance == settings.MaintenanceSettings()
     assert loaded.engine.retry == DEFAULT_POLICY == RetryPolicy()
     assert loaded.keyvault_address == settings.DEFAULT_KEYVAULT_ADDRESS
     assert loaded.server.listen_address == settings.DEFAULT_ADDRESS
@@ -31,3 +32,17 @@ def test_each_variable_overrides_its_own_setting_only() -> None:
         store_output=False,
         retry=dataclasses.replace(DEFAULT_POLICY, max_attempts=5),
     )
+
+
+def test_retention_and_output_limit_settings() -> None:
+    loaded = ExecutionSettings.from_env(
+        {
+            "EXECUTION_RETENTION_DAYS": "30",
+            "ROLLUP_RETENTION_DAYS": "400",
+            "STORE_OUTPUT_MAX_BYTES": "65536",
+        }
+    )
+    assert loaded.maintenance == settings.MaintenanceSettings(
+        execution_retention_days=30, rollup_retention_days=400
+    )
+    assert loaded.engine == dataclasses.replace(EngineSettings(), store_output_max_bytes=65536)

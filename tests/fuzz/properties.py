@@ -50,6 +50,11 @@ CALLERS: dict[str, frozenset[str]] = {
     EX + "ListAgents": frozenset({"app", "admin"}),
     EX + "UpdateAgent": frozenset({"app"}),
     EX + "DeleteAgent": frozenset({"app"}),
+    EX + "CreateBudget": frozenset({"admin"}),
+    EX + "GetBudget": frozenset({"app", "admin"}),
+    EX + "ListBudgets": frozenset({"app", "admin"}),
+    EX + "UpdateBudget": frozenset({"admin"}),
+    EX + "DeleteBudget": frozenset({"admin"}),
 }
 # Every call of these leaves one audit record, a denied one included.
 DENIALS_AUDITED = frozenset(

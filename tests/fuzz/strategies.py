@@ -632,9 +632,9 @@ def agent_texts(field: str) -> st.SearchStrategy[Drawn]:
 
 @st.composite
 def routes(draw: st.DrawFn) -> Drawn:
-    """0 to 3 routes; exactly one is supported. The value is a list of Route messages."""
-    count = draw(st.sampled_from([1, 1, 1, 1, 1, 0, 2, 3]))
-    value, verdicts = [], [VALID if count == 1 else INVALID]
+    """0 to 5 routes; 1 to 4 are allowed. The value is a list of Route messages."""
+    count = draw(st.sampled_from([1, 1, 1, 1, 0, 2, 3, 4, 5]))
+    value, verdicts = [], [VALID if 1 <= count <= 4 else INVALID]
     for _ in range(count):
         provider = draw(PROVIDER_ENUM)
         model = draw(checked("model", MODELS))
@@ -647,11 +647,11 @@ def routes(draw: st.DrawFn) -> Drawn:
     return Drawn(value, combine(*verdicts))
 
 
-def route_provider(drawn: Drawn) -> str | None:
-    """The provider of a valid route list (None when it is not one)."""
+def route_providers(drawn: Drawn) -> frozenset[str] | None:
+    """The providers of a valid route list (None when it is not one)."""
     if drawn.verdict == INVALID:
         return None
-    return PROVIDER_OF[drawn.value[0].provider]
+    return frozenset(PROVIDER_OF[route.provider] for route in drawn.value)
 
 
 # --- JSON Schemas ----------------------------------------------------------------------------

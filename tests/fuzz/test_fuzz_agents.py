@@ -63,7 +63,7 @@ from tests.fuzz.strategies import (
     ok,
     page_sizes,
     parents,
-    route_provider,
+    route_providers,
     routes,
     schemas,
     sized_schema,
@@ -85,7 +85,7 @@ class AgentDraw:
     input: Schema
     output: Schema
     verdicts: dict[str, str]  # updatable field -> verdict
-    provider: str | None  # the route's provider, when the routes are valid
+    providers: frozenset[str] | None  # the routes' providers, when the routes are valid
 
     def fill(self, message: res.Agent) -> None:
         """Set the fields on `message` in place: a copy of a Struct nested past protobuf's
@@ -107,8 +107,8 @@ class AgentDraw:
             return EITHER if "routes" in changed else VALID
         if self.output.document is None:
             return VALID
-        if "routes" in changed and self.provider is not None:
-            return self.output.fit[self.provider]
+        if "routes" in changed and self.providers is not None:
+            return combine(*(self.output.fit[p] for p in self.providers))
         return VALID if set(self.output.fit.values()) == {VALID} else EITHER
 
 
@@ -129,7 +129,7 @@ def _agent_draw(
         input=input_schema,
         output=output_schema,
         verdicts=verdicts,
-        provider=route_provider(route),
+        providers=route_providers(route),
     )
 
 
@@ -240,7 +240,7 @@ def _bad_schema(document: dict[str, Any]) -> Schema:
 @example(**{**CREATE, "agent": agent_of(instructions=bad("x" * 100_001))})
 @example(**{**CREATE, "agent": agent_of(instructions=ok("\U0001f600" * 100_000))})
 @example(**{**CREATE, "agent": agent_of(routes=bad([]))})
-@example(**{**CREATE, "agent": agent_of(routes=bad([res.Route(provider=1, model="m")] * 2))})
+@example(**{**CREATE, "agent": agent_of(routes=bad([res.Route(provider=1, model="m")] * 5))})
 @example(**{**CREATE, "agent": agent_of(provider=0)})
 @example(**{**CREATE, "agent": agent_of(labels=bad({"team": "co\x00re"}))})
 @example(**{**CREATE, "agent": agent_of(input_schema=_bad_schema(NAN_SCHEMA))})

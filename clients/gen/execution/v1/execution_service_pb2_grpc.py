@@ -91,6 +91,31 @@ class ExecutionServiceStub:
                 request_serializer=execution_dot_v1_dot_execution__service__pb2.DeleteAgentRequest.SerializeToString,
                 response_deserializer=execution_dot_v1_dot_execution__service__pb2.DeleteAgentResponse.FromString,
                 _registered_method=True)
+        self.CreateBudget = channel.unary_unary(
+                '/execution.v1.ExecutionService/CreateBudget',
+                request_serializer=execution_dot_v1_dot_execution__service__pb2.CreateBudgetRequest.SerializeToString,
+                response_deserializer=execution_dot_v1_dot_execution__service__pb2.CreateBudgetResponse.FromString,
+                _registered_method=True)
+        self.GetBudget = channel.unary_unary(
+                '/execution.v1.ExecutionService/GetBudget',
+                request_serializer=execution_dot_v1_dot_execution__service__pb2.GetBudgetRequest.SerializeToString,
+                response_deserializer=execution_dot_v1_dot_execution__service__pb2.GetBudgetResponse.FromString,
+                _registered_method=True)
+        self.ListBudgets = channel.unary_unary(
+                '/execution.v1.ExecutionService/ListBudgets',
+                request_serializer=execution_dot_v1_dot_execution__service__pb2.ListBudgetsRequest.SerializeToString,
+                response_deserializer=execution_dot_v1_dot_execution__service__pb2.ListBudgetsResponse.FromString,
+                _registered_method=True)
+        self.UpdateBudget = channel.unary_unary(
+                '/execution.v1.ExecutionService/UpdateBudget',
+                request_serializer=execution_dot_v1_dot_execution__service__pb2.UpdateBudgetRequest.SerializeToString,
+                response_deserializer=execution_dot_v1_dot_execution__service__pb2.UpdateBudgetResponse.FromString,
+                _registered_method=True)
+        self.DeleteBudget = channel.unary_unary(
+                '/execution.v1.ExecutionService/DeleteBudget',
+                request_serializer=execution_dot_v1_dot_execution__service__pb2.DeleteBudgetRequest.SerializeToString,
+                response_deserializer=execution_dot_v1_dot_execution__service__pb2.DeleteBudgetResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutionServiceServicer:
@@ -179,6 +204,42 @@ class ExecutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateBudget(self, request, context):
+        """Creates a budget (spend limit and/or rate limits) with a caller-chosen id; admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBudget(self, request, context):
+        """Returns one budget with its current period's spent, reserved and remaining.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBudgets(self, request, context):
+        """Lists a workspace's budgets by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateBudget(self, request, context):
+        """Changes the fields named in `update_mask`; with `budget.etag` set, only if unchanged
+        since; admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteBudget(self, request, context):
+        """Deletes a budget and its spend history; admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +297,31 @@ def add_ExecutionServiceServicer_to_server(servicer, server):
                     servicer.DeleteAgent,
                     request_deserializer=execution_dot_v1_dot_execution__service__pb2.DeleteAgentRequest.FromString,
                     response_serializer=execution_dot_v1_dot_execution__service__pb2.DeleteAgentResponse.SerializeToString,
+            ),
+            'CreateBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBudget,
+                    request_deserializer=execution_dot_v1_dot_execution__service__pb2.CreateBudgetRequest.FromString,
+                    response_serializer=execution_dot_v1_dot_execution__service__pb2.CreateBudgetResponse.SerializeToString,
+            ),
+            'GetBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBudget,
+                    request_deserializer=execution_dot_v1_dot_execution__service__pb2.GetBudgetRequest.FromString,
+                    response_serializer=execution_dot_v1_dot_execution__service__pb2.GetBudgetResponse.SerializeToString,
+            ),
+            'ListBudgets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBudgets,
+                    request_deserializer=execution_dot_v1_dot_execution__service__pb2.ListBudgetsRequest.FromString,
+                    response_serializer=execution_dot_v1_dot_execution__service__pb2.ListBudgetsResponse.SerializeToString,
+            ),
+            'UpdateBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateBudget,
+                    request_deserializer=execution_dot_v1_dot_execution__service__pb2.UpdateBudgetRequest.FromString,
+                    response_serializer=execution_dot_v1_dot_execution__service__pb2.UpdateBudgetResponse.SerializeToString,
+            ),
+            'DeleteBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteBudget,
+                    request_deserializer=execution_dot_v1_dot_execution__service__pb2.DeleteBudgetRequest.FromString,
+                    response_serializer=execution_dot_v1_dot_execution__service__pb2.DeleteBudgetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -537,6 +623,141 @@ class ExecutionService:
             '/execution.v1.ExecutionService/DeleteAgent',
             execution_dot_v1_dot_execution__service__pb2.DeleteAgentRequest.SerializeToString,
             execution_dot_v1_dot_execution__service__pb2.DeleteAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execution.v1.ExecutionService/CreateBudget',
+            execution_dot_v1_dot_execution__service__pb2.CreateBudgetRequest.SerializeToString,
+            execution_dot_v1_dot_execution__service__pb2.CreateBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execution.v1.ExecutionService/GetBudget',
+            execution_dot_v1_dot_execution__service__pb2.GetBudgetRequest.SerializeToString,
+            execution_dot_v1_dot_execution__service__pb2.GetBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBudgets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execution.v1.ExecutionService/ListBudgets',
+            execution_dot_v1_dot_execution__service__pb2.ListBudgetsRequest.SerializeToString,
+            execution_dot_v1_dot_execution__service__pb2.ListBudgetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execution.v1.ExecutionService/UpdateBudget',
+            execution_dot_v1_dot_execution__service__pb2.UpdateBudgetRequest.SerializeToString,
+            execution_dot_v1_dot_execution__service__pb2.UpdateBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execution.v1.ExecutionService/DeleteBudget',
+            execution_dot_v1_dot_execution__service__pb2.DeleteBudgetRequest.SerializeToString,
+            execution_dot_v1_dot_execution__service__pb2.DeleteBudgetResponse.FromString,
             options,
             channel_credentials,
             insecure,

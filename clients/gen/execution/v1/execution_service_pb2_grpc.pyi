@@ -62,6 +62,18 @@ class ExecutionServiceStub:
     """Changes the fields named in `update_mask`; with `agent.etag` set, only if unchanged since."""
     DeleteAgent: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.DeleteAgentRequest, _execution_service_pb2.DeleteAgentResponse]
     """Deletes an agent; its executions stay."""
+    CreateBudget: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.CreateBudgetRequest, _execution_service_pb2.CreateBudgetResponse]
+    """Creates a budget (spend limit and/or rate limits) with a caller-chosen id; admin only."""
+    GetBudget: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.GetBudgetRequest, _execution_service_pb2.GetBudgetResponse]
+    """Returns one budget with its current period's spent, reserved and remaining."""
+    ListBudgets: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.ListBudgetsRequest, _execution_service_pb2.ListBudgetsResponse]
+    """Lists a workspace's budgets by id."""
+    UpdateBudget: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.UpdateBudgetRequest, _execution_service_pb2.UpdateBudgetResponse]
+    """Changes the fields named in `update_mask`; with `budget.etag` set, only if unchanged
+    since; admin only.
+    """
+    DeleteBudget: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.DeleteBudgetRequest, _execution_service_pb2.DeleteBudgetResponse]
+    """Deletes a budget and its spend history; admin only."""
 
 @_typing.type_check_only
 class ExecutionServiceAsyncStub(ExecutionServiceStub):
@@ -97,6 +109,18 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     """Changes the fields named in `update_mask`; with `agent.etag` set, only if unchanged since."""
     DeleteAgent: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.DeleteAgentRequest, _execution_service_pb2.DeleteAgentResponse]  # type: ignore[assignment]
     """Deletes an agent; its executions stay."""
+    CreateBudget: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.CreateBudgetRequest, _execution_service_pb2.CreateBudgetResponse]  # type: ignore[assignment]
+    """Creates a budget (spend limit and/or rate limits) with a caller-chosen id; admin only."""
+    GetBudget: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.GetBudgetRequest, _execution_service_pb2.GetBudgetResponse]  # type: ignore[assignment]
+    """Returns one budget with its current period's spent, reserved and remaining."""
+    ListBudgets: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.ListBudgetsRequest, _execution_service_pb2.ListBudgetsResponse]  # type: ignore[assignment]
+    """Lists a workspace's budgets by id."""
+    UpdateBudget: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.UpdateBudgetRequest, _execution_service_pb2.UpdateBudgetResponse]  # type: ignore[assignment]
+    """Changes the fields named in `update_mask`; with `budget.etag` set, only if unchanged
+    since; admin only.
+    """
+    DeleteBudget: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.DeleteBudgetRequest, _execution_service_pb2.DeleteBudgetResponse]  # type: ignore[assignment]
+    """Deletes a budget and its spend history; admin only."""
 
 class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs agents' requests against AI providers with the workspace's stored key, streams the
@@ -195,5 +219,47 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_execution_service_pb2.DeleteAgentResponse, _abc.Awaitable[_execution_service_pb2.DeleteAgentResponse]]:
         """Deletes an agent; its executions stay."""
+
+    @_abc_1.abstractmethod
+    def CreateBudget(
+        self,
+        request: _execution_service_pb2.CreateBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.CreateBudgetResponse, _abc.Awaitable[_execution_service_pb2.CreateBudgetResponse]]:
+        """Creates a budget (spend limit and/or rate limits) with a caller-chosen id; admin only."""
+
+    @_abc_1.abstractmethod
+    def GetBudget(
+        self,
+        request: _execution_service_pb2.GetBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.GetBudgetResponse, _abc.Awaitable[_execution_service_pb2.GetBudgetResponse]]:
+        """Returns one budget with its current period's spent, reserved and remaining."""
+
+    @_abc_1.abstractmethod
+    def ListBudgets(
+        self,
+        request: _execution_service_pb2.ListBudgetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.ListBudgetsResponse, _abc.Awaitable[_execution_service_pb2.ListBudgetsResponse]]:
+        """Lists a workspace's budgets by id."""
+
+    @_abc_1.abstractmethod
+    def UpdateBudget(
+        self,
+        request: _execution_service_pb2.UpdateBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.UpdateBudgetResponse, _abc.Awaitable[_execution_service_pb2.UpdateBudgetResponse]]:
+        """Changes the fields named in `update_mask`; with `budget.etag` set, only if unchanged
+        since; admin only.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteBudget(
+        self,
+        request: _execution_service_pb2.DeleteBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.DeleteBudgetResponse, _abc.Awaitable[_execution_service_pb2.DeleteBudgetResponse]]:
+        """Deletes a budget and its spend history; admin only."""
 
 def add_ExecutionServiceServicer_to_server(servicer: ExecutionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -83,6 +83,104 @@ MESSAGE_ROLE_ASSISTANT: MessageRole.ValueType  # 3
 """The model, in earlier turns."""
 Global___MessageRole: _TypeAlias = MessageRole  # noqa: Y015
 
+class _FallbackTrigger:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FallbackTriggerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FallbackTrigger.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FALLBACK_TRIGGER_UNSPECIFIED: _FallbackTrigger.ValueType  # 0
+    """Not set; always rejected."""
+    FALLBACK_TRIGGER_RATE_LIMITED: _FallbackTrigger.ValueType  # 1
+    """The provider answered 429 (rate or quota limit)."""
+    FALLBACK_TRIGGER_OVERLOADED: _FallbackTrigger.ValueType  # 2
+    """The provider is overloaded (Anthropic's 529)."""
+    FALLBACK_TRIGGER_SERVER_ERROR: _FallbackTrigger.ValueType  # 3
+    """The provider answered 5xx, timed out, or cut the stream before any output."""
+    FALLBACK_TRIGGER_UNREACHABLE: _FallbackTrigger.ValueType  # 4
+    """The provider could not be reached."""
+    FALLBACK_TRIGGER_CONTEXT_WINDOW_EXCEEDED: _FallbackTrigger.ValueType  # 5
+    """The provider's 400 saying the prompt exceeds the model's context window."""
+    FALLBACK_TRIGGER_AUTH_FAILED: _FallbackTrigger.ValueType  # 6
+    """The provider refused the key (401) or its permissions (403). Not a default: a wrong key
+    is usually better fixed than hidden.
+    """
+
+class FallbackTrigger(_FallbackTrigger, metaclass=_FallbackTriggerEnumTypeWrapper):
+    """Why an execution moves on to its next route. A route that fails for another reason ends
+    the execution.
+    """
+
+FALLBACK_TRIGGER_UNSPECIFIED: FallbackTrigger.ValueType  # 0
+"""Not set; always rejected."""
+FALLBACK_TRIGGER_RATE_LIMITED: FallbackTrigger.ValueType  # 1
+"""The provider answered 429 (rate or quota limit)."""
+FALLBACK_TRIGGER_OVERLOADED: FallbackTrigger.ValueType  # 2
+"""The provider is overloaded (Anthropic's 529)."""
+FALLBACK_TRIGGER_SERVER_ERROR: FallbackTrigger.ValueType  # 3
+"""The provider answered 5xx, timed out, or cut the stream before any output."""
+FALLBACK_TRIGGER_UNREACHABLE: FallbackTrigger.ValueType  # 4
+"""The provider could not be reached."""
+FALLBACK_TRIGGER_CONTEXT_WINDOW_EXCEEDED: FallbackTrigger.ValueType  # 5
+"""The provider's 400 saying the prompt exceeds the model's context window."""
+FALLBACK_TRIGGER_AUTH_FAILED: FallbackTrigger.ValueType  # 6
+"""The provider refused the key (401) or its permissions (403). Not a default: a wrong key
+is usually better fixed than hidden.
+"""
+Global___FallbackTrigger: _TypeAlias = FallbackTrigger  # noqa: Y015
+
+class _BudgetPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BudgetPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BudgetPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BUDGET_PERIOD_UNSPECIFIED: _BudgetPeriod.ValueType  # 0
+    """Not set: DAY when creating."""
+    BUDGET_PERIOD_DAY: _BudgetPeriod.ValueType  # 1
+    """A UTC day, from 00:00 UTC."""
+    BUDGET_PERIOD_MONTH: _BudgetPeriod.ValueType  # 2
+    """A calendar month, from the first day 00:00 UTC."""
+
+class BudgetPeriod(_BudgetPeriod, metaclass=_BudgetPeriodEnumTypeWrapper):
+    """How long a budget's spend limit runs before it starts again from zero."""
+
+BUDGET_PERIOD_UNSPECIFIED: BudgetPeriod.ValueType  # 0
+"""Not set: DAY when creating."""
+BUDGET_PERIOD_DAY: BudgetPeriod.ValueType  # 1
+"""A UTC day, from 00:00 UTC."""
+BUDGET_PERIOD_MONTH: BudgetPeriod.ValueType  # 2
+"""A calendar month, from the first day 00:00 UTC."""
+Global___BudgetPeriod: _TypeAlias = BudgetPeriod  # noqa: Y015
+
+class _BudgetMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BudgetModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BudgetMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BUDGET_MODE_UNSPECIFIED: _BudgetMode.ValueType  # 0
+    """Not set: ENFORCE when creating."""
+    BUDGET_MODE_ENFORCE: _BudgetMode.ValueType  # 1
+    """Refuse it: RESOURCE_EXHAUSTED (BUDGET_EXCEEDED, RATE_LIMITED) or FAILED_PRECONDITION
+    (PRICE_UNKNOWN).
+    """
+    BUDGET_MODE_ALERT_ONLY: _BudgetMode.ValueType  # 2
+    """Let it run; count it in `execution_budget_alerts_total`."""
+
+class BudgetMode(_BudgetMode, metaclass=_BudgetModeEnumTypeWrapper):
+    """What a budget does when an execution does not fit."""
+
+BUDGET_MODE_UNSPECIFIED: BudgetMode.ValueType  # 0
+"""Not set: ENFORCE when creating."""
+BUDGET_MODE_ENFORCE: BudgetMode.ValueType  # 1
+"""Refuse it: RESOURCE_EXHAUSTED (BUDGET_EXCEEDED, RATE_LIMITED) or FAILED_PRECONDITION
+(PRICE_UNKNOWN).
+"""
+BUDGET_MODE_ALERT_ONLY: BudgetMode.ValueType  # 2
+"""Let it run; count it in `execution_budget_alerts_total`."""
+Global___BudgetMode: _TypeAlias = BudgetMode  # noqa: Y015
+
 @_typing.final
 class Message(_message.Message):
     """One chat message."""
@@ -307,6 +405,8 @@ class Execution(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     OUTPUT_VALID_FIELD_NUMBER: _builtins.int
     CANCELLED_BY_FIELD_NUMBER: _builtins.int
+    ROUTE_INDEX_FIELD_NUMBER: _builtins.int
+    ROUTE_ATTEMPTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`workspaces/{workspace}/executions/{execution}`."""
     agent_id: _builtins.str
@@ -338,6 +438,10 @@ class Execution(_message.Message):
     cancelled_by: _builtins.str
     """The caller identity (SPIFFE ID) whose CancelExecution ended the execution; empty unless
     the state is CANCELLED by such a request.
+    """
+    route_index: _builtins.int
+    """Which of the execution's routes produced the answer (0: the first). `provider` and
+    `model` are that route's; with a fallback this is greater than 0.
     """
     @_builtins.property
     def usage(self) -> Global___Usage:
@@ -375,6 +479,12 @@ class Execution(_message.Message):
     def output(self) -> _struct_pb2.Struct:
         """The parsed structured output, when an output schema applied and the output was JSON."""
 
+    @_builtins.property
+    def route_attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteAttempt]:
+        """Every route tried, in order, including routes skipped for want of a key and the route
+        that answered. `cost_nanos` is the sum over these attempts.
+        """
+
     def __init__(
         self,
         *,
@@ -401,10 +511,12 @@ class Execution(_message.Message):
         output: _struct_pb2.Struct | None = ...,
         output_valid: _builtins.bool | None = ...,
         cancelled_by: _builtins.str = ...,
+        route_index: _builtins.int = ...,
+        route_attempts: _abc.Iterable[Global___RouteAttempt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "_output_valid", b"_output_valid", "cost_nanos", b"cost_nanos", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "first_token_time", b"first_token_time", "latency", b"latency", "output", b"output", "output_valid", b"output_valid", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "_output_valid", b"_output_valid", "agent", b"agent", "agent_etag", b"agent_etag", "agent_id", b"agent_id", "attempts", b"attempts", "cancelled_by", b"cancelled_by", "cost_nanos", b"cost_nanos", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "finish_reason", b"finish_reason", "first_token_time", b"first_token_time", "labels", b"labels", "latency", b"latency", "model", b"model", "name", b"name", "output", b"output", "output_text", b"output_text", "output_valid", b"output_valid", "provider", b"provider", "request_id", b"request_id", "state", b"state", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "_output_valid", b"_output_valid", "agent", b"agent", "agent_etag", b"agent_etag", "agent_id", b"agent_id", "attempts", b"attempts", "cancelled_by", b"cancelled_by", "cost_nanos", b"cost_nanos", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "finish_reason", b"finish_reason", "first_token_time", b"first_token_time", "labels", b"labels", "latency", b"latency", "model", b"model", "name", b"name", "output", b"output", "output_text", b"output_text", "output_valid", b"output_valid", "provider", b"provider", "request_id", b"request_id", "route_attempts", b"route_attempts", "route_index", b"route_index", "state", b"state", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_nanos: _TypeAlias = _typing.Literal["cost_nanos"]  # noqa: Y015
     _WhichOneofArgType__cost_nanos: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos"]  # noqa: Y015
@@ -416,6 +528,99 @@ class Execution(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__output_valid) -> _WhichOneofReturnType__output_valid | None: ...
 
 Global___Execution: _TypeAlias = Execution  # noqa: Y015
+
+@_typing.final
+class RouteAttempt(_message.Message):
+    """One route's try within an execution, its own retries included."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_INDEX_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    COST_NANOS_FIELD_NUMBER: _builtins.int
+    route_index: _builtins.int
+    """Index of the route in the execution's routes."""
+    provider: _resources_pb2.Provider.ValueType
+    """The route's provider."""
+    model: _builtins.str
+    """The route's model."""
+    http_status: _builtins.int
+    """HTTP status of the provider's last answer; 0 when there was none (not reached, skipped)."""
+    reason: _builtins.str
+    """Why the route failed or was skipped (PROVIDER_OVERLOADED, API_KEY_NOT_CONFIGURED, ...);
+    empty for the route that answered.
+    """
+    cost_nanos: _builtins.int
+    """What the provider billed for this route, in nano-dollars; unset when the price is unknown."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the route was started."""
+
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration:
+        """How long the route took, retries included."""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Tokens the provider reported for this route."""
+
+    def __init__(
+        self,
+        *,
+        route_index: _builtins.int = ...,
+        provider: _resources_pb2.Provider.ValueType = ...,
+        model: _builtins.str = ...,
+        http_status: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        latency: _duration_pb2.Duration | None = ...,
+        usage: Global___Usage | None = ...,
+        cost_nanos: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "cost_nanos", b"cost_nanos", "latency", b"latency", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos", "cost_nanos", b"cost_nanos", "http_status", b"http_status", "latency", b"latency", "model", b"model", "provider", b"provider", "reason", b"reason", "route_index", b"route_index", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cost_nanos: _TypeAlias = _typing.Literal["cost_nanos"]  # noqa: Y015
+    _WhichOneofArgType__cost_nanos: _TypeAlias = _typing.Literal["_cost_nanos", b"_cost_nanos"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_nanos) -> _WhichOneofReturnType__cost_nanos | None: ...
+
+Global___RouteAttempt: _TypeAlias = RouteAttempt  # noqa: Y015
+
+@_typing.final
+class FallbackPolicy(_message.Message):
+    """When an agent falls back along its routes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIGGERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def triggers(self) -> _containers.RepeatedScalarFieldContainer[Global___FallbackTrigger.ValueType]:
+        """The failures (after the route's own retries) that move the execution to the next route.
+        An agent without a policy uses the defaults: RATE_LIMITED, OVERLOADED, SERVER_ERROR,
+        UNREACHABLE and CONTEXT_WINDOW_EXCEEDED. A policy with no triggers never falls back.
+        A route whose provider has no key in the workspace is always skipped (unless it is the
+        last), and no route falls back once output has reached the caller.
+        """
+
+    def __init__(
+        self,
+        *,
+        triggers: _abc.Iterable[Global___FallbackTrigger.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["triggers", b"triggers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FallbackPolicy: _TypeAlias = FallbackPolicy  # noqa: Y015
 
 @_typing.final
 class Route(_message.Message):
@@ -488,6 +693,7 @@ class Agent(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    FALLBACK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`workspaces/{workspace}/agents/{agent}`; the agent id follows the agent_id rule
     (1 to 128 characters of [A-Za-z0-9._-]) and is the `agent_id` of its executions.
@@ -504,8 +710,8 @@ class Agent(_message.Message):
     """
     @_builtins.property
     def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Route]:
-        """Where the agent runs, in order of preference. Exactly one route for now; later
-        versions fall back along the list.
+        """Where the agent runs, in order of preference (1 to 4 routes): when a route fails in a way
+        `fallback` names, before any output reached the caller, the next route is tried.
         """
 
     @_builtins.property
@@ -530,6 +736,10 @@ class Agent(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the agent was last changed."""
 
+    @_builtins.property
+    def fallback(self) -> Global___FallbackPolicy:
+        """When to move on to the next route; unset uses the defaults (see FallbackPolicy)."""
+
     def __init__(
         self,
         *,
@@ -544,10 +754,11 @@ class Agent(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        fallback: Global___FallbackPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "input_schema", b"input_schema", "output_schema", b"output_schema", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "fallback", b"fallback", "input_schema", b"input_schema", "output_schema", b"output_schema", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "display_name", b"display_name", "etag", b"etag", "input_schema", b"input_schema", "instructions", b"instructions", "labels", b"labels", "name", b"name", "output_schema", b"output_schema", "routes", b"routes", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "display_name", b"display_name", "etag", b"etag", "fallback", b"fallback", "input_schema", b"input_schema", "instructions", b"instructions", "labels", b"labels", "name", b"name", "output_schema", b"output_schema", "routes", b"routes", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -555,7 +766,11 @@ Global___Agent: _TypeAlias = Agent  # noqa: Y015
 
 @_typing.final
 class AgentStats(_message.Message):
-    """Aggregates of one agent's executions over a time window."""
+    """Aggregates of one agent's executions over a time window. Counts, tokens and costs are
+    exact for any window (whole minutes come from rollups, a partial minute at either edge
+    from the executions themselves). Percentiles are interpolated like percentile_cont over
+    histogram buckets and are within 2 % of the exact value (durations above 0.1 ms).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -577,6 +792,7 @@ class AgentStats(_message.Message):
     TIME_TO_FIRST_TOKEN_P50_FIELD_NUMBER: _builtins.int
     TIME_TO_FIRST_TOKEN_P95_FIELD_NUMBER: _builtins.int
     OUTPUT_INVALID_COUNT_FIELD_NUMBER: _builtins.int
+    FALLBACK_COUNT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent."""
     total_count: _builtins.int
@@ -607,6 +823,8 @@ class AgentStats(_message.Message):
     """Of the failed executions, those whose output was refused or broke its output schema
     (OUTPUT_REFUSED, OUTPUT_SCHEMA_VIOLATION) rather than a provider or service failure.
     """
+    fallback_count: _builtins.int
+    """Executions answered by a fallback route (route_index > 0)."""
     @_builtins.property
     def latency_p50(self) -> _duration_pb2.Duration:
         """Median latency of finished executions."""
@@ -644,11 +862,182 @@ class AgentStats(_message.Message):
         time_to_first_token_p50: _duration_pb2.Duration | None = ...,
         time_to_first_token_p95: _duration_pb2.Duration | None = ...,
         output_invalid_count: _builtins.int = ...,
+        fallback_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "time_to_first_token_p50", b"time_to_first_token_p50", "time_to_first_token_p95", b"time_to_first_token_p95"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "cancelled_count", b"cancelled_count", "cost_nanos", b"cost_nanos", "failed_count", b"failed_count", "input_tokens", b"input_tokens", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "output_invalid_count", b"output_invalid_count", "output_tokens", b"output_tokens", "running_count", b"running_count", "succeeded_count", b"succeeded_count", "success_rate", b"success_rate", "time_to_first_token_p50", b"time_to_first_token_p50", "time_to_first_token_p95", b"time_to_first_token_p95", "total_count", b"total_count", "unknown_cost_count", b"unknown_cost_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "cancelled_count", b"cancelled_count", "cost_nanos", b"cost_nanos", "failed_count", b"failed_count", "fallback_count", b"fallback_count", "input_tokens", b"input_tokens", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "output_invalid_count", b"output_invalid_count", "output_tokens", b"output_tokens", "running_count", b"running_count", "succeeded_count", b"succeeded_count", "success_rate", b"success_rate", "time_to_first_token_p50", b"time_to_first_token_p50", "time_to_first_token_p95", b"time_to_first_token_p95", "total_count", b"total_count", "unknown_cost_count", b"unknown_cost_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentStats: _TypeAlias = AgentStats  # noqa: Y015
+
+@_typing.final
+class BudgetPeriodUsage(_message.Message):
+    """A budget's current period and what has been used of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    SPENT_NANOS_FIELD_NUMBER: _builtins.int
+    RESERVED_NANOS_FIELD_NUMBER: _builtins.int
+    REMAINING_NANOS_FIELD_NUMBER: _builtins.int
+    spent_nanos: _builtins.int
+    """Actual cost of the finished executions admitted in the period, nano-dollars."""
+    reserved_nanos: _builtins.int
+    """Worst-case cost of the running executions admitted in the period, nano-dollars."""
+    remaining_nanos: _builtins.int
+    """limit - spent - reserved, never below 0; unset when the budget has no spend limit."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the period started (inclusive)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ends (exclusive), and the budget starts again from zero."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        spent_nanos: _builtins.int = ...,
+        reserved_nanos: _builtins.int = ...,
+        remaining_nanos: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_remaining_nanos", b"_remaining_nanos", "end_time", b"end_time", "remaining_nanos", b"remaining_nanos", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_remaining_nanos", b"_remaining_nanos", "end_time", b"end_time", "remaining_nanos", b"remaining_nanos", "reserved_nanos", b"reserved_nanos", "spent_nanos", b"spent_nanos", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__remaining_nanos: _TypeAlias = _typing.Literal["remaining_nanos"]  # noqa: Y015
+    _WhichOneofArgType__remaining_nanos: _TypeAlias = _typing.Literal["_remaining_nanos", b"_remaining_nanos"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__remaining_nanos) -> _WhichOneofReturnType__remaining_nanos | None: ...
+
+Global___BudgetPeriodUsage: _TypeAlias = BudgetPeriodUsage  # noqa: Y015
+
+@_typing.final
+class Budget(_message.Message):
+    """Limits on a workspace's executions, or on one agent's: a spend limit per period and/or
+    request and token rates per minute, shared by every replica. Every budget whose scope
+    matches an execution applies to it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_NANOS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    ALLOW_UNPRICED_MODELS_FIELD_NUMBER: _builtins.int
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    CURRENT_PERIOD_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`workspaces/{workspace}/budgets/{budget}`."""
+    display_name: _builtins.str
+    """Human-readable name, up to 256 characters."""
+    agent_id: _builtins.str
+    """Only executions of this agent id count; empty: every execution of the workspace."""
+    limit_nanos: _builtins.int
+    """Spend limit per period in nano-dollars (USD 1e-9); unset: no spend limit (spend is still
+    tracked). An execution is admitted only if its worst-case cost fits in what is left.
+    """
+    period: Global___BudgetPeriod.ValueType
+    """The spend limit's period."""
+    mode: Global___BudgetMode.ValueType
+    """ENFORCE or ALERT_ONLY."""
+    allow_unpriced_models: _builtins.bool
+    """With a spend limit: admit models without a known price (their cost counts as 0) instead
+    of refusing them with PRICE_UNKNOWN.
+    """
+    requests_per_minute: _builtins.int
+    """Executions admitted per minute (a token bucket of this size, refilled continuously);
+    unset: no limit.
+    """
+    tokens_per_minute: _builtins.int
+    """Tokens per minute: each execution takes its worst case (input bound + max_tokens) when
+    admitted and gives back what it did not use when it finishes; unset: no limit.
+    """
+    etag: _builtins.str
+    """Changes with every update; send it back with UpdateBudget or DeleteBudget to change only
+    the version you read.
+    """
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Caller-supplied labels (at most 16)."""
+
+    @_builtins.property
+    def current_period(self) -> Global___BudgetPeriodUsage:
+        """The current period (output only)."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the budget was created."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the budget was last changed."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        limit_nanos: _builtins.int | None = ...,
+        period: Global___BudgetPeriod.ValueType = ...,
+        mode: Global___BudgetMode.ValueType = ...,
+        allow_unpriced_models: _builtins.bool = ...,
+        requests_per_minute: _builtins.int | None = ...,
+        tokens_per_minute: _builtins.int | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        current_period: Global___BudgetPeriodUsage | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit_nanos", b"_limit_nanos", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "create_time", b"create_time", "current_period", b"current_period", "limit_nanos", b"limit_nanos", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit_nanos", b"_limit_nanos", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "agent_id", b"agent_id", "allow_unpriced_models", b"allow_unpriced_models", "create_time", b"create_time", "current_period", b"current_period", "display_name", b"display_name", "etag", b"etag", "labels", b"labels", "limit_nanos", b"limit_nanos", "mode", b"mode", "name", b"name", "period", b"period", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit_nanos: _TypeAlias = _typing.Literal["limit_nanos"]  # noqa: Y015
+    _WhichOneofArgType__limit_nanos: _TypeAlias = _typing.Literal["_limit_nanos", b"_limit_nanos"]  # noqa: Y015
+    _WhichOneofReturnType__requests_per_minute: _TypeAlias = _typing.Literal["requests_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__requests_per_minute: _TypeAlias = _typing.Literal["_requests_per_minute", b"_requests_per_minute"]  # noqa: Y015
+    _WhichOneofReturnType__tokens_per_minute: _TypeAlias = _typing.Literal["tokens_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__tokens_per_minute: _TypeAlias = _typing.Literal["_tokens_per_minute", b"_tokens_per_minute"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit_nanos) -> _WhichOneofReturnType__limit_nanos | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__requests_per_minute) -> _WhichOneofReturnType__requests_per_minute | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tokens_per_minute) -> _WhichOneofReturnType__tokens_per_minute | None: ...
+
+Global___Budget: _TypeAlias = Budget  # noqa: Y015
