@@ -29,7 +29,7 @@ async def main(args: argparse.Namespace) -> None:
     if args.only in (None, "execution"):
         from bench import execution_bench
 
-        lines += await execution_bench.run(args.seconds)
+        lines += await execution_bench.run(args.seconds, agent=not args.skip_agent)
     if args.only == "limits":
         from bench import limits_bench
 
@@ -56,6 +56,9 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per case")
     parser.add_argument(
         "--only", choices=["schema", "keyvault", "execution", "agent", "limits", "stats"]
+    )
+    parser.add_argument(
+        "--skip-agent", action="store_true", help="leave out (d), agent by name vs ad hoc"
     )
     parser.add_argument(
         "--stats-rows",

@@ -1,6 +1,9 @@
-"""Execution service figures against the provider emulator in its own process:
+"""Execution service figures against the provider emulator in its own process, for both
+provider behaviours (20 events of 8 bytes of text, then usage, then [DONE]: one write per
+event with no delay, as a provider's server sends them, and the whole stream in one write):
 (a) time to first token added by the service, one request at a time;
-(b) executions per second with 20-chunk streams at 32 and 128 concurrent;
+(b) executions per second at 128 in flight, with the CPU each process used per execution
+    over the measured window, with EXECUTION_WORKERS=1 and 2;
 (c) the service's resident memory with 1,000 concurrent slow streams;
 (d) time to first token of an agent run by name against the same request sent ad hoc.
 Every execution is tracked in PostgreSQL and its key comes from the vault (cache on)."""
@@ -13,12 +16,13 @@ import itertools
 import json
 import time
 
+import aiohttp
 import httpx
 import psutil
 from google.protobuf import struct_pb2
 
-from bench.load import run_load
-from bench.stack import running_stack, secure_channel
+from bench.load import LoadResult, run_load
+from bench.stack import Stack, running_stack, secure_channel
 from clients.gen.execution.v1 import execution_service_pb2 as ex
 from clients.gen.execution.v1 import execution_service_pb2_grpc as ex_grpc
 from clients.gen.execution.v1 import resources_pb2 as res
@@ -30,6 +34,12 @@ WORKSPACE = "bench"
 API_KEY = "sk-bench-0123456789abcdef"
 MODEL = "gpt-4o-mini"
 PROMPT = "Summarise the state of the fleet in one line"
+# 20 content events of 8 bytes of text each.
+ANSWER = ("--text", "abcdefg " * 20, "--chunks", "20")
+BEHAVIOURS = {
+    "one write per event": ("--write-per-event", *ANSWER),
+    "coalesced (one write)": ANSWER,
+}
 
 
 def execute_request(workspace: str = WORKSPACE) -> ex.ExecuteRequest:
@@ -67,6 +77,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def ttft_overhead(port: int, emulator_url: str, samples: int) -> list[str]:
+    """Paired: the same request straight to the emulator (aiohttp) and through the service,
+    one after the other; first token = the first event that carries text."""
     body = {
         "model": MODEL,
         "stream": True,
@@ -78,15 +90,15 @@ async def ttft_overhead(port: int, emulator_url: str, samples: int) -> list[str]
     via: list[float] = []
     stub = ex_grpc.ExecutionServiceStub(secure_channel(port, "app"))
     request = execute_request()
-    async with httpx.AsyncClient() as client:
+    async with aiohttp.ClientSession() as client:
         for i in range(samples + 20):  # the first 20 warm connections and caches
             t0 = time.perf_counter()
-            async with client.stream(
-                "POST", f"{emulator_url}/v1/chat/completions", json=body, headers=headers
+            first = None
+            async with client.post(
+                f"{emulator_url}/v1/chat/completions", json=body, headers=headers
             ) as response:
-                first = None
-                async for line in response.aiter_lines():
-                    if first is None and '"content"' in line:
+                async for line in response.content:
+                    if first is None and b'"content":"' in line and b'"content":""' not in line:
                         first = time.perf_counter() - t0
             t0 = time.perf_counter()
             first_via = None
@@ -276,19 +288,24 @@ async def store_key(vault_port: int, workspace: str = WORKSPACE) -> None:
         )
 
 
-def throughput(port: int, seconds: float, service_processes: int) -> list[str]:
-    lines = []
-    for concurrency in (32, 128):
-        for loadgen in (1, 2):
-            result = run_load(
-                functools.partial(execute_call, port),
-                concurrency=concurrency,
-                seconds=seconds,
-                processes=loadgen,
-            )
-            label = f"{concurrency} concurrent, {service_processes} svc proc, {loadgen} loadgen"
-            lines.append("    " + result.line(label))
-    return lines
+def throughput(stack: Stack, seconds: float, concurrency: int = 128) -> LoadResult:
+    """Closed loop at `concurrency` in flight from one load generator process, with the CPU
+    of each of the stack's processes over the measured window."""
+    assert stack.execution_port
+    return run_load(
+        functools.partial(execute_call, stack.execution_port),
+        concurrency=concurrency,
+        seconds=seconds,
+        watch=stack.pids,
+    )
+
+
+def throughput_lines(result: LoadResult, workers: int) -> list[str]:
+    label = f"128 in flight, EXECUTION_WORKERS={workers}"
+    return [
+        "    " + result.line(label),
+        f"      CPU over the window: {result.cpu_line()}",
+    ]
 
 
 async def run_agent_comparison() -> list[str]:
@@ -300,21 +317,27 @@ async def run_agent_comparison() -> list[str]:
     return lines
 
 
-async def run(seconds: float) -> list[str]:
+async def run(seconds: float, *, ttft_samples: int = 300, agent: bool = True) -> list[str]:
     lines = ["## Execution service (emulator, vault, PostgreSQL and load generator on one host)"]
+    for behaviour, emulator_args in BEHAVIOURS.items():
+        lines.append(f"### provider: {behaviour}")
+        async with running_stack(with_execution=True, emulator_args=emulator_args) as stack:
+            assert stack.execution_port and stack.emulator_url
+            await store_key(stack.vault_port)
+            lines += await ttft_overhead(stack.execution_port, stack.emulator_url, ttft_samples)
+            lines.append("(b) executions per second, 20-event streams, every one tracked:")
+            lines += throughput_lines(throughput(stack, seconds), workers=1)
+        async with running_stack(
+            with_execution=True, emulator_args=emulator_args, workers=2
+        ) as stack:
+            await store_key(stack.vault_port)
+            lines += throughput_lines(throughput(stack, seconds), workers=2)
     async with running_stack(with_execution=True) as stack:
         assert stack.execution_port and stack.emulator_url
         await store_key(stack.vault_port)
-        lines += await ttft_overhead(stack.execution_port, stack.emulator_url, samples=300)
-        lines += await agent_vs_ad_hoc(stack.execution_port, samples=500)
-        lines.append("(b) executions per second, 20-chunk streams, every one tracked:")
-        lines += throughput(stack.execution_port, seconds, service_processes=1)
         lines += await memory_with_slow_streams(
             stack.execution_port, stack.emulator_url, stack.pids["execution"], 1000
         )
-    async with running_stack(with_execution=True, workers=2) as stack:
-        assert stack.execution_port
-        await store_key(stack.vault_port)
-        lines.append("(b') the same with EXECUTION_WORKERS=2 (two processes share the port):")
-        lines += throughput(stack.execution_port, seconds, service_processes=2)
+        if agent:
+            lines += await agent_vs_ad_hoc(stack.execution_port, samples=500)
     return lines

@@ -9,7 +9,7 @@ import multiprocessing as mp
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -24,6 +24,18 @@ class LoadResult:
     seconds: float
     latencies: list[float]
     loadgen_cpu_percent: float  # summed over worker processes (100 = one full core)
+    # CPU seconds each watched process (and its children) used over the measured window.
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+
+    def cpu_per_call_ms(self, name: str) -> float:
+        return 1e3 * self.cpu_seconds[name] / self.calls if self.calls else float("nan")
+
+    def cpu_line(self) -> str:
+        """`name X% (Y ms/call)` for every watched process."""
+        return ", ".join(
+            f"{name} {100 * cpu / self.seconds:.0f}% ({self.cpu_per_call_ms(name):.2f} ms/call)"
+            for name, cpu in self.cpu_seconds.items()
+        )
 
     @property
     def rate(self) -> float:
@@ -70,9 +82,10 @@ async def _worker_async(factory: CallFactory, concurrency: int, seconds: float, 
     return latencies, errors
 
 
-def _worker(factory: CallFactory, concurrency: int, seconds: float, warmup: float, out) -> None:
+def _worker(factory: CallFactory, concurrency: int, seconds: float, warmup: float, out, go) -> None:
     import uvloop
 
+    go.wait()  # every worker starts together, so the measured windows line up
     cpu0 = time.process_time()
     latencies, errors = uvloop.run(_worker_async(factory, concurrency, seconds, warmup))
     out.put((latencies, errors, time.process_time() - cpu0))
@@ -85,29 +98,54 @@ def run_load(
     seconds: float,
     processes: int = 1,
     warmup: float = 1.0,
+    watch: dict[str, int] | None = None,
 ) -> LoadResult:
+    """`watch`: processes (name: pid; their children count with them) whose CPU time over
+    the measured window is reported."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
+    go = ctx.Event()
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     workers = [
-        ctx.Process(target=_worker, args=(factory, share, seconds, warmup, queue))
+        ctx.Process(target=_worker, args=(factory, share, seconds, warmup, queue, go))
         for share in shares
         if share
     ]
     for w in workers:
         w.start()
+    time.sleep(1.5)  # the spawned workers import grpc before they wait for `go`
+    go.set()
+    time.sleep(warmup)
+    before = {name: process_tree_cpu(pid) for name, pid in (watch or {}).items()}
+    time.sleep(seconds)
+    cpu = {name: process_tree_cpu(pid) - before[name] for name, pid in (watch or {}).items()}
     results = [queue.get() for _ in workers]
     for w in workers:
         w.join()
     latencies = [x for r in results for x in r[0]]
-    cpu = sum(r[2] for r in results)
+    loadgen_cpu = sum(r[2] for r in results)
     return LoadResult(
         calls=len(latencies),
         errors=sum(r[1] for r in results),
         seconds=seconds,
         latencies=latencies,
-        loadgen_cpu_percent=100 * cpu / (seconds + warmup),
+        loadgen_cpu_percent=100 * loadgen_cpu / (seconds + warmup),
+        cpu_seconds=cpu,
     )
+
+
+def process_tree_cpu(pid: int) -> float:
+    """User and system CPU seconds of a process and its live children (a supervisor's
+    workers)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in (root, *root.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def process_cpu_percent(pid: int, seconds: float) -> float:

@@ -68,9 +68,20 @@ async def _fresh_database(server_uri: str, name: str) -> str:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    *, with_execution: bool, emulator_args: tuple[str, ...] = (), workers: int = 1
+    *,
+    with_execution: bool,
+    emulator_args: tuple[str, ...] = (),
+    workers: int = 1,
+    profile: dict[str, str] | None = None,
 ) -> AsyncIterator[Stack]:
-    """`workers`: processes per service, sharing its port (KEYVAULT_/EXECUTION_WORKERS)."""
+    """`workers`: processes per service, sharing its port (KEYVAULT_/EXECUTION_WORKERS).
+    `profile`: service ("keyvault", "execution") -> file that gets its sampled profile
+    (bench.profiler) when it stops."""
+
+    def service(module: str, name: str) -> tuple[str, ...]:
+        out = (profile or {}).get(name)
+        return ("-m", "bench.profiler", out, "-m", module) if out else ("-m", module)
+
     devcerts.write_dev_certs(CERTS)
     server = embedded_pg.start()
     uri = server.get_uri()
@@ -94,7 +105,7 @@ async def running_stack(
         vault_port = free_port()
         env["KEYVAULT_LISTEN_ADDRESS"] = f"127.0.0.1:{vault_port}"
         processes["keyvault"] = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "keyvault_service", env=env
+            sys.executable, *service("keyvault_service", "keyvault"), env=env
         )
         await wait_serving(vault_port, processes["keyvault"])
         execution_port = emulator_url = None
@@ -119,7 +130,7 @@ async def running_stack(
                 ANTHROPIC_BASE_URL=emulator_url,
             )
             processes["execution"] = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "execution_service", env=env
+                sys.executable, *service("execution_service", "execution"), env=env
             )
             await wait_serving(execution_port, processes["execution"])
         yield Stack(

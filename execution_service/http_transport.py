@@ -70,7 +70,9 @@ class ProviderTransport(AiohttpTransport):
             limit=limit,
             resolver=PolicyResolver(self._egress),
         )
-        return aiohttp.ClientSession(connector=connector)
+        # Provider calls of every workspace share this session: a cookie one answer sets
+        # must not travel with another's request (and keeping none costs nothing per call).
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         # aiohttp does not resolve a literal IP address, so the resolver never sees one:
@@ -101,6 +103,15 @@ def _no_connection(request: httpx.Request) -> str:
     return f"could not connect to {url.scheme}://{url.host}:{url.port or ''}".rstrip(":")
 
 
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing. httpx files every answer's cookies (a urllib request
+    object with every header copied, per call); no provider call needs cookies, and calls
+    of different workspaces share the client."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
 def provider_http_client(
     *,
     connect_timeout: float,
@@ -119,6 +130,7 @@ def provider_http_client(
         timeout=httpx.Timeout(connect_timeout, read=read_timeout),
         follow_redirects=False,
     )
+    client._cookies = _NoCookies()  # the `cookies` setter would copy it into a plain jar
     if tracing is not None:
         tracing.instrument_http(client)
     return client

@@ -112,14 +112,14 @@ class KeySource:
     async def get(self, workspace: str, provider: str, request_id: str) -> tuple[ProviderKey, bool]:
         """The key and whether it came from the cache."""
         if not self.subscribed:  # a change could have gone unheard: ask the vault
-            metrics.KEY_CACHE_LOOKUPS.labels("bypass").inc()
+            metrics.child(metrics.KEY_CACHE_LOOKUPS, "bypass").inc()
             return await self._reveal(workspace, provider, request_id), False
         slot = (workspace, provider)
         cached = self._cache.get(slot)
         if cached is not None and cached.expires_at > self._clock():
-            metrics.KEY_CACHE_LOOKUPS.labels("hit").inc()
+            metrics.child(metrics.KEY_CACHE_LOOKUPS, "hit").inc()
             return cached.key, True
-        metrics.KEY_CACHE_LOOKUPS.labels("miss").inc()
+        metrics.child(metrics.KEY_CACHE_LOOKUPS, "miss").inc()
         pending = self._inflight.get(slot)
         if pending is not None:
             try:

@@ -117,10 +117,10 @@ class RouteRunner:
 
             def count_attempt(n: int, before: int = attempts_before) -> None:
                 progress.attempts = before + n
-                metrics.PROVIDER_ATTEMPTS.labels(route.provider).inc()
+                metrics.child(metrics.PROVIDER_ATTEMPTS, route.provider).inc()
 
             def count_retry(failure: ProviderError) -> None:
-                metrics.PROVIDER_RETRIES.labels(route.provider, failure.reason.value).inc()
+                metrics.child(metrics.PROVIDER_RETRIES, route.provider, failure.reason.value).inc()
 
             events = stream_chat(
                 self._http,

@@ -20,6 +20,7 @@ measured (`bench/schema_bench.py`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -27,9 +28,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema_rs
+if TYPE_CHECKING:
+    import jsonschema_rs
 
 from service_kit.errors import FieldViolation
 
@@ -252,11 +254,13 @@ def _meta_violations(document: Mapping[str, Any], field_: str) -> list[FieldViol
     """Draft 2020-12 meta-schema errors, one per error, at the schema path they concern."""
     return [
         FieldViolation(_dotted(field_, list(error.instance_path)), _short(error.message))
-        for error in _META_VALIDATOR.iter_errors(document)
+        for error in _meta_validator().iter_errors(document)
     ][:MAX_REPORTED_ERRORS]
 
 
 def _compile(document: dict[str, Any]) -> jsonschema_rs.Validator:
+    import jsonschema_rs  # at first use: see _meta_validator
+
     # offline: a `$ref` to a URL is an error, never a fetch from the service's network.
     return jsonschema_rs.Draft202012Validator(document, validate_formats=True, offline=True)
 
@@ -287,6 +291,8 @@ def schema_violations(
     violations = _meta_violations(document, field_)
     if violations:
         return violations
+    import jsonschema_rs  # already loaded by _meta_violations
+
     try:
         _compile(document)
     except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as exc:
@@ -549,6 +555,12 @@ def validate(schema: JsonSchema, instance: Any, prefix: str) -> list[SchemaViola
     return compiled(schema).validate(instance, prefix)
 
 
-_META_VALIDATOR = jsonschema_rs.Draft202012Validator(
-    {"$ref": DRAFT_2020_12}, validate_formats=True, offline=True
-)
+@functools.cache
+def _meta_validator() -> jsonschema_rs.Validator:
+    """Compiled at first use, with jsonschema_rs itself: a process that is never sent a
+    schema keeps neither in memory (~8 MB)."""
+    import jsonschema_rs
+
+    return jsonschema_rs.Draft202012Validator(
+        {"$ref": DRAFT_2020_12}, validate_formats=True, offline=True
+    )

@@ -22,21 +22,23 @@ def execution_finished(execution: Execution, outcome: Outcome, *, model_family: 
     provider, model = execution.provider, model_family or OTHER_MODEL
     reason = outcome.error.reason if outcome.error is not None else ""
     usage = outcome.usage
-    metrics.EXECUTIONS_FINISHED.labels(provider, outcome.state, reason).inc()
+    metrics.child(metrics.EXECUTIONS_FINISHED, provider, outcome.state, reason).inc()
     for kind, count in (
         ("input", usage.input_tokens),
         ("output", usage.output_tokens),
         ("cache_read", usage.cache_read_tokens),
         ("cache_write", usage.cache_write_tokens),
     ):
-        metrics.TOKENS.labels(provider, model, kind).inc(count)
+        metrics.child(metrics.TOKENS, provider, model, kind).inc(count)
     if outcome.cost_nanos:
-        metrics.COST_NANODOLLARS.labels(provider, model).inc(outcome.cost_nanos)
+        metrics.child(metrics.COST_NANODOLLARS, provider, model).inc(outcome.cost_nanos)
 
     ttft = outcome.first_token_time
     if ttft is not None:
         seconds = (ttft - execution.create_time).total_seconds()
-        metrics.TIME_TO_FIRST_TOKEN.labels(provider).observe(max(seconds, 0.0))
+        metrics.child(metrics.TIME_TO_FIRST_TOKEN, provider).observe(max(seconds, 0.0))
+    if not log.isEnabledFor(logging.INFO):  # LOG_LEVEL=WARNING: skip building the record
+        return
     log.info(
         "execution finished",
         extra={

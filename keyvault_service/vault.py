@@ -124,7 +124,7 @@ class KeyVault:
         except BaseException as exc:
             metrics.KEY_REVEALS.labels(_reveal_outcome(exc)).inc()
             raise
-        metrics.KEY_REVEALS.labels("revealed").inc()
+        metrics.child(metrics.KEY_REVEALS, "revealed").inc()
         log.info("key revealed", extra={"key": ref.name, "key_version": stored.key_version})
         return stored, plaintext
 

@@ -29,6 +29,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
     parser.add_argument("--first-token-delay-ms", type=float, default=0.0)
     parser.add_argument(
+        "--write-per-event",
+        action="store_true",
+        help="without a chunk delay, one write per SSE event instead of one for the stream",
+    )
+    parser.add_argument(
         "--accepted-key",
         action="append",
         dest="accepted_keys",
@@ -68,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         text=args.text,
         chunk_delay_ms=args.chunk_delay_ms,
         first_token_delay_ms=args.first_token_delay_ms,
+        write_per_event=args.write_per_event,
         accepted_keys=frozenset(args.accepted_keys) if args.accepted_keys else None,
         access_log=args.access_log,
     )

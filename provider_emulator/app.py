@@ -195,6 +195,7 @@ class ProviderEndpoints:
                 self._first_delay(step),
                 self.config.chunk_delay_ms if step.chunk_delay_ms is None else step.chunk_delay_ms,
                 split_writes_ms=step.split_writes_ms,
+                write_per_event=self.config.write_per_event,
             )
         return await self._send_whole(request, wire, step, answer, record, headers)
 

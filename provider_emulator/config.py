@@ -19,6 +19,8 @@ class EmulatorConfig:
     text: a fixed answer text instead; sent one whitespace-led word per chunk, or in
         `chunks` near-equal slices when `chunks` is also set.
     chunk_delay_ms: pause between two content chunks of a stream.
+    write_per_event: without a chunk delay, send each SSE event in a write of its own
+        (as a provider's server does) instead of the whole stream in one write.
     first_token_delay_ms: pause before the first event of a stream (after its headers)
         and before any other answer.
     accepted_keys: when set, only these API keys are accepted; otherwise any non-empty
@@ -31,6 +33,7 @@ class EmulatorConfig:
     chunks: int | None = None
     text: str | None = None
     chunk_delay_ms: float = 0.0
+    write_per_event: bool = False
     first_token_delay_ms: float = 0.0
     accepted_keys: frozenset[str] | None = field(default=None)
     max_recorded_requests: int = DEFAULT_MAX_RECORDED_REQUESTS

@@ -105,12 +105,15 @@ async def send_stream(
     chunk_delay_ms: float,
     *,
     split_writes_ms: float | None = None,
+    write_per_event: bool = False,
 ) -> web.StreamResponse:
     """An SSE stream: headers at once, then (after `first_delay_ms`) the events.
 
-    Without a chunk delay the whole stream goes out in one write, which keeps the
-    benchmarks' hot path to a couple of syscalls per request. With `split_writes_ms`, each
-    write is further cut by `framing.torn_parts`, its parts sent that many ms apart."""
+    Without a chunk delay the whole stream goes out in one write (coalesced), which keeps
+    the benchmarks' hot path to a couple of syscalls per request; `write_per_event` sends
+    every SSE event in a write of its own instead, with no delay, as a real provider's
+    server does (the reader then sees many small reads). With `split_writes_ms`, each write
+    is further cut by `framing.torn_parts`, its parts sent that many ms apart."""
     response = web.StreamResponse(
         status=200,
         headers={**headers, "Content-Type": content_type, "Cache-Control": "no-cache"},
@@ -132,7 +135,19 @@ async def send_stream(
         await response.prepare(request)
         record.status = 200
         await sleep_ms(first_delay_ms)
-        if chunk_delay_ms <= 0:
+        if chunk_delay_ms <= 0 and write_per_event:
+            await write(events.head)
+            for chunk in content[: ending.stop]:
+                await write(chunk)
+                record.chunks_sent += 1
+            if not ending.abort:
+                # The usage event, then [DONE]: one write each, as they were encoded.
+                *rest, last = ending.data.split(b"\n\n")
+                events_left = [event + b"\n\n" for event in rest if event] + [last]
+                for event in events_left[:-1]:
+                    await write(event)
+                await write(events_left[-1], eof=True)
+        elif chunk_delay_ms <= 0:
             payload = b"".join((events.head, *content[: ending.stop], ending.data))
             record.chunks_sent = ending.stop
             await write(payload, eof=not ending.abort)

@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -171,11 +172,25 @@ BUDGETS_NOT_SHOWN = Gauge(
 )
 
 
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once: prometheus_client's `labels` checks and
+    joins the values and takes a lock on every call (several times per execution). The
+    label sets are small and fixed (see above), so the cache stays small."""
+    key = (id(metric), values)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*values)
+    return found
+
+
 def observe_rpc(method: str, code: grpc.StatusCode, seconds: float) -> None:
     """The interceptor's hook: one finished call of ``/package.Service/Method``."""
     service, _, name = method.lstrip("/").partition("/")
-    RPCS_HANDLED.labels(service, name, code.name).inc()
-    RPC_SECONDS.labels(service, name).observe(seconds)
+    child(RPCS_HANDLED, service, name, code.name).inc()
+    child(RPC_SECONDS, service, name).observe(seconds)
 
 
 # --- the endpoint -----------------------------------------------------------------------

@@ -137,23 +137,29 @@ class OpenAIStreamParser:
         self._done = False
 
     def feed(self, event: str, data: str) -> list[StreamEvent]:
-        if self._done or not data.strip():
+        # Runs for every chunk of every stream: each step below is taken only when the
+        # chunk has something for it (most carry one content piece, usage null).
+        if self._done:
             return []
-        if data.strip() == _DONE:
+        data = data.strip()
+        if not data:
+            return []
+        if data == _DONE:
             self._done = True
             return [Finish(self._finish_reason or "unknown")]
         chunk = _wire.load_object(data, what="stream chunk")
         if "error" in chunk:
             raise _stream_error(_wire.obj(chunk.get("error")))
-        events: list[StreamEvent] = []
         choice = _first_choice(chunk)
-        events += _message_events(_wire.obj(choice.get("delta")))
-        reason = _wire.text(choice.get("finish_reason"))
-        if reason:
+        delta = choice.get("delta")
+        events = _message_events(delta) if delta and isinstance(delta, dict) else []
+        reason = choice.get("finish_reason")
+        if reason and isinstance(reason, str):
             self._finish_reason = reason
-        usage = _usage(chunk.get("usage"))
-        if usage is not None:
-            events.append(usage)
+        if chunk.get("usage"):  # null or absent on every chunk but the last
+            usage = _usage(chunk["usage"])
+            if usage is not None:
+                events.append(usage)
         return events
 
     def end(self) -> list[StreamEvent]:

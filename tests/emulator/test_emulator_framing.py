@@ -9,7 +9,7 @@ import httpx
 import pytest
 from emulator_helpers import anthropic_body, anthropic_headers, openai_body, openai_headers
 
-from provider_emulator import RunningEmulator, StepError
+from provider_emulator import RunningEmulator, StepError, start_emulator
 from provider_emulator.framing import torn_parts
 
 TEXT = "Crème brûlée costs 5 € 🍮 today"
@@ -85,3 +85,18 @@ def test_unknown_line_ending_is_refused(emulator: RunningEmulator) -> None:
         emulator.state.script({"line_ending": "crcr"})
     with pytest.raises(StepError, match="split_writes_ms"):
         emulator.state.script({"split_writes_ms": -1})
+
+
+async def test_write_per_event_sends_each_event_in_its_own_chunk(http: httpx.AsyncClient) -> None:
+    # Each write is one HTTP chunk, and httpx hands over a chunk per read at most: the
+    # reads show the writes, whatever the network coalesced.
+    async with start_emulator(text="abcdefg " * 20, chunks=20, write_per_event=True) as emu:
+        reads = await raw_reads(
+            http, emu.base_url + "/v1/chat/completions", openai_body(stream=True), openai_headers()
+        )
+    events = [event for read in reads for event in read.split(b"\n\n") if event]
+    assert len(events) == len(reads)  # one event per write
+    contents = [e for e in events if b'"content":"abcdefg ' in e]
+    assert len(contents) == 20
+    assert events[-1] == b"data: [DONE]"
+    assert b'"finish_reason":"stop"' in events[-2]

@@ -205,3 +205,15 @@ async def test_the_endpoint_listens_on_the_grpc_host_and_a_taken_port_fails_the_
         settings = with_metrics_port(vault_settings(tls_for("keyvault"), keyring_of(1)), port)
         with pytest.raises(OSError, match=f"could not serve metrics on 127.0.0.1:{port}"):
             await start_keyvault(settings, await make_database("kv"))
+
+
+def test_a_looked_up_child_is_the_labelled_series() -> None:
+    """`metrics.child` caches what `labels` returns: the same series, counted once."""
+    from service_kit import metrics
+
+    series = metrics.child(metrics.EXECUTIONS_FINISHED, "openai", "SUCCEEDED", "child-test")
+    assert series is metrics.child(metrics.EXECUTIONS_FINISHED, "openai", "SUCCEEDED", "child-test")
+    before = metrics.EXECUTIONS_FINISHED.labels("openai", "SUCCEEDED", "child-test")._value.get()
+    series.inc()
+    after = metrics.EXECUTIONS_FINISHED.labels("openai", "SUCCEEDED", "child-test")._value.get()
+    assert after == before + 1
