@@ -6,7 +6,6 @@ Every problem is one field violation named by its path in the request
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,7 +21,7 @@ from execution_service.agents import (
     refused,
     structured_output_fit,
 )
-from execution_service.field_masks import decode_fields, mask_fields
+from execution_service.field_masks import ResourceName, decode_fields, mask_fields
 from execution_service.routing import MAX_ROUTES, Trigger
 from execution_service.schemas import JsonSchema, schema_violations
 from execution_service.validation import (
@@ -34,13 +33,13 @@ from execution_service.validation import (
     provider_violations,
 )
 from service_kit.errors import FieldViolation, InvalidArgument
-from service_kit.names import WORKSPACE_PATTERN, has_control_characters, workspace_of
+from service_kit.names import has_control_characters, workspace_of
 
 MAX_DISPLAY_NAME_CHARS = 256
 MAX_DESCRIPTION_CHARS = 4096
 MAX_INSTRUCTIONS_CHARS = 100_000
 MAX_ETAG_CHARS = 128
-_AGENT_NAME = re.compile(rf"workspaces/({WORKSPACE_PATTERN})/agents/([^/]*)")
+_AGENT_NAME = ResourceName("agents", "agent")
 
 
 @dataclass(frozen=True)
@@ -62,19 +61,9 @@ def _prefixed(prefix: str, violations: list[FieldViolation]) -> list[FieldViolat
     return [FieldViolation(f"{prefix}.{v.field}", v.description) for v in violations]
 
 
-def _agent_name_violations(name: str, field: str) -> tuple[str, str, list[FieldViolation]]:
-    match = _AGENT_NAME.fullmatch(name)
-    if not match:
-        return "", "", [FieldViolation(field, "must be workspaces/{workspace}/agents/{agent}")]
-    return match.group(1), match.group(2), agent_id_violations(match.group(2), field)
-
-
 def parse_agent_name(name: str, field: str = "name") -> tuple[str, str]:
     """`workspaces/{workspace}/agents/{agent}` -> (workspace, agent id)."""
-    workspace, agent_id, violations = _agent_name_violations(name, field)
-    if violations:
-        raise refused(violations)
-    return workspace, agent_id
+    return _AGENT_NAME.parse(name, field)
 
 
 def _text(value: str, field: str, limit: int, *, single_line: bool) -> list[FieldViolation]:
@@ -200,7 +189,7 @@ def create_agent(request: pb.CreateAgentRequest) -> CreateAgent:
 
 
 def update_agent(request: pb.UpdateAgentRequest) -> UpdateAgent:
-    workspace, agent_id, violations = _agent_name_violations(request.agent.name, "agent.name")
+    workspace, agent_id, violations = _AGENT_NAME.violations(request.agent.name, "agent.name")
     try:
         fields = mask_fields(list(request.update_mask.paths), UPDATABLE_FIELDS)
     except InvalidArgument as exc:
@@ -222,7 +211,7 @@ def _etag_violations(etag: str, field: str) -> list[FieldViolation]:
 
 def delete_agent(request: pb.DeleteAgentRequest) -> tuple[str, str, str | None]:
     """(workspace, agent id, etag or None)."""
-    workspace, agent_id, violations = _agent_name_violations(request.name, "name")
+    workspace, agent_id, violations = _AGENT_NAME.violations(request.name, "name")
     violations += _etag_violations(request.etag, "etag")
     if violations:
         raise refused(violations)

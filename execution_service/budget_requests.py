@@ -4,7 +4,6 @@ Budget message the answers carry."""
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +23,12 @@ from execution_service.budgets import (
     Budget,
     BudgetSpec,
 )
-from execution_service.field_masks import decode_fields, mask_fields
+from execution_service.field_masks import ResourceName, decode_fields, mask_fields
 from execution_service.validation import agent_id_violations, label_violations
 from service_kit.errors import FieldViolation, InvalidArgument
-from service_kit.names import WORKSPACE_PATTERN, has_control_characters, workspace_of
+from service_kit.names import has_control_characters, workspace_of
 
-_BUDGET_NAME = re.compile(rf"workspaces/({WORKSPACE_PATTERN})/budgets/([^/]*)")
+_BUDGET_NAME = ResourceName("budgets", "budget")
 PERIODS: dict[int, str] = {res.BUDGET_PERIOD_DAY: DAY, res.BUDGET_PERIOD_MONTH: MONTH}
 MODES: dict[int, str] = {res.BUDGET_MODE_ENFORCE: ENFORCE, res.BUDGET_MODE_ALERT_ONLY: ALERT_ONLY}
 _PERIOD_ENUM = {v: k for k, v in PERIODS.items()}
@@ -54,18 +53,9 @@ class UpdateBudget:
     etag: str | None
 
 
-def _budget_name_violations(name: str, field: str) -> tuple[str, str, list[FieldViolation]]:
-    match = _BUDGET_NAME.fullmatch(name)
-    if not match:
-        return "", "", [FieldViolation(field, "must be workspaces/{workspace}/budgets/{budget}")]
-    return match.group(1), match.group(2), agent_id_violations(match.group(2), field)
-
-
 def parse_budget_name(name: str, field: str = "name") -> tuple[str, str]:
-    workspace, budget_id, violations = _budget_name_violations(name, field)
-    if violations:
-        raise refused(violations)
-    return workspace, budget_id
+    """`workspaces/{workspace}/budgets/{budget}` -> (workspace, budget id)."""
+    return _BUDGET_NAME.parse(name, field)
 
 
 def _optional_count(
@@ -165,7 +155,7 @@ def create_budget(request: pb.CreateBudgetRequest) -> CreateBudget:
 
 
 def update_budget(request: pb.UpdateBudgetRequest) -> UpdateBudget:
-    workspace, budget_id, violations = _budget_name_violations(request.budget.name, "budget.name")
+    workspace, budget_id, violations = _BUDGET_NAME.violations(request.budget.name, "budget.name")
     try:
         fields = mask_fields(list(request.update_mask.paths), UPDATABLE_FIELDS)
     except InvalidArgument as exc:
@@ -180,7 +170,7 @@ def update_budget(request: pb.UpdateBudgetRequest) -> UpdateBudget:
 
 
 def delete_budget(request: pb.DeleteBudgetRequest) -> tuple[str, str, str | None]:
-    workspace, budget_id, violations = _budget_name_violations(request.name, "name")
+    workspace, budget_id, violations = _BUDGET_NAME.violations(request.name, "name")
     violations += _etag_violations(request.etag, "etag")
     if violations:
         raise refused(violations)

@@ -1,12 +1,39 @@
-"""Update masks and field decoding shared by the standard methods of agents and budgets."""
+"""Resource names, update masks and field decoding shared by the standard methods of agents
+and budgets."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from execution_service.agents import refused
+from execution_service.validation import agent_id_violations
 from service_kit.errors import FieldViolation
+from service_kit.names import WORKSPACE_PATTERN
+
+
+class ResourceName:
+    """`workspaces/{workspace}/{collection}/{id}`, the id following the agent-id rule."""
+
+    def __init__(self, collection: str, singular: str) -> None:
+        self._pattern = re.compile(rf"workspaces/({WORKSPACE_PATTERN})/{collection}/([^/]*)")
+        self._shape = f"workspaces/{{workspace}}/{collection}/{{{singular}}}"
+
+    def violations(self, name: str, field: str) -> tuple[str, str, list[FieldViolation]]:
+        """(workspace, id, what is wrong with `name` at `field`)."""
+        match = self._pattern.fullmatch(name)
+        if not match:
+            return "", "", [FieldViolation(field, f"must be {self._shape}")]
+        return match.group(1), match.group(2), agent_id_violations(match.group(2), field)
+
+    def parse(self, name: str, field: str = "name") -> tuple[str, str]:
+        """(workspace, id); INVALID_ARGUMENT when `name` is not one."""
+        workspace, resource_id, violations = self.violations(name, field)
+        if violations:
+            raise refused(violations)
+        return workspace, resource_id
+
 
 Decoder = Callable[[], tuple[Any, list[FieldViolation]]]
 

@@ -23,7 +23,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from importlib import resources
 from typing import Any, Protocol
@@ -67,6 +67,15 @@ class PriceTable:
     # Keyed by (provider, family): a model is priced by the provider that serves it, so an
     # OpenAI model id sent through another provider has no price rather than OpenAI's.
     families: Mapping[tuple[str, str], ModelPrice]
+    # Each provider's families, longest first, so a dated id finds its most specific family;
+    # worked out once (a lookup runs several times per execution).
+    _by_length: Mapping[str, tuple[ModelPrice, ...]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ordered: dict[str, list[ModelPrice]] = {}
+        for price in sorted(self.families.values(), key=lambda p: len(p.family), reverse=True):
+            ordered.setdefault(price.provider, []).append(price)
+        object.__setattr__(self, "_by_length", {k: tuple(v) for k, v in ordered.items()})
 
     def lookup(self, provider: str, model: str) -> ModelPrice | None:
         """The price of ``model`` served by ``provider``: exact family id, else the longest
@@ -75,14 +84,10 @@ class PriceTable:
         exact = self.families.get((provider, model))
         if exact is not None:
             return exact
-        for listed_provider, family in sorted(self.families, key=lambda k: len(k[1]), reverse=True):
-            prefix = family + "-"
-            if (
-                listed_provider == provider
-                and model.startswith(prefix)
-                and _VERSION_SUFFIX.fullmatch(model[len(prefix) :])
-            ):
-                return self.families[(listed_provider, family)]
+        for price in self._by_length.get(provider, ()):
+            prefix = price.family + "-"
+            if model.startswith(prefix) and _VERSION_SUFFIX.fullmatch(model[len(prefix) :]):
+                return price
         return None
 
 
