@@ -158,21 +158,29 @@ async def update_if_unchanged(
     rate starts its bucket full."""
     updated = await db.fetchval(
         """
-        UPDATE budgets SET agent_id = $3, display_name = $4, limit_nanos = $5, period = $6,
-            mode = $7, allow_unpriced_models = $8, requests_per_minute = $9,
-            tokens_per_minute = $10, labels = $11::jsonb,
-            request_tokens = CASE WHEN requests_per_minute IS DISTINCT FROM $9
-                                  THEN NULL ELSE request_tokens END,
-            token_tokens = CASE WHEN tokens_per_minute IS DISTINCT FROM $10
-                                THEN NULL ELSE token_tokens END,
-            update_time = greatest(now(), create_time), etag = $12
-        WHERE workspace = $1 AND budget_id = $2 AND etag = $13
-        RETURNING true""",
+        WITH updated AS (
+            UPDATE budgets SET agent_id = $3, display_name = $4, limit_nanos = $5, period = $6,
+                mode = $7, allow_unpriced_models = $8, requests_per_minute = $9,
+                tokens_per_minute = $10, labels = $11::jsonb,
+                update_time = greatest(now(), create_time), etag = $12
+            WHERE workspace = $1 AND budget_id = $2 AND etag = $13
+            RETURNING true
+        ), refilled AS (  -- the buckets live on the period rows (migration 008)
+            UPDATE budget_periods
+            SET request_tokens = CASE WHEN $14::bigint IS DISTINCT FROM $9
+                                      THEN NULL ELSE request_tokens END,
+                token_tokens = CASE WHEN $15::bigint IS DISTINCT FROM $10
+                                    THEN NULL ELSE token_tokens END
+            WHERE workspace = $1 AND budget_id = $2 AND EXISTS (SELECT 1 FROM updated)
+        )
+        SELECT true FROM updated""",
         current.workspace,
         current.budget_id,
         *_spec_values(spec),
         new_etag,
         current.etag,
+        current.spec.requests_per_minute,
+        current.spec.tokens_per_minute,
     )
     return bool(updated)
 
@@ -184,9 +192,6 @@ async def delete(db: Executor, workspace: str, budget_id: str, *, etag: str | No
             DELETE FROM budgets
             WHERE workspace = $1 AND budget_id = $2 AND ($3::text IS NULL OR etag = $3)
             RETURNING workspace, budget_id
-        ), reservations AS (
-            DELETE FROM budget_reservations r USING deleted d
-            WHERE r.workspace = d.workspace AND r.budget_id = d.budget_id
         ), settlements AS (
             DELETE FROM budget_settlements s USING deleted d
             WHERE s.workspace = d.workspace AND s.budget_id = d.budget_id

@@ -96,9 +96,6 @@ class Completed:
 Event = Started | Delta | Completed
 
 
-# A reservation is written in the same statement as its RUNNING row, so one without a row
-# after this long is certainly orphaned (a crashed statement, a lost asynchronous commit).
-ORPHAN_RESERVATION_SECONDS = 60.0
 # The caller's deadline timer started before its request reached this process, so the
 # cancellation it causes arrives up to a network delay before the deadline computed here.
 DEADLINE_SLACK = 0.25
@@ -273,7 +270,6 @@ class ExecutionEngine:
             await self._refuse(candidate, cmd, verdict)
         if execution is None:  # a concurrent duplicate took the request id first
             assert cmd.request_id is not None
-            await repo.release_reservations(self._pool, candidate.id)
             existing = await repo.get_by_request_id(self._pool, cmd.workspace, cmd.request_id)
             assert existing is not None
             async for event in self._replay(existing, cmd.request_hash):
@@ -535,11 +531,7 @@ class ExecutionEngine:
         metrics.EXECUTIONS_INTERRUPTED.inc(swept)
         if swept:
             log.warning("marked interrupted executions failed", extra={"count": swept})
-        # Swept rows released their reservations (a trigger); this releases those whose
-        # execution never got a row, once no admission could still be writing it.
-        released = await repo.release_orphan_reservations(self._pool, ORPHAN_RESERVATION_SECONDS)
-        if released:
-            log.warning("released reservations of unrecorded executions", extra={"count": released})
+        # Swept rows released their budgets' reservations (a trigger).
         await budget_metrics.refresh(self._pool)
         return swept
 

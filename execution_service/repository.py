@@ -211,8 +211,10 @@ async def insert_running(
     `get_by_request_id`) or when the admission refused it.
 
     With `admission`, the execution's budgets are reserved and its rate-limit tokens taken in
-    the same statement (`budget_admit`, migration 007): all of them, or, when one refuses,
-    none and no row. The reservation is released when the row turns terminal (a trigger).
+    the same statement (`budget_admit`, migrations 007 and 008): all of them, or, when one
+    refuses, none and no row. The row carries what it holds (`budget_holds`), released when it
+    turns terminal (a trigger); when a duplicate took the request id, the same statement
+    releases it.
 
     An execution of an agent is recorded only while the agent is still at the version it
     was planned from (`agent_etag`), checked in the same statement; otherwise nothing is
@@ -234,20 +236,29 @@ async def insert_running(
             ) AS ok
         ), admitted AS (
             SELECT a.* FROM agent_current,
-                budget_admit($14::boolean AND agent_current.ok, $2, $3, $1, $15::timestamptz,
+                budget_admit($14::boolean AND agent_current.ok, $2, $3, $15::timestamptz,
                              $16::bigint, $17::boolean, $18::bigint) a
         ), inserted AS (
             INSERT INTO executions (id, workspace, agent_id, provider, model, state, request_id,
                                     labels, create_time, agent, agent_etag, request_hash,
-                                    lease_owner, lease_expires_at)
+                                    lease_owner, lease_expires_at, reserved_nanos, budget_holds)
             SELECT $1, $2, $3, $4, $5, 'RUNNING', $6, $7::jsonb, $8::timestamptz, $9, $10, $11,
-                   $12, $8::timestamptz + make_interval(secs => $13::float8)
+                   $12, $8::timestamptz + make_interval(secs => $13::float8),
+                   CASE WHEN cardinality(admitted.holds) > 0 THEN $16::bigint END,
+                   nullif(admitted.holds, '{}')
             FROM agent_current, admitted WHERE agent_current.ok AND admitted.ok
             RETURNING true
+        ), released AS (  -- admitted, but a concurrent duplicate took the request id
+            INSERT INTO budget_settlements (workspace, budget_id, period, period_start,
+                                            reserved_delta, spent_delta, token_refund)
+            SELECT $2, h.budget_id, h.period, h.period_start, -$16::bigint, 0, h.tokens
+            FROM admitted, unnest(admitted.holds) h
+            WHERE admitted.ok AND NOT EXISTS (SELECT 1 FROM inserted)
         )
         SELECT (SELECT ok FROM agent_current) AS agent_current,
-               EXISTS (SELECT 1 FROM inserted) AS inserted, admitted.*
-        FROM admitted""",
+               EXISTS (SELECT 1 FROM inserted) AS inserted, a.ok, a.reason, a.budget,
+               a.limit_nanos, a.spent_nanos, a.period_end, a.retry_after, a.alerts, a.enforced
+        FROM admitted a""",
         *_start_columns(execution),
         lease_owner,
         lease_seconds,
@@ -648,29 +659,3 @@ async def cancel_requests(
         execution_ids,
     )
     return [(r["id"], r["cancel_requested_by"]) for r in rows]
-
-
-# --- budgets: what admission reserved (see migration 007) --------------------------------
-
-
-async def release_reservations(db: Executor, execution_id: uuid.UUID) -> None:
-    """Release what an admission reserved for an execution that was then not recorded (its
-    request id was taken by a concurrent duplicate)."""
-    await db.execute(
-        """
-        WITH held AS (
-            UPDATE budget_reservations SET settled = true
-            WHERE execution_id = $1 AND NOT settled
-            RETURNING workspace, budget_id, period, period_start, amount_nanos)
-        UPDATE budget_periods p SET reserved_nanos = p.reserved_nanos - held.amount_nanos
-        FROM held
-        WHERE p.workspace = held.workspace AND p.budget_id = held.budget_id
-          AND p.period = held.period AND p.period_start = held.period_start""",
-        execution_id,
-    )
-
-
-async def release_orphan_reservations(db: Executor, bound_seconds: float) -> int:
-    """The sweeper's part: reservations held over `bound_seconds` for an execution that was
-    never recorded are released; returns how many."""
-    return int(await db.fetchval("SELECT budget_release_orphans($1)", bound_seconds))

@@ -9,6 +9,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
+import asyncpg
 import grpc
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
@@ -23,6 +24,7 @@ from execution_service.app import RunningExecution
 from execution_service.budget_store import BudgetStore
 from execution_service.model import RUNNING, SUCCEEDED, Execution, Outcome, Usage
 from provider_emulator.server import RunningEmulator
+from service_kit import db
 from tests.execution.conftest import StartExecution
 from tests.execution.support import (
     Stub,
@@ -358,26 +360,42 @@ async def test_the_sweeper_releases_a_crashed_executions_reservation(
         service.pool, _execution(ws, now), lease_owner="gone", lease_seconds=0.0, admission=admit
     )
     assert crashed is not None and verdict.ok
-    # Admitted, but its row never written: here a duplicate request id (the statement admits
-    # before the conflict), as after a crash between admission and the row.
-    taken = _execution(ws, now, request_id="dup")
-    await repo.insert_running(service.pool, taken, lease_owner="t", lease_seconds=60.0)
-    orphan, _ = await repo.insert_running(
-        service.pool,
-        _execution(ws, now, request_id="dup"),
-        lease_owner="gone",
-        lease_seconds=60.0,
-        admission=AdmissionRequest(Reservation(200, False, 0)),
-    )
-    assert orphan is None
-    held = await get_budget(admin, budget.name)
-    assert held.current_period.reserved_nanos == 900
+    assert (await get_budget(admin, budget.name)).current_period.reserved_nanos == 700
     assert await service.engine.sweep_once() >= 1
-    assert (await get_budget(admin, budget.name)).current_period.reserved_nanos == 200
-    assert await repo.release_orphan_reservations(service.pool, 0.0) == 1
     released = await get_budget(admin, budget.name)
     assert released.current_period.reserved_nanos == 0
     assert released.current_period.spent_nanos == 0
+
+
+async def test_an_admission_whose_request_id_was_taken_releases_what_it_reserved(
+    workspace: Workspace, execution_stub: Stub, execution: RunningExecution
+) -> None:
+    """The statement admits before the row's insert finds the request id taken (by a
+    concurrent duplicate): the same statement gives the reservation back."""
+    ws = await workspace()
+    admin = execution_stub("admin")
+    budget = await create_budget(admin, ws, "m", limit_nanos=1000, tokens_per_minute=500)
+    now = dt.datetime.now(dt.UTC)
+    taken = _execution(ws, now, request_id="dup")
+    await repo.insert_running(execution.pool, taken, lease_owner="t", lease_seconds=60.0)
+    duplicate, verdict = await repo.insert_running(
+        execution.pool,
+        _execution(ws, now, request_id="dup"),
+        lease_owner="t",
+        lease_seconds=60.0,
+        admission=AdmissionRequest(Reservation(600, False, 400)),
+    )
+    assert duplicate is None and verdict.ok
+    assert (await get_budget(admin, budget.name)).current_period.reserved_nanos == 0
+    # Its tokens came back too: another 400 fit in the 500 a minute.
+    again, verdict = await repo.insert_running(
+        execution.pool,
+        _execution(ws, now),
+        lease_owner="t",
+        lease_seconds=60.0,
+        admission=AdmissionRequest(Reservation(600, False, 400)),
+    )
+    assert again is not None and verdict.ok, verdict
 
 
 async def test_concurrent_executions_through_two_services_never_overspend(
@@ -413,8 +431,8 @@ async def test_a_finish_never_waits_for_the_budgets_lock(
     emulator: RunningEmulator,
 ) -> None:
     """Admissions hold the budget's row lock; a finish only appends its settlement, so an
-    execution ends while another transaction holds that lock, and the next read (and the
-    next admission, which folds it in) sees what it spent."""
+    execution ends while another transaction holds that lock, and the next read and the next
+    admission see what it spent."""
     key = openai_key()
     ws = await workspace(openai=key)
     admin = execution_stub("admin")
@@ -443,3 +461,84 @@ async def test_a_finish_never_waits_for_the_budgets_lock(
     assert second.error is None
     folded = await get_budget(admin, budget.name)
     assert folded.current_period.spent_nanos == done.cost_nanos + second.completed.cost_nanos
+
+
+async def test_settlements_are_folded_in_batches_and_nothing_is_lost(
+    workspace: Workspace, execution_stub: Stub, execution: RunningExecution
+) -> None:
+    """Admission adds the settlements not yet folded and folds them once there are many
+    (migration 008): through two folds, spent is every cost, nothing stays reserved, and the
+    tokens-per-minute bucket got back what the executions did not use."""
+    ws = await workspace(openai=openai_key())
+    admin = execution_stub("admin")
+    # Each takes its worst case, 20 + 64 tokens, and uses about 30: 70 of them fit in 4,000
+    # tokens a minute only if what they did not use comes back.
+    budget = await create_budget(admin, ws, limit_nanos=100 * WORST_CASE, tokens_per_minute=4000)
+    costs = []
+    for i in range(70):
+        outcome = await run(execution_stub(), request(ws, prompt=f"Say hello {i:02}"))
+        assert outcome.error is None, (i, outcome.error)
+        costs.append(outcome.completed.cost_nanos)
+    pending = await execution.pool.fetchval(
+        "SELECT count(*) FROM budget_settlements WHERE workspace = $1", ws
+    )
+    assert pending < 32  # folded at least twice on the way
+    final = await get_budget(admin, budget.name)
+    assert final.current_period.spent_nanos == sum(costs)
+    assert final.current_period.reserved_nanos == 0
+
+
+async def test_reservations_and_buckets_held_before_migration_8_carry_over(
+    make_database: Any,
+) -> None:
+    """Migration 008 moves what executions hold onto their rows (an unrecorded one's hold is
+    released) and the token buckets onto the current period; what was held settles as
+    before."""
+    conn = await asyncpg.connect(await make_database("m8"))
+    try:
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for m in db.load_migrations("execution_service"):
+            if m.version < 8:
+                await conn.execute(m.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations VALUES ($1, $2)", m.version, m.name
+                )
+        await conn.execute(
+            """INSERT INTO budgets (workspace, budget_id, limit_nanos, period, mode,
+                   tokens_per_minute, create_time, update_time, etag)
+               VALUES ('w', 'b', 10000, 'MONTH', 'ENFORCE', 1000, now(), now(), 'e')"""
+        )
+        now = dt.datetime.now(dt.UTC)
+        held, orphan = uuid.uuid4(), uuid.uuid4()
+        for execution_id in (held, orphan):  # as migration 007's admission did
+            assert await conn.fetchval(
+                "SELECT ok FROM budget_admit(true, 'w', 'a', $1, $2, 3000, false, 300)",
+                execution_id,
+                now,
+            )
+        await conn.execute(
+            """INSERT INTO executions (id, workspace, agent_id, provider, model, state,
+                   create_time, lease_owner, lease_expires_at)
+               VALUES ($1, 'w', 'a', 'openai', 'gpt-4o-mini', 'RUNNING', $2, 'o', $2)""",
+            held,
+            now,
+        )
+        assert await db.migrate(conn, "execution_service") == ["008_cheaper_admission.sql"]
+
+        store = BudgetStore(conn)
+        assert (await store.get("w", "b")).current.reserved_nanos == 3000  # the orphan's went
+        bucket = await conn.fetchval("SELECT token_tokens FROM budget_periods")
+        assert 400 <= bucket <= 410  # 1000 - 2 x 300, refilled a little since
+        await conn.execute(
+            """UPDATE executions SET state = 'SUCCEEDED', cost_nanos = 1200, input_tokens = 50,
+                   output_tokens = 50 WHERE id = $1""",
+            held,
+        )
+        settled = await store.get("w", "b")
+        assert (settled.current.spent_nanos, settled.current.reserved_nanos) == (1200, 0)
+        assert await conn.fetchval("SELECT token_refund FROM budget_settlements") == 200
+    finally:
+        await conn.close()

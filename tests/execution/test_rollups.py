@@ -361,6 +361,7 @@ async def test_a_populated_table_of_the_old_schema_migrates(
         assert await db.migrate(conn, "execution_service") == [
             "006_partitions_rollups.sql",
             "007_budgets.sql",
+            "008_cheaper_admission.sql",
         ]
         await maintenance.ensure_partitions(conn, 2)
 
