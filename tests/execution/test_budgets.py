@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 
 from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import resources_pb2 as res
+from execution_service import budget_metrics
 from execution_service import repository as repo
 from execution_service.admission import AdmissionRequest, Reservation
 from execution_service.app import RunningExecution
@@ -542,3 +543,24 @@ async def test_reservations_and_buckets_held_before_migration_8_carry_over(
         assert await conn.fetchval("SELECT token_refund FROM budget_settlements") == 200
     finally:
         await conn.close()
+
+
+async def test_budget_gauges_follow_spend_and_a_deleted_budget_loses_its_series(
+    workspace: Workspace, execution_stub: Stub, execution: RunningExecution
+) -> None:
+    ws = await workspace(openai=openai_key())
+    admin = execution_stub("admin")
+    budget = await create_budget(admin, ws, limit_nanos=10 * WORST_CASE)
+    done = await run(execution_stub(), request(ws))
+    assert done.error is None
+    await budget_metrics.refresh(execution.pool, limit=10_000)
+    spent = metric("execution_budget_spent_nanodollars", budget=budget.name)
+    assert spent == done.completed.cost_nanos > 0
+    remaining = metric("execution_budget_remaining_nanodollars", budget=budget.name)
+    assert remaining == 10 * WORST_CASE - spent
+    await admin.DeleteBudget(pb.DeleteBudgetRequest(name=budget.name))
+    await budget_metrics.refresh(execution.pool, limit=10_000)
+    assert (
+        REGISTRY.get_sample_value("execution_budget_remaining_nanodollars", {"budget": budget.name})
+        is None
+    )
