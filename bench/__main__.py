@@ -29,7 +29,9 @@ async def main(args: argparse.Namespace) -> None:
     if args.only in (None, "execution"):
         from bench import execution_bench
 
-        lines += await execution_bench.run(args.seconds, agent=not args.skip_agent)
+        lines += await execution_bench.run(
+            args.seconds, agent=not args.skip_agent, profile=args.profile
+        )
     if args.only == "limits":
         from bench import limits_bench
 
@@ -54,6 +56,11 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per case")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="with the execution bench: a py-spy profile of the service under load",
+    )
     parser.add_argument(
         "--only", choices=["schema", "keyvault", "execution", "agent", "limits", "stats"]
     )

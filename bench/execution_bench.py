@@ -11,6 +11,7 @@ Every execution is tracked in PostgreSQL and its key comes from the vault (cache
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import json
@@ -21,7 +22,7 @@ import httpx
 import psutil
 from google.protobuf import struct_pb2
 
-from bench import grpc_floor
+from bench import grpc_floor, sampling
 from bench.load import LoadResult, run_load
 from bench.stack import Stack, running_stack, secure_channel
 from clients.gen.execution.v1 import execution_service_pb2 as ex
@@ -318,7 +319,10 @@ async def run_agent_comparison() -> list[str]:
     return lines
 
 
-async def run(seconds: float, *, ttft_samples: int = 300, agent: bool = True) -> list[str]:
+async def run(
+    seconds: float, *, ttft_samples: int = 300, agent: bool = True, profile: bool = False
+) -> list[str]:
+    """`profile`: a sampling profile of the execution service during (b) with one worker."""
     lines = ["## Execution service (emulator, vault, PostgreSQL and load generator on one host)"]
     for behaviour, emulator_args in BEHAVIOURS.items():
         lines.append(f"### provider: {behaviour}")
@@ -327,7 +331,14 @@ async def run(seconds: float, *, ttft_samples: int = 300, agent: bool = True) ->
             await store_key(stack.vault_port)
             lines += await ttft_overhead(stack.execution_port, stack.emulator_url, ttft_samples)
             lines.append("(b) executions per second, 20-event streams, every one tracked:")
-            lines += throughput_lines(throughput(stack, seconds), workers=1)
+            sampled: list[str] = []
+            with (
+                sampling.sampled(stack.pids["execution"], seconds, sampled)
+                if profile
+                else contextlib.nullcontext()
+            ):
+                result = throughput(stack, seconds)
+            lines += throughput_lines(result, workers=1) + sampled
         async with running_stack(
             with_execution=True, emulator_args=emulator_args, workers=2
         ) as stack:

@@ -22,6 +22,7 @@ services, loopback ports, the private network. The rule:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
@@ -129,24 +130,9 @@ class EgressPolicy:
         """Why a URL with this host and scheme may not be used, or None.
 
         Decided from the URL alone: a name's addresses are checked when connecting
-        (`address_allowed`).
+        (`address_allowed`). Asked on every provider request, so remembered per host.
         """
-        if self.is_allowlisted(host):
-            return None
-        address = parse_ip(host)
-        if address is not None:
-            if not is_public_address(address):
-                return "must not point at a loopback, private, link-local or reserved address"
-        else:
-            name = normalize_host(host)
-            if _looks_numeric(name):
-                # 127.1, 2130706433, 0x7f.0.0.1: resolvers read these as addresses.
-                return "must name its host, or give an IP address in standard notation"
-            if name in _FORBIDDEN_NAMES or name.endswith(_FORBIDDEN_SUFFIXES):
-                return "must not point at this machine or a metadata service"
-        if scheme != "https":
-            return "must use https unless the host is in " + ALLOWLIST_ENV
-        return None
+        return _host_refusal(self, host, scheme)
 
     def address_allowed(self, host: str, address: str) -> bool:
         """May we connect to ``address``, which ``host`` (as written in the URL) resolved to?"""
@@ -179,3 +165,23 @@ def _is_host_name(name: str) -> bool:
         0 < len(label) <= 63 and all(c.isascii() and (c.isalnum() or c in "-_") for c in label)
         for label in labels
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_refusal(policy: EgressPolicy, host: str, scheme: str) -> str | None:
+    if policy.is_allowlisted(host):
+        return None
+    address = parse_ip(host)
+    if address is not None:
+        if not is_public_address(address):
+            return "must not point at a loopback, private, link-local or reserved address"
+    else:
+        name = normalize_host(host)
+        if _looks_numeric(name):
+            # 127.1, 2130706433, 0x7f.0.0.1: resolvers read these as addresses.
+            return "must name its host, or give an IP address in standard notation"
+        if name in _FORBIDDEN_NAMES or name.endswith(_FORBIDDEN_SUFFIXES):
+            return "must not point at this machine or a metadata service"
+    if scheme != "https":
+        return "must use https unless the host is in " + ALLOWLIST_ENV
+    return None
