@@ -3,12 +3,9 @@ Budget message the answers carry."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import resources_pb2 as res
@@ -25,6 +22,7 @@ from execution_service.budgets import (
 )
 from execution_service.field_masks import ResourceName, decode_fields, mask_fields
 from execution_service.validation import agent_id_violations, label_violations
+from service_kit import wellknown
 from service_kit.errors import FieldViolation, InvalidArgument
 from service_kit.names import has_control_characters, workspace_of
 
@@ -183,12 +181,6 @@ def _etag_violations(etag: str, field: str) -> list[FieldViolation]:
     return []
 
 
-def _timestamp(value: dt.datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def budget_message(budget: Budget) -> res.Budget:
     spec, current = budget.spec, budget.current
     return res.Budget(
@@ -203,13 +195,13 @@ def budget_message(budget: Budget) -> res.Budget:
         tokens_per_minute=spec.tokens_per_minute,
         labels=spec.labels,
         current_period=res.BudgetPeriodUsage(
-            start_time=_timestamp(current.start),
-            end_time=_timestamp(current.end),
+            start_time=wellknown.timestamp(current.start),
+            end_time=wellknown.timestamp(current.end),
             spent_nanos=current.spent_nanos,
             reserved_nanos=current.reserved_nanos,
             remaining_nanos=budget.remaining_nanos,
         ),
-        create_time=_timestamp(budget.create_time),
-        update_time=_timestamp(budget.update_time),
+        create_time=wellknown.timestamp(budget.create_time),
+        update_time=wellknown.timestamp(budget.update_time),
         etag=budget.etag,
     )

@@ -33,6 +33,7 @@ from execution_service.validation import (
     parse_execution_name,
     time_window,
 )
+from service_kit import wellknown
 from service_kit.call_context import call_info
 from service_kit.errors import FieldViolation, InvalidArgument
 from service_kit.names import workspace_of
@@ -46,23 +47,15 @@ _STATE_ENUM = {name: value for value, name in STATES.items()}
 
 
 def _timestamp(value: dt.datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    return None if value is None else wellknown.timestamp(value)
 
 
 def _duration(seconds: float | None) -> Duration | None:
-    if seconds is None:
-        return None
-    d = Duration()
-    d.FromNanoseconds(round(seconds * 1e9))
-    return d
+    return None if seconds is None else wellknown.duration(round(seconds * 1e9))
 
 
 def _between(start: dt.datetime, end: dt.datetime | None) -> Duration | None:
-    return _duration((end - start).total_seconds()) if end else None
+    return wellknown.duration(wellknown.nanoseconds(end - start)) if end else None
 
 
 def execution_message(e: Execution) -> res.Execution:
@@ -110,7 +103,7 @@ def _attempt_message(a: RouteAttempt) -> res.RouteAttempt:
         http_status=a.http_status,
         reason=a.reason,
         start_time=_timestamp(a.start_time),
-        latency=_duration(a.latency_ms / 1000),
+        latency=wellknown.duration(a.latency_ms * 1_000_000),
         usage=res.Usage(
             input_tokens=a.usage.input_tokens,
             output_tokens=a.usage.output_tokens,
