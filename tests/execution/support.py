@@ -19,6 +19,7 @@ from clients.gen.execution.v1 import resources_pb2 as res
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
 from clients.gen.keyvault.v1 import resources_pb2 as kv_res
+from service_kit import db
 
 DOMAIN = "execution.agents.internal"
 OPENAI = kv_res.PROVIDER_OPENAI
@@ -181,3 +182,16 @@ async def reveal_count(admin_vault: kv_grpc.KeyVaultServiceStub, ws: str) -> int
         if not token:
             break
     return sum(e.action == kv_res.AUDIT_ACTION_REVEAL for e in events)
+
+
+async def migrate_below(conn: Any, version: int) -> None:
+    """Apply the execution service's migrations older than `version`, recorded as the
+    service records them: a database as an older release left it."""
+    await conn.execute(
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for m in db.load_migrations("execution_service"):
+        if m.version < version:
+            await conn.execute(m.sql)
+            await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", m.version, m.name)

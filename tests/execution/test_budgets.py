@@ -33,6 +33,7 @@ from tests.execution.support import (
     error_details,
     error_info,
     expect_error,
+    migrate_below,
     openai_key,
     request,
     run,
@@ -497,16 +498,7 @@ async def test_reservations_and_buckets_held_before_migration_8_carry_over(
     before."""
     conn = await asyncpg.connect(await make_database("m8"))
     try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for m in db.load_migrations("execution_service"):
-            if m.version < 8:
-                await conn.execute(m.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations VALUES ($1, $2)", m.version, m.name
-                )
+        await migrate_below(conn, 8)
         await conn.execute(
             """INSERT INTO budgets (workspace, budget_id, limit_nanos, period, mode,
                    tokens_per_minute, create_time, update_time, etag)

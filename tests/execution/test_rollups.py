@@ -37,7 +37,14 @@ from execution_service.model import (
 from execution_service.rollup_window import WEEK, rollup_window
 from service_kit import db
 from tests.execution.conftest import StartExecution
-from tests.execution.support import Workspace, get_execution, openai_key, request, run
+from tests.execution.support import (
+    Workspace,
+    get_execution,
+    migrate_below,
+    openai_key,
+    request,
+    run,
+)
 
 WS, AGENT = "roll", "agent-r"
 NOW = dt.datetime.now(dt.UTC)
@@ -321,16 +328,7 @@ async def test_a_populated_table_of_the_old_schema_migrates(
 ) -> None:
     conn = await asyncpg.connect(await make_database("old"))
     try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for m in db.load_migrations("execution_service"):
-            if m.version < 6:
-                await conn.execute(m.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations VALUES ($1, $2)", m.version, m.name
-                )
+        await migrate_below(conn, 6)
         # 3,000 rows over the last 20 days, as the old service wrote them.
         await conn.execute(
             """
