@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as pb
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as pb_grpc
@@ -21,6 +20,7 @@ from keyvault_service.names import (
 )
 from keyvault_service.repository import AuditRow, StoredKey
 from keyvault_service.vault import AUDIT_CURSOR, DEFAULT_REWRAP_BATCH, KEY_CURSOR, KeyVault
+from service_kit import wellknown
 from service_kit.call_context import CallInfo, call_info
 from service_kit.egress import NO_ALLOWLIST, EgressPolicy
 from service_kit.errors import InvalidArgument
@@ -47,12 +47,6 @@ WATCH_HEARTBEAT_SECONDS = 5
 APPLIED_WAIT_SECONDS = 1.0
 
 
-def _timestamp(value: Any) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def api_key_message(stored: StoredKey) -> res.ApiKey:
     return res.ApiKey(
         name=stored.ref.name,
@@ -61,8 +55,8 @@ def api_key_message(stored: StoredKey) -> res.ApiKey:
         fingerprint=stored.fingerprint,
         base_url=stored.base_url,
         master_key_version=stored.key_version,
-        create_time=_timestamp(stored.create_time),
-        update_time=_timestamp(stored.update_time),
+        create_time=wellknown.timestamp(stored.create_time),
+        update_time=wellknown.timestamp(stored.update_time),
     )
 
 
@@ -77,7 +71,7 @@ def _audit_message(row: AuditRow) -> res.AuditEvent:
         provider=PROVIDER_ENUM.get(r.provider, res.PROVIDER_UNSPECIFIED),
         request_id=r.request_id,
         reason=r.reason,
-        create_time=_timestamp(row.create_time),
+        create_time=wellknown.timestamp(row.create_time),
     )
 
 
