@@ -7,13 +7,18 @@ Each caller still gets its own result, only once its record is committed: the ex
 recorded, or the error its own write raised. A batch is all or nothing in PostgreSQL, so
 when its statement fails for any other reason than an outage (one row refused, a deadlock),
 its records are written again one by one, and only the record at fault fails.
+
+A statement for one record runs in its caller's context (its trace, as before); a batch's
+runs in none, since it belongs to no one call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import uuid
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
 from execution_service import repository as repo
@@ -34,6 +39,7 @@ class _Finish:
     done: asyncio.Future[Recorded] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 class GroupCommit:
@@ -56,7 +62,7 @@ class GroupCommit:
         item = _Finish(execution, outcome)
         self._queue.append(item)
         if self._writer is None:
-            self._writer = asyncio.create_task(self._write_queued())
+            self._writer = asyncio.create_task(self._write_queued(), context=contextvars.Context())
         return await item.done
 
     async def _write_queued(self) -> None:
@@ -93,7 +99,7 @@ class GroupCommit:
     async def _write(self, batch: list[_Finish]) -> None:
         try:
             if len(batch) == 1:
-                await self._write_one(batch[0])
+                await _as_caller(batch[0], self._write_one(batch[0]))
                 return
             self.statements += 1
             self.largest_batch = max(self.largest_batch, len(batch))
@@ -106,12 +112,14 @@ class GroupCommit:
                     _fail(item, exc)
                 return
             except Exception:  # one record at fault fails alone
-                await asyncio.gather(*(self._write_one(item) for item in batch))
+                await asyncio.gather(*(_as_caller(i, self._write_one(i)) for i in batch))
                 return
             for item in batch:
                 if item.execution.id in ours:
                     _resolve(item, (repo.finished(item.execution, item.outcome), True))
-            await asyncio.gather(*(self._read_back(item) for item in batch if not item.done.done()))
+            await asyncio.gather(
+                *(_as_caller(i, self._read_back(i)) for i in batch if not i.done.done())
+            )
         finally:
             for item in batch:  # cancelled mid-write
                 item.done.cancel()
@@ -134,6 +142,11 @@ class GroupCommit:
             _fail(item, exc)
             return
         _resolve(item, (recorded, False))
+
+
+def _as_caller(item: _Finish, write: Coroutine[object, object, None]) -> asyncio.Task[None]:
+    """A write of this record alone, in its caller's context."""
+    return asyncio.create_task(write, context=item.context)
 
 
 def _resolve(item: _Finish, recorded: Recorded) -> None:
