@@ -1,8 +1,9 @@
 """Group commit of terminal records: finishes that arrive while one is being written go out
 together, as one statement and one durable commit.
 
-A lone finish is written at once, as `repository.finish` alone; only what queues up while a
-write is in flight waits, and goes out in the next batch (at most ``max_batch`` records).
+A lone finish is written at once, by its caller, as `repository.finish` alone: nothing waits
+when the service is idle. Only what arrives while a write is in flight queues, and goes out
+in the next batch (at most ``max_batch`` records).
 Each caller still gets its own result, only once its record is committed: the execution as
 recorded, or the error its own write raised. A batch is all or nothing in PostgreSQL, so
 when its statement fails for any other reason than an outage (one row refused, a deadlock),
@@ -51,7 +52,8 @@ class GroupCommit:
         self._pool = pool
         self._max_batch = max_batch
         self._queue: deque[_Finish] = deque()
-        self._writer: asyncio.Task[None] | None = None
+        self._busy = False  # a write is in flight: a new record queues
+        self._writer: asyncio.Task[None] | None = None  # the leader of the queued records
         # Counted for tests and benchmarks: the statements sent, and the most records one took.
         self.statements = 0
         self.largest_batch = 0
@@ -59,11 +61,25 @@ class GroupCommit:
     async def finish(self, execution: Execution, outcome: Outcome) -> Recorded:
         """As `repository.finish`: the execution as recorded, and whether this outcome is
         what was recorded; raises what writing this record raised."""
-        item = _Finish(execution, outcome)
-        self._queue.append(item)
-        if self._writer is None:
+        if self._busy:
+            item = _Finish(execution, outcome)
+            self._queue.append(item)
+            return await item.done
+        # Nothing in flight: written at once, by the caller itself, as before.
+        self._busy = True
+        self._count(1)
+        try:
+            return await repo.finish(self._pool, execution, outcome)
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """After a write: what queued meanwhile goes out next, led by a task of its own (in
+        no call's context)."""
+        if self._queue:
             self._writer = asyncio.create_task(self._write_queued(), context=contextvars.Context())
-        return await item.done
+        else:
+            self._busy = False
 
     async def _write_queued(self) -> None:
         """The leader: writes whatever queued up, batch after batch, until nothing waits."""
@@ -72,10 +88,15 @@ class GroupCommit:
                 await self._write(batch)
         finally:
             self._writer = None
+            self._busy = False
             if self._queue:  # cancelled: the waiting callers are told so, none waits forever
                 for item in self._queue:
                     item.done.cancel()
                 self._queue.clear()
+
+    def _count(self, records: int) -> None:
+        self.statements += 1
+        self.largest_batch = max(self.largest_batch, records)
 
     def _next_batch(self) -> list[_Finish]:
         """Up to ``max_batch`` queued records, oldest first; a record whose caller is gone is
@@ -101,8 +122,7 @@ class GroupCommit:
             if len(batch) == 1:
                 await _as_caller(batch[0], self._write_one(batch[0]))
                 return
-            self.statements += 1
-            self.largest_batch = max(self.largest_batch, len(batch))
+            self._count(len(batch))
             try:
                 ours = await repo.finish_many(
                     self._pool, [(item.execution, item.outcome) for item in batch]
@@ -125,8 +145,7 @@ class GroupCommit:
                 item.done.cancel()
 
     async def _write_one(self, item: _Finish) -> None:
-        self.statements += 1
-        self.largest_batch = max(self.largest_batch, 1)
+        self._count(1)
         try:
             recorded = await repo.finish(self._pool, item.execution, item.outcome)
         except Exception as exc:
