@@ -1,10 +1,11 @@
 """Terminal records through the group commit, on the real database: concurrent finishes go
-out as one statement (counted by the transaction ids PostgreSQL hands out) and each caller
+out in few statements (counted by the transaction ids PostgreSQL hands out) and each caller
 gets its own record; a lone finish goes out at once and what queues meanwhile follows in one
 batch; a record the database refuses fails alone; every way a finish may end (recorded,
 replacing the sweeper's verdict, already terminal, its RUNNING row lost) holds in a batch,
-with rollups and budgets exact; and a batch cut by an outage leaves every record pending,
-retried and written once."""
+with rollups and budgets exact; a batch cut by an outage leaves every record pending,
+retried and written once; and two processes' batches on the same rollup rows never
+deadlock."""
 
 from __future__ import annotations
 
@@ -268,3 +269,41 @@ async def test_a_batch_cut_by_an_outage_leaves_every_record_pending_then_writes_
     window = (minute - dt.timedelta(minutes=1), minute + dt.timedelta(minutes=2))
     stats = await repo.agent_stats(pool, WS, AGENT, *window)
     assert (stats.succeeded, stats.running) == (16, 0)  # each counted once
+
+
+async def test_batches_of_two_processes_on_one_agents_rollups_never_deadlock(
+    pool: asyncpg.Pool,
+) -> None:
+    """Two processes' batches add to the same rollup rows (one agent, one minute, its eight
+    shards), each listing its records in an order of its own. Both are held at one shard's
+    row while each has locked others, then let go: both go through, since rows are written
+    in the rollups' lock order (in any other order, each would wait for the other)."""
+    minute = NOW.replace(second=0, microsecond=0)
+    first = await running(pool, 64, minute)
+    for i, e in enumerate(first):
+        await repo.finish(pool, e, answered(e, i))
+    shards = "SELECT count(*) FROM execution_rollup_pending WHERE minute = $1"
+    assert await pool.fetchval(shards, minute) == 8
+    rand = random.Random(7)
+    for _ in range(5):
+        runs = await running(pool, 64, minute)
+        rand.shuffle(runs)
+        halves = [[(e, answered(e, i)) for i, e in enumerate(runs[k::2])] for k in (0, 1)]
+        async with pool.acquire() as blocker:
+            async with blocker.transaction():
+                await blocker.execute(
+                    "SELECT 1 FROM execution_rollup_pending WHERE minute = $1 AND shard = 4 "
+                    "FOR UPDATE",
+                    minute,
+                )
+                batches = [asyncio.create_task(repo.finish_many(pool, h)) for h in halves]
+                for _ in range(200):
+                    if len(await pool.fetch(WAITING_FINISH)) == 2:
+                        break
+                    await asyncio.sleep(0.02)
+            written = await asyncio.gather(*batches)
+        assert [len(w) for w in written] == [32, 32]
+    stats = await repo.agent_stats(
+        pool, WS, AGENT, minute - dt.timedelta(minutes=1), minute + dt.timedelta(minutes=2)
+    )
+    assert (stats.succeeded, stats.running) == (64 * 6, 0)
