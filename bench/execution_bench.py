@@ -11,6 +11,7 @@ Every execution is tracked in PostgreSQL and its key comes from the vault (cache
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import itertools
@@ -18,6 +19,7 @@ import json
 import time
 
 import aiohttp
+import asyncpg
 import httpx
 import psutil
 from google.protobuf import struct_pb2
@@ -292,21 +294,43 @@ async def store_key(vault_port: int, workspace: str = WORKSPACE) -> None:
 
 def throughput(stack: Stack, seconds: float, concurrency: int = 128) -> LoadResult:
     """Closed loop at `concurrency` in flight from one load generator process, with the CPU
-    of each of the stack's processes over the measured window."""
-    assert stack.execution_port
+    of each of the stack's processes and the database's write transactions over the
+    measured window."""
+    assert stack.execution_port and stack.execution_database_url
     return run_load(
         functools.partial(execute_call, stack.execution_port),
         concurrency=concurrency,
         seconds=seconds,
         watch=stack.pids,
+        counters={"writes": functools.partial(transaction_ids, stack.execution_database_url)},
     )
+
+
+def transaction_ids(database_url: str) -> float:
+    """The server's next transaction id: only a transaction that writes takes one, so its
+    change counts write transactions (the service sends each statement on its own), at
+    once, where pg_stat_database lags by up to seconds. Read from a thread: the caller
+    blocks the event loop while it measures."""
+
+    async def read() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            # pg_current_xact_id() would take an id itself.
+            return int(await conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())"))
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return float(thread.submit(asyncio.run, read()).result())
 
 
 def throughput_lines(result: LoadResult, workers: int) -> list[str]:
     label = f"128 in flight, EXECUTION_WORKERS={workers}"
+    writes = result.counted["writes"] / result.calls if result.calls else float("nan")
     return [
         "    " + result.line(label),
         f"      CPU over the window: {result.cpu_line()}",
+        f"      database write transactions per execution: {writes:.2f}",
     ]
 
 

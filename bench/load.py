@@ -26,6 +26,8 @@ class LoadResult:
     loadgen_cpu_percent: float  # summed over worker processes (100 = one full core)
     # CPU seconds each watched process (and its children) used over the measured window.
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    # How much each watched counter moved over the measured window.
+    counted: dict[str, float] = field(default_factory=dict)
 
     def cpu_per_call_ms(self, name: str) -> float:
         return 1e3 * self.cpu_seconds[name] / self.calls if self.calls else float("nan")
@@ -99,9 +101,10 @@ def run_load(
     processes: int = 1,
     warmup: float = 1.0,
     watch: dict[str, int] | None = None,
+    counters: dict[str, Callable[[], float]] | None = None,
 ) -> LoadResult:
     """`watch`: processes (name: pid; their children count with them) whose CPU time over
-    the measured window is reported."""
+    the measured window is reported; `counters`: readings whose change over it is."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     go = ctx.Event()
@@ -117,8 +120,10 @@ def run_load(
     go.set()
     time.sleep(warmup)
     before = {name: process_tree_cpu(pid) for name, pid in (watch or {}).items()}
+    readings = {name: read() for name, read in (counters or {}).items()}
     time.sleep(seconds)
     cpu = {name: process_tree_cpu(pid) - before[name] for name, pid in (watch or {}).items()}
+    counted = {name: read() - readings[name] for name, read in (counters or {}).items()}
     results = [queue.get() for _ in workers]
     for w in workers:
         w.join()
@@ -131,6 +136,7 @@ def run_load(
         latencies=latencies,
         loadgen_cpu_percent=100 * loadgen_cpu / (seconds + warmup),
         cpu_seconds=cpu,
+        counted=counted,
     )
 
 

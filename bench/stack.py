@@ -133,13 +133,11 @@ async def running_stack(
                 sys.executable, *service("execution_service", "execution"), env=env
             )
             await wait_serving(execution_port, processes["execution"])
-        yield Stack(
-            vault_port,
-            execution_port,
-            emulator_url,
-            {n: p.pid for n, p in processes.items()},
-            env["EXECUTION_DATABASE_URL"],
-        )
+        pids = {n: p.pid for n, p in processes.items()}
+        postmaster = server.get_pid()
+        if postmaster is not None:  # its backends are its children: the whole server's CPU
+            pids["postgres"] = postmaster
+        yield Stack(vault_port, execution_port, emulator_url, pids, env["EXECUTION_DATABASE_URL"])
     finally:
         for process in processes.values():
             if process.returncode is None:

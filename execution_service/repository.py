@@ -293,46 +293,67 @@ def _verdict(row: asyncpg.Record) -> Verdict:
     )
 
 
-async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[Execution, bool]:
-    """Record a RUNNING execution's terminal state (on a durably committing pool): the
-    execution as recorded, and whether this outcome is what was recorded.
+# The finish's columns, in the order of `_finish_row`.
+_FINISH_COLUMNS = """id, workspace, agent_id, provider, model, request_id, labels, create_time,
+    agent, agent_etag, request_hash, state, input_tokens, output_tokens, cache_read_tokens,
+    cache_write_tokens, usage_estimated, cost_nanos, attempts, error_reason, error_message,
+    provider_status, finish_reason, output_text, first_token_time, end_time, output,
+    output_valid, error_violations, route_index, route_attempts"""
 
-    An upsert: the RUNNING row commits asynchronously (see `execution_service.app`), so one
-    committed just before a PostgreSQL crash may be gone. A row the sweeper failed as
-    INTERRUPTED takes this outcome instead (the process that ran the execution knows better
-    than the sweeper, e.g. a record written late after a database outage); any other
-    terminal state stays, returned unchanged.
-    """
+# What a terminal record replaces, and which rows it may replace (see `finish`).
+_FINISH_CONFLICT = f"""ON CONFLICT (id, create_time) DO UPDATE SET state = EXCLUDED.state,
+    input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
+    cache_read_tokens = EXCLUDED.cache_read_tokens,
+    cache_write_tokens = EXCLUDED.cache_write_tokens,
+    usage_estimated = EXCLUDED.usage_estimated, cost_nanos = EXCLUDED.cost_nanos,
+    attempts = EXCLUDED.attempts, error_reason = EXCLUDED.error_reason,
+    error_message = EXCLUDED.error_message,
+    provider_status = EXCLUDED.provider_status,
+    finish_reason = EXCLUDED.finish_reason, output_text = EXCLUDED.output_text,
+    first_token_time = EXCLUDED.first_token_time, end_time = EXCLUDED.end_time,
+    output = EXCLUDED.output, output_valid = EXCLUDED.output_valid,
+    error_violations = EXCLUDED.error_violations,
+    route_index = EXCLUDED.route_index, route_attempts = EXCLUDED.route_attempts,
+    provider = EXCLUDED.provider, model = EXCLUDED.model,
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE e.state = '{RUNNING}' OR (e.state = '{FAILED}' AND e.error_reason = '{INTERRUPTED}')"""
+
+_FINISH = f"""
+    INSERT INTO executions AS e ({_FINISH_COLUMNS})
+    VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+        $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27::jsonb, $28, $29::jsonb, $30,
+        $31::jsonb)
+    {_FINISH_CONFLICT}
+    RETURNING true"""
+
+# The same upsert for many rows: one array per column (jsonb ones as text), unnested in the
+# order given. Row triggers (the key claim, rollups, budget settlement) fire per row as for
+# `_FINISH`, all in the one transaction.
+_FINISH_MANY = f"""
+    INSERT INTO executions AS e ({_FINISH_COLUMNS})
+    SELECT r.id, r.workspace, r.agent_id, r.provider, r.model, r.request_id, r.labels::jsonb,
+        r.create_time, r.agent, r.agent_etag, r.request_hash, r.state, r.input_tokens,
+        r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.usage_estimated,
+        r.cost_nanos, r.attempts, r.error_reason, r.error_message, r.provider_status,
+        r.finish_reason, r.output_text, r.first_token_time, r.end_time, r.output::jsonb,
+        r.output_valid, r.error_violations::jsonb, r.route_index, r.route_attempts::jsonb
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[],
+        $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::bool[], $18::int8[],
+        $19::int4[], $20::text[], $21::text[], $22::int4[], $23::text[], $24::text[],
+        $25::timestamptz[], $26::timestamptz[], $27::text[], $28::bool[], $29::text[],
+        $30::int4[], $31::text[])
+        WITH ORDINALITY AS r({_FINISH_COLUMNS}, n)
+    ORDER BY r.n
+    {_FINISH_CONFLICT}
+    RETURNING e.id"""
+
+
+def _finish_row(execution: Execution, outcome: Outcome) -> tuple[object, ...]:
+    """The finish's values, in the order of `_FINISH_COLUMNS`."""
     u = outcome.usage
     error = outcome.error or ExecutionError("", "", 0)
-    recorded = await db.fetchval(
-        f"""
-        INSERT INTO executions AS e (id, workspace, agent_id, provider, model, request_id,
-            labels, create_time, agent, agent_etag, request_hash, state, input_tokens,
-            output_tokens, cache_read_tokens, cache_write_tokens, usage_estimated, cost_nanos,
-            attempts, error_reason, error_message, provider_status, finish_reason, output_text,
-            first_token_time, end_time, output, output_valid, error_violations, route_index,
-            route_attempts)
-        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-            $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27::jsonb, $28, $29::jsonb, $30,
-            $31::jsonb)
-        ON CONFLICT (id, create_time) DO UPDATE SET state = EXCLUDED.state,
-            input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
-            cache_read_tokens = EXCLUDED.cache_read_tokens,
-            cache_write_tokens = EXCLUDED.cache_write_tokens,
-            usage_estimated = EXCLUDED.usage_estimated, cost_nanos = EXCLUDED.cost_nanos,
-            attempts = EXCLUDED.attempts, error_reason = EXCLUDED.error_reason,
-            error_message = EXCLUDED.error_message,
-            provider_status = EXCLUDED.provider_status,
-            finish_reason = EXCLUDED.finish_reason, output_text = EXCLUDED.output_text,
-            first_token_time = EXCLUDED.first_token_time, end_time = EXCLUDED.end_time,
-            output = EXCLUDED.output, output_valid = EXCLUDED.output_valid,
-            error_violations = EXCLUDED.error_violations,
-            route_index = EXCLUDED.route_index, route_attempts = EXCLUDED.route_attempts,
-            provider = EXCLUDED.provider, model = EXCLUDED.model,
-            lease_owner = NULL, lease_expires_at = NULL
-        WHERE e.state = '{RUNNING}' OR (e.state = '{FAILED}' AND e.error_reason = '{INTERRUPTED}')
-        RETURNING true""",
+    return (
         *_start_columns(execution),
         outcome.state,
         u.input_tokens,
@@ -355,30 +376,74 @@ async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[
         outcome.route_index,
         _route_attempts_json(outcome.route_attempts),
     )
-    if recorded:
-        mine = dataclasses.replace(
-            execution,
-            state=outcome.state,
-            usage=outcome.usage,
-            cost_nanos=outcome.cost_nanos,
-            attempts=outcome.attempts,
-            error=outcome.error,
-            finish_reason=outcome.finish_reason,
-            output_text=outcome.output_text,
-            first_token_time=outcome.first_token_time,
-            end_time=outcome.end_time,
-            output=outcome.output,
-            output_valid=outcome.output_valid,
-            cancelled_by=outcome.cancelled_by,
-            route_index=outcome.route_index,
-            route_attempts=outcome.route_attempts,
-        )
-        return mine, True
+
+
+async def finish(db: Executor, execution: Execution, outcome: Outcome) -> tuple[Execution, bool]:
+    """Record a RUNNING execution's terminal state (on a durably committing pool): the
+    execution as recorded, and whether this outcome is what was recorded.
+
+    An upsert: the RUNNING row commits asynchronously (see `execution_service.app`), so one
+    committed just before a PostgreSQL crash may be gone. A row the sweeper failed as
+    INTERRUPTED takes this outcome instead (the process that ran the execution knows better
+    than the sweeper, e.g. a record written late after a database outage); any other
+    terminal state stays, returned unchanged.
+    """
+    if await db.fetchval(_FINISH, *_finish_row(execution, outcome)):
+        return finished(execution, outcome), True
+    return await recorded(db, execution.id), False
+
+
+def _rollup_lock_order(record: tuple[Execution, Outcome]) -> tuple[object, ...]:
+    """The execution_rollup_pending row a finish adds to (workspace, agent, minute, shard,
+    as `execution_rollup_add` computes them)."""
+    e = record[0]
+    minute = e.create_time.astimezone(dt.UTC).replace(second=0, microsecond=0)
+    return (e.workspace, e.agent_id, minute, e.id.bytes[15] % 8, e.id)
+
+
+async def finish_many(db: Executor, records: list[tuple[Execution, Outcome]]) -> set[uuid.UUID]:
+    """`finish` for several executions in one statement (one round trip, one commit): the
+    ids whose outcome is what was recorded (for the others, see `recorded`). All or nothing:
+    when any row fails, the statement fails and nothing is written.
+
+    Rows go in the order of the rollup rows their triggers lock, so that two batches
+    (another process's, or the next one here) cannot deadlock on them."""
+    ids = [e.id for e, _ in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError("an execution may be finished only once per statement")
+    rows = [_finish_row(e, o) for e, o in sorted(records, key=_rollup_lock_order)]
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    return {r["id"] for r in await db.fetch(_FINISH_MANY, *columns)}
+
+
+def finished(execution: Execution, outcome: Outcome) -> Execution:
+    """A RUNNING execution as its outcome records it."""
+    return dataclasses.replace(
+        execution,
+        state=outcome.state,
+        usage=outcome.usage,
+        cost_nanos=outcome.cost_nanos,
+        attempts=outcome.attempts,
+        error=outcome.error,
+        finish_reason=outcome.finish_reason,
+        output_text=outcome.output_text,
+        first_token_time=outcome.first_token_time,
+        end_time=outcome.end_time,
+        output=outcome.output,
+        output_valid=outcome.output_valid,
+        cancelled_by=outcome.cancelled_by,
+        route_index=outcome.route_index,
+        route_attempts=outcome.route_attempts,
+    )
+
+
+async def recorded(db: Executor, execution_id: uuid.UUID) -> Execution:
+    """An execution as recorded, when a finish found it already terminal."""
     row = await db.fetchrow(
-        f"SELECT {_COLUMNS} FROM executions WHERE id = $1 AND {_PARTITION_OF_ID}", execution.id
+        f"SELECT {_COLUMNS} FROM executions WHERE id = $1 AND {_PARTITION_OF_ID}", execution_id
     )
     assert row is not None
-    return _from_row(row), False
+    return _from_row(row)
 
 
 async def get(db: Executor, workspace: str, execution_id: uuid.UUID) -> Execution | None:

@@ -1,5 +1,7 @@
 """Writing an execution's terminal record, and keeping it while the database is unavailable.
 
+Records are written through a group commit (`execution_service.group_commit`): concurrent
+finishes share one statement and one durable commit, and each caller still waits for its own.
 A record the database refuses is not dropped: it stays in memory and is retried with backoff
 until it lands or ``retry_for`` seconds have passed. Past that bound it is logged at ERROR
 with its outcome and counted as lost; its row, still RUNNING with a lease that nobody renews,
@@ -18,8 +20,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from execution_service import repository as repo
 from execution_service import telemetry
+from execution_service.group_commit import DEFAULT_MAX_BATCH, GroupCommit
 from execution_service.model import Execution, Outcome
 from execution_service.retry import RetryPolicy, next_delay
 from service_kit import metrics
@@ -63,8 +65,9 @@ class TerminalRecords:
         backoff: RetryPolicy,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
-        self._pool = pool
+        self.writer = GroupCommit(pool, max_batch=max_batch)
         self._retry_for = retry_for
         self._backoff = backoff
         self._clock = clock
@@ -117,7 +120,7 @@ class TerminalRecords:
 
     async def _write(self, record: TerminalRecord) -> Execution:
         execution, outcome = record.execution, record.outcome
-        recorded, ours = await repo.finish(self._pool, execution, outcome)
+        recorded, ours = await self.writer.finish(execution, outcome)
         if ours:
             telemetry.execution_finished(execution, outcome, model_family=record.model_family)
         else:
