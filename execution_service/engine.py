@@ -284,22 +284,9 @@ class ExecutionEngine:
         cancellable = self._cancellable[execution.id] = _Cancellable(asyncio.current_task())
         try:
             try:
-                texts = self._runner.run(cmd, progress, deadline, request_id)
-                async with contextlib.aclosing(texts):
-                    # The provider call starts while Started goes out to the caller (whose
-                    # write waits on the network), instead of after it.
-                    first = asyncio.ensure_future(anext(texts, None))
-                    try:
-                        yield Started(execution)
-                        text = await first
-                    finally:
-                        if not first.done():
-                            first.cancel()
-                            await asyncio.wait([first])
-                    if text is not None:
-                        yield Delta(text)
-                        async for text in texts:
-                            yield Delta(text)
+                yield Started(execution)
+                async for text in self._runner.run(cmd, progress, deadline, request_id):
+                    yield Delta(text)
             finally:  # before anything is recorded: a cancel request now comes too late
                 del self._cancellable[execution.id]
             progress.verdict = check_output(
