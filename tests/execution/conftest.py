@@ -8,16 +8,19 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 
 from clients.gen.execution.v1 import execution_service_pb2_grpc as ex_grpc
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as kv
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
+from execution_service import maintenance
 from execution_service.app import RunningExecution, start_execution
 from execution_service.retry import RetryPolicy
 from execution_service.settings import DEFAULT_POLICY, EngineSettings, ExecutionSettings
 from keyvault_service.app import RunningKeyVault, start_keyvault
 from provider_emulator.server import RunningEmulator, start_emulator
+from service_kit import db
 from service_kit.settings import ServerSettings
 from service_kit.tls import TlsFiles
 from tests.conftest import secure_channel
@@ -31,6 +34,18 @@ FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.02, max_delay=0.1, jitter=
 async def emulator() -> AsyncIterator[RunningEmulator]:
     async with start_emulator() as running:
         yield running
+
+
+@pytest.fixture
+async def pool(make_database: Callable[[str], Awaitable[str]]) -> AsyncIterator[asyncpg.Pool]:
+    """A database of its own, migrated, with this week's and the next two weeks' partitions:
+    for tests of the execution tables without a service in front."""
+    p = await db.create_pool(await make_database("tables"), min_size=1, max_size=12)
+    async with p.acquire() as conn:
+        await db.migrate(conn, "execution_service")
+        await maintenance.ensure_partitions(conn, 2)
+    yield p
+    await p.close()
 
 
 @pytest.fixture(autouse=True)

@@ -13,10 +13,8 @@ import asyncio
 import dataclasses
 import datetime as dt
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
-import pytest
 
 from execution_service import maintenance
 from execution_service import repository as repo
@@ -26,23 +24,12 @@ from execution_service.budget_store import BudgetStore
 from execution_service.model import FAILED, SUCCEEDED, Execution, Outcome
 from execution_service.retry import RetryPolicy
 from execution_service.terminal_records import TerminalRecord, TerminalRecords
-from service_kit import db
 from tests.execution.support import Stub, Workspace
 from tests.execution.test_budgets import create_budget, get_budget
 from tests.execution.test_rollups import AGENT, WS, assert_matches, outcome, raw_stats, started
 
 NOW = dt.datetime.now(dt.UTC)
 FAST_BACKOFF = RetryPolicy(base_delay=0.05, max_delay=0.2)
-
-
-@pytest.fixture
-async def pool(make_database: Callable[[str], Awaitable[str]]) -> AsyncIterator[asyncpg.Pool]:
-    p = await db.create_pool(await make_database("group"), min_size=1, max_size=12)
-    async with p.acquire() as conn:
-        await db.migrate(conn, "execution_service")
-        await maintenance.ensure_partitions(conn, 2)
-    yield p
-    await p.close()
 
 
 def records_on(pool: asyncpg.Pool) -> TerminalRecords:

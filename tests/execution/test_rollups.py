@@ -13,10 +13,9 @@ import asyncio
 import datetime as dt
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
-import pytest
 
 from clients.gen.execution.v1 import execution_service_pb2_grpc as ex_grpc
 from execution_service import histogram, maintenance
@@ -48,16 +47,6 @@ from tests.execution.support import (
 
 WS, AGENT = "roll", "agent-r"
 NOW = dt.datetime.now(dt.UTC)
-
-
-@pytest.fixture
-async def pool(make_database: Callable[[str], Awaitable[str]]) -> AsyncIterator[asyncpg.Pool]:
-    p = await db.create_pool(await make_database("roll"), min_size=1, max_size=12)
-    async with p.acquire() as conn:
-        await db.migrate(conn, "execution_service")
-        await maintenance.ensure_partitions(conn, 2)
-    yield p
-    await p.close()
 
 
 def started(create_time: dt.datetime, request_id: str | None = None) -> Execution:
