@@ -11,6 +11,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -52,6 +53,22 @@ async def wait_serving(port: int, process: asyncio.subprocess.Process) -> None:
     raise RuntimeError(f"service on port {port} did not become ready")
 
 
+async def start_execution(
+    env: dict[str, str], args: tuple[str, ...], source: Path = PROJECT_ROOT
+) -> tuple[int, asyncio.subprocess.Process]:
+    """An execution service run from the source tree `source`, on a free port, once serving;
+    `env` names its database, the vault and the providers."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        env=dict(env, EXECUTION_LISTEN_ADDRESS=f"127.0.0.1:{port}", PYTHONPATH=str(source)),
+        cwd=source,
+    )
+    await wait_serving(port, process)
+    return port, process
+
+
 @dataclass
 class Stack:
     vault_port: int
@@ -59,9 +76,11 @@ class Stack:
     emulator_url: str | None
     pids: dict[str, int]
     execution_database_url: str | None = None
+    env: dict[str, str] | None = None  # what the services were started with
+    server_uri: str = ""  # the embedded PostgreSQL server
 
 
-async def _fresh_database(server_uri: str, name: str) -> str:
+async def fresh_database(server_uri: str, name: str) -> str:
     await embedded_pg.drop_database(server_uri, name)
     return await embedded_pg.ensure_database(server_uri, name)
 
@@ -90,8 +109,8 @@ async def running_stack(
         LOG_LEVEL="WARNING",
         CERTS_DIR=str(CERTS),
         KEYVAULT_MASTER_KEYS=f"1:{generate_master_key()}",
-        KEYVAULT_DATABASE_URL=await _fresh_database(uri, "bench_keyvault"),
-        EXECUTION_DATABASE_URL=await _fresh_database(uri, "bench_execution"),
+        KEYVAULT_DATABASE_URL=await fresh_database(uri, "bench_keyvault"),
+        EXECUTION_DATABASE_URL=await fresh_database(uri, "bench_execution"),
         KEYVAULT_DB_POOL_MAX="20",
         EXECUTION_DB_POOL_MAX="20",
         KEYVAULT_METRICS_PORT="0",  # a running `make run` may hold the default ports
@@ -122,22 +141,27 @@ async def running_stack(
                 env=env,
                 stdout=asyncio.subprocess.DEVNULL,
             )
-            execution_port = free_port()
             env.update(
-                EXECUTION_LISTEN_ADDRESS=f"127.0.0.1:{execution_port}",
                 KEYVAULT_ADDRESS=f"localhost:{vault_port}",
                 OPENAI_BASE_URL=emulator_url,
                 ANTHROPIC_BASE_URL=emulator_url,
             )
-            processes["execution"] = await asyncio.create_subprocess_exec(
-                sys.executable, *service("execution_service", "execution"), env=env
+            execution_port, processes["execution"] = await start_execution(
+                env, service("execution_service", "execution")
             )
-            await wait_serving(execution_port, processes["execution"])
         pids = {n: p.pid for n, p in processes.items()}
         postmaster = server.get_pid()
         if postmaster is not None:  # its backends are its children: the whole server's CPU
             pids["postgres"] = postmaster
-        yield Stack(vault_port, execution_port, emulator_url, pids, env["EXECUTION_DATABASE_URL"])
+        yield Stack(
+            vault_port,
+            execution_port,
+            emulator_url,
+            pids,
+            env["EXECUTION_DATABASE_URL"],
+            env,
+            uri,
+        )
     finally:
         for process in processes.values():
             if process.returncode is None:
