@@ -56,7 +56,9 @@ async def first_token(stub: ex_grpc.ExecutionServiceStub) -> float:
 
 
 async def time_to_first_token(ports: dict[str, int], samples: int) -> list[str]:
-    stubs = {name: ex_grpc.ExecutionServiceStub(secure_channel(port)) for name, port in ports.items()}
+    stubs = {
+        name: ex_grpc.ExecutionServiceStub(secure_channel(port)) for name, port in ports.items()
+    }
     names = list(ports)
     seen: dict[str, list[float]] = {name: [] for name in names}
     for i in range(samples + WARMUP):

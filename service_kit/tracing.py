@@ -248,11 +248,18 @@ class _CallSpans(grpc.aio.ServerInterceptor):
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 span, tokens = start(method, attributes, context)
+                finalized = False
                 try:
                     async for response in inner_stream(request, context):
                         yield response
+                except GeneratorExit:
+                    # Closed by the event loop after its caller went away: from a copy of
+                    # the call's context, where the tokens cannot be reset (OpenTelemetry
+                    # would log an error per cancelled stream). The call is over anyway.
+                    finalized = True
+                    raise
                 finally:
-                    end(span, tokens, context)
+                    end(span, () if finalized else tokens, context)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer
@@ -283,10 +290,9 @@ class _CallSpans(grpc.aio.ServerInterceptor):
                 description = details.decode() if isinstance(details, bytes) else details
                 span.set_status(trace.Status(trace.StatusCode.ERROR, f"{code}: {description}"))
         span.end()
-        # A stream's handler may be finalized in another context; the call is over then.
-        with contextlib.suppress(ValueError):
-            if len(tokens) > 1:
-                _call_db_tracer.reset(tokens[1])
+        if len(tokens) > 1:
+            _call_db_tracer.reset(tokens[1])
+        if tokens:
             otel_context.detach(tokens[0])
 
 

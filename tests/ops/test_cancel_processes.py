@@ -5,10 +5,12 @@ execution CANCELLED, naming who asked; the Execute stream ends CANCELLED."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import asyncpg
 import grpc
@@ -32,36 +34,66 @@ ADMIN = "spiffe://agents.internal/admin"
 CHUNKS = 300  # 20 ms apart: six seconds of stream unless cancelled
 
 
+class Pair(NamedTuple):
+    vault_port: int
+    exec_ports: list[int]
+    executions: list[asyncio.subprocess.Process]
+    database_url: str
+
+
+async def start_pair(
+    spawn: Spawn,
+    pki: Path,
+    make_database: Callable[[str], Awaitable[str]],
+    emulator_url: str,
+    executions: int,
+    **options: Any,
+) -> Pair:
+    """A vault and `executions` execution processes (started with `options`) on one
+    database."""
+    execution_db = await make_database("ex")
+    vault_port = free_port()
+    exec_ports = [free_port() for _ in range(executions)]
+    common = {
+        "CERTS_DIR": str(pki),
+        "KEYVAULT_MASTER_KEYS": f"1:{generate_master_key()}",
+        "KEYVAULT_DATABASE_URL": await make_database("kv"),
+        "EXECUTION_DATABASE_URL": execution_db,
+        "KEYVAULT_ADDRESS": f"localhost:{vault_port}",
+        "KEYVAULT_METRICS_PORT": "0",
+        "EXECUTION_METRICS_PORT": "0",
+        "OPENAI_BASE_URL": emulator_url,
+    }
+    vault_env = {**common, "KEYVAULT_LISTEN_ADDRESS": f"127.0.0.1:{vault_port}"}
+    await until_serving(vault_port, pki, await spawn("keyvault_service", vault_env))
+    processes = []
+    for port in exec_ports:
+        env = {**common, "EXECUTION_LISTEN_ADDRESS": f"127.0.0.1:{port}"}
+        processes.append(await spawn("execution_service", env, **options))
+        await until_serving(port, pki, processes[-1])
+    return Pair(vault_port, exec_ports, processes, execution_db)
+
+
+async def store_key(vault_port: int, pki: Path) -> tuple[str, str]:
+    """A new workspace with an OpenAI key: (workspace, key)."""
+    ws = f"ws-{uuid.uuid4().hex[:12]}"
+    key = openai_key()
+    async with secure_channel(vault_port, TlsFiles.for_workload(pki, "app")) as ch:
+        await kv_grpc.KeyVaultServiceStub(ch).SetApiKey(
+            kv.SetApiKeyRequest(name=f"workspaces/{ws}/apiKeys/openai", api_key=key)
+        )
+    return ws, key
+
+
 async def test_a_cancel_through_another_process_closes_the_provider_request(
     spawn: Spawn, pki: Path, make_database: Callable[[str], Awaitable[str]]
 ) -> None:
-    execution_db = await make_database("ex")
-    vault_port = free_port()
-    exec_ports = [free_port(), free_port()]
     async with start_emulator() as emulator:
-        common = {
-            "CERTS_DIR": str(pki),
-            "KEYVAULT_MASTER_KEYS": f"1:{generate_master_key()}",
-            "KEYVAULT_DATABASE_URL": await make_database("kv"),
-            "EXECUTION_DATABASE_URL": execution_db,
-            "KEYVAULT_ADDRESS": f"localhost:{vault_port}",
-            "KEYVAULT_METRICS_PORT": "0",
-            "EXECUTION_METRICS_PORT": "0",
-            "OPENAI_BASE_URL": emulator.base_url,
-        }
-        vault_env = {**common, "KEYVAULT_LISTEN_ADDRESS": f"127.0.0.1:{vault_port}"}
-        await until_serving(vault_port, pki, await spawn("keyvault_service", vault_env))
-        for port in exec_ports:
-            env = {**common, "EXECUTION_LISTEN_ADDRESS": f"127.0.0.1:{port}"}
-            await until_serving(port, pki, await spawn("execution_service", env))
-
+        vault_port, exec_ports, _, execution_db = await start_pair(
+            spawn, pki, make_database, emulator.base_url, executions=2
+        )
         app, admin = TlsFiles.for_workload(pki, "app"), TlsFiles.for_workload(pki, "admin")
-        ws = f"ws-{uuid.uuid4().hex[:12]}"
-        key = openai_key()
-        async with secure_channel(vault_port, app) as ch:
-            await kv_grpc.KeyVaultServiceStub(ch).SetApiKey(
-                kv.SetApiKeyRequest(name=f"workspaces/{ws}/apiKeys/openai", api_key=key)
-            )
+        ws, key = await store_key(vault_port, pki)
         emulator.state.script({"chunks": CHUNKS, "chunk_delay_ms": 20}, key=key)
         owner = ex_grpc.ExecutionServiceStub(secure_channel(exec_ports[0], app))
         other = ex_grpc.ExecutionServiceStub(secure_channel(exec_ports[1], admin))
@@ -119,3 +151,32 @@ async def test_a_cancel_through_another_process_closes_the_provider_request(
     )
     # Generous bounds (a loaded machine): the point is milliseconds, not the stream's seconds.
     assert closed_after < 1.0 and recorded_after < 1.0 and stream_ended < 2.0
+
+
+async def test_streams_their_callers_cancel_log_no_error(
+    spawn: Spawn, pki: Path, make_database: Callable[[str], Awaitable[str]]
+) -> None:
+    """As deployed (uvloop), the stream of a caller that went away is closed from outside
+    its call's context; ending the call's span there logged an error with a traceback, once
+    per cancelled stream."""
+    async with start_emulator() as emulator:
+        vault_port, [port], [process], _ = await start_pair(
+            spawn,
+            pki,
+            make_database,
+            emulator.base_url,
+            executions=1,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        ws, _ = await store_key(vault_port, pki)
+        stub = ex_grpc.ExecutionServiceStub(secure_channel(port, TlsFiles.for_workload(pki, "app")))
+        for _ in range(10):
+            call = stub.Execute(request(ws))
+            assert (await call.read()).HasField("started")
+            call.cancel()
+        listed = await stub.ListExecutions(ex.ListExecutionsRequest(parent=f"workspaces/{ws}"))
+        assert len(listed.executions) == 10
+        process.terminate()
+        _, logged = await process.communicate()
+    assert b"Failed to detach context" not in logged
+    assert b'"level": "ERROR"' not in logged, logged.decode()

@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -38,11 +39,12 @@ Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
 async def spawn() -> AsyncIterator[Spawn]:
     processes: list[asyncio.subprocess.Process] = []
 
-    async def start(module: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    async def start(module: str, env: dict[str, str], **options: Any) -> asyncio.subprocess.Process:
+        """`options`: for asyncio.create_subprocess_exec (stderr=PIPE to read the logs)."""
         # Tests point keys at the emulator on loopback, which only an allowlist admits.
         defaults = {"LOG_LEVEL": "WARNING", "PROVIDER_ALLOWED_HOSTS": "127.0.0.1,localhost"}
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", module, env={**os.environ, **defaults, **env}
+            sys.executable, "-m", module, env={**os.environ, **defaults, **env}, **options
         )
         processes.append(process)
         return process
