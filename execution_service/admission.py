@@ -109,7 +109,8 @@ class Verdict:
     RATE_LIMITED) with the refusing budget's name, limit, spent and period end, and for
     RATE_LIMITED the seconds until a retry may fit. `alerts`: what ALERT_ONLY budgets would
     have refused. `enforced`: an ENFORCE spend limit applied (the output is then capped at the
-    reserved `max_tokens`, so the worst case is a real bound)."""
+    reserved `max_tokens`, so the worst case is a real bound). `budgeted`: some budget
+    applies to the execution's workspace and agent (it held a reservation, or refused)."""
 
     ok: bool = True
     reason: str = ""
@@ -120,6 +121,7 @@ class Verdict:
     retry_after: float = 0.0
     alerts: tuple[str, ...] = ()
     enforced: bool = False
+    budgeted: bool = False
 
 
 ADMITTED = Verdict()

@@ -161,7 +161,7 @@ async def start_execution(
             History(pool),
             KeyChecker(keys, http, settings.engine),
             AgentStore(pool),
-            BudgetStore(pool),
+            BudgetStore(pool, on_created=engine.budget_created),
             cancel=functools.partial(request_cancel, pool, engine),
         )
         server = GrpcServer(

@@ -39,8 +39,11 @@ class BudgetStore:
         *,
         now: Callable[[], dt.datetime] = utc_now,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        on_created: Callable[[str], None] = lambda workspace: None,
     ) -> None:
+        """`on_created` hears the workspace of every budget created here."""
         self._pool = pool
+        self._on_created = on_created
         self._now = now
         self._random_bytes = random_bytes
 
@@ -62,6 +65,7 @@ class BudgetStore:
             )
         if created is None:
             raise BudgetAlreadyExists(budget_name(workspace, budget_id))
+        self._on_created(workspace)
         return created
 
     async def get(self, workspace: str, budget_id: str) -> Budget:

@@ -38,6 +38,7 @@ from execution_service.admission import (
     refusal,
     reservation,
 )
+from execution_service.early_start import EarlyStream, UnbudgetedScopes
 from execution_service.errors import (
     AgentConcurrentlyModified,
     CancelledByRequest,
@@ -201,6 +202,8 @@ class ExecutionEngine:
         self._idle = asyncio.Event()
         self._idle.set()
         self._cut_at: float | None = None  # when the server's drain cuts remaining streams
+        # Scopes whose executions may call their provider while their row is written.
+        self._unbudgeted = UnbudgetedScopes()
         # Executions whose stream is still running here: a cancel request may end them.
         self._cancellable: dict[uuid.UUID, _Cancellable] = {}
 
@@ -234,37 +237,26 @@ class ExecutionEngine:
         else:
             assert planner is not None, "an agent's run needs a planner"
             cmd = await planner.plan(request)
-        for attempt in range(MAX_REPLANS + 1):
-            candidate = Execution(
-                id=uuid.uuid4(),
-                workspace=cmd.workspace,
-                agent_id=cmd.agent_id,
-                provider=cmd.provider,
-                model=cmd.chat.model,
-                state=RUNNING,
-                create_time=self._now(),
-                request_id=cmd.request_id,
-                request_hash=cmd.request_hash,
-                labels=cmd.labels,
-                agent=cmd.agent,
-                agent_etag=cmd.agent_etag,
+        progress = Progress()
+        early = None  # the provider's stream, when it starts while the row is written
+        if not cmd.request_id and (cmd.workspace, cmd.agent_id) in self._unbudgeted:
+            early = EarlyStream(self._runner.run(cmd, progress, deadline, request_id))
+        try:
+            candidate, execution, verdict, admitted = await self._record_start(
+                request, cmd, planner
             )
-            try:
-                # The budgets' reservation and the rate limits' tokens go with the row.
-                execution, verdict = await repo.insert_running(
-                    self._start_pool,
-                    candidate,
-                    lease_owner=self.owner,
-                    lease_seconds=self._settings.lease_seconds,
-                    admission=AdmissionRequest(self._reservation(cmd)),
-                )
-                break
-            except repo.AgentChanged:
-                if planner is None or isinstance(request, ExecutionPlan):
-                    raise
-                if attempt == MAX_REPLANS:
-                    raise AgentConcurrentlyModified(cmd.agent) from None
-                cmd = await planner.plan(request, fresh=True)
+        except BaseException as exc:
+            if early is not None:
+                await early.close()
+            if isinstance(exc, UNAVAILABLE_ERRORS):
+                self._unbudgeted.clear()
+            raise
+        self._unbudgeted.learn(admitted.workspace, admitted.agent_id, budgeted=verdict.budgeted)
+        if early is not None and (verdict.budgeted or admitted is not cmd):
+            # Refused, planned again, or a budget may cap the request: not the one sent.
+            await early.close()
+            early, progress = None, Progress()
+        cmd = admitted
         count_verdict(verdict)
         if not verdict.ok:
             await self._refuse(candidate, cmd, verdict)
@@ -280,15 +272,17 @@ class ExecutionEngine:
         metrics.EXECUTIONS_IN_FLIGHT.inc()  # until _finish, which every path below reaches
         self._running.add(execution.id)
         self._idle.clear()
-        progress = Progress()
+        texts = early.texts() if early else self._runner.run(cmd, progress, deadline, request_id)
         cancellable = self._cancellable[execution.id] = _Cancellable(asyncio.current_task())
         try:
             try:
                 yield Started(execution)
-                async for text in self._runner.run(cmd, progress, deadline, request_id):
+                async for text in texts:
                     yield Delta(text)
             finally:  # before anything is recorded: a cancel request now comes too late
                 del self._cancellable[execution.id]
+                if early is not None:  # however the stream ended, its request is closed
+                    await early.close()
             progress.verdict = check_output(
                 cmd.output_schema,
                 "".join(progress.parts),
@@ -330,6 +324,51 @@ class ExecutionEngine:
             await self._recorded(execution, cmd, progress, FAILED, error)
             raise execution_failed(error.reason, error.message, execution.name) from None
         yield Completed(await self._recorded(execution, cmd, progress, SUCCEEDED, None))
+
+    async def _record_start(
+        self, request: ExecutionPlan | AgentCall, cmd: ExecutionPlan, planner: AgentPlanner | None
+    ) -> tuple[Execution, Execution | None, Verdict, ExecutionPlan]:
+        """Write the RUNNING row of `cmd` with its admission, planning an agent's run again
+        while the agent changes under it. Returns the row as proposed, the row written (None
+        when refused, or when a concurrent duplicate took the request id), the verdict, and
+        the plan it was written for."""
+        for attempt in range(MAX_REPLANS + 1):
+            candidate = Execution(
+                id=uuid.uuid4(),
+                workspace=cmd.workspace,
+                agent_id=cmd.agent_id,
+                provider=cmd.provider,
+                model=cmd.chat.model,
+                state=RUNNING,
+                create_time=self._now(),
+                request_id=cmd.request_id,
+                request_hash=cmd.request_hash,
+                labels=cmd.labels,
+                agent=cmd.agent,
+                agent_etag=cmd.agent_etag,
+            )
+            try:
+                # The budgets' reservation and the rate limits' tokens go with the row.
+                execution, verdict = await repo.insert_running(
+                    self._start_pool,
+                    candidate,
+                    lease_owner=self.owner,
+                    lease_seconds=self._settings.lease_seconds,
+                    admission=AdmissionRequest(self._reservation(cmd)),
+                )
+                return candidate, execution, verdict, cmd
+            except repo.AgentChanged:
+                if planner is None or isinstance(request, ExecutionPlan):
+                    raise
+                if attempt == MAX_REPLANS:
+                    raise AgentConcurrentlyModified(cmd.agent) from None
+                cmd = await planner.plan(request, fresh=True)
+        raise AssertionError("unreachable")
+
+    def budget_created(self, workspace: str) -> None:
+        """A budget was created in `workspace` through this process: its executions are
+        admitted before their provider is called from now on."""
+        self._unbudgeted.forget_workspace(workspace)
 
     def _reservation(self, cmd: ExecutionPlan) -> Reservation:
         """The worst case of `cmd` over the routes that may run."""

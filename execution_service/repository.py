@@ -257,7 +257,8 @@ async def insert_running(
         )
         SELECT (SELECT ok FROM agent_current) AS agent_current,
                EXISTS (SELECT 1 FROM inserted) AS inserted, a.ok, a.reason, a.budget,
-               a.limit_nanos, a.spent_nanos, a.period_end, a.retry_after, a.alerts, a.enforced
+               a.limit_nanos, a.spent_nanos, a.period_end, a.retry_after, a.alerts, a.enforced,
+               cardinality(a.holds) > 0 AS held
         FROM admitted a""",
         *_start_columns(execution),
         lease_owner,
@@ -290,6 +291,7 @@ def _verdict(row: asyncpg.Record) -> Verdict:
         retry_after=row["retry_after"],
         alerts=tuple(row["alerts"]),
         enforced=row["enforced"],
+        budgeted=bool(row["held"]) or not row["ok"],
     )
 
 

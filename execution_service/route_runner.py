@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -74,7 +74,7 @@ class RouteRunner:
 
     async def run(
         self, plan: ExecutionPlan, progress: Progress, deadline: float | None, request_id: str
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """The answering route's output text, as it arrives. Raises the last route's failure
         (a ProviderError, or a ServiceError from the key vault) when no route answers."""
         last = len(plan.routes) - 1

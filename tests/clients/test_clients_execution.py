@@ -274,11 +274,18 @@ async def test_cancel_execution_async_and_sync(
     async def cancelled_stream(cancel: Callable[[str], Awaitable[ex_res.Execution]]) -> None:
         names: asyncio.Queue[str] = asyncio.Queue()
         stream = asyncio.create_task(run_until_cancelled(names))
-        name = await names.get()
-        answered = await cancel(name)
+        started = asyncio.create_task(names.get())
+        await asyncio.wait([stream, started], return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():  # the stream ended before it started: say how
+            started.cancel()
+            raise AssertionError(f"the stream ended before it started: {await stream!r}")
+        name = started.result()
+        async with asyncio.timeout(30):  # a hang says which step it was in
+            answered = await cancel(name)
         assert answered.state == ex_res.EXECUTION_STATE_CANCELLED
         assert answered.cancelled_by == "spiffe://agents.internal/app"
-        err = await stream
+        async with asyncio.timeout(30):
+            err = await stream
         assert err.code == grpc.StatusCode.CANCELLED and err.reason == "CANCELLED_BY_REQUEST"
         assert err.execution_name == name
 

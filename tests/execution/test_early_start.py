@@ -1,0 +1,147 @@
+"""The provider is called while the RUNNING row is written, when nothing is expected to refuse
+the execution (no request id, and no budget found by the last admission of its workspace
+and agent): the caller still gets `Started` only once the row exists, and no text before it.
+When the write refuses after all (a budget created by another process, an agent changed
+under its cached copy), the early provider request is closed and the caller sees exactly
+what it would have seen without it.
+
+A table lock held by the test holds the row's write back, so that the provider request is
+seen going out (or not) while the write waits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+import grpc
+
+from clients.gen.execution.v1 import execution_service_pb2 as pb
+from clients.gen.execution.v1 import resources_pb2 as res
+from execution_service.app import RunningExecution
+from execution_service.budget_store import BudgetStore
+from execution_service.budgets import BudgetSpec
+from provider_emulator.server import RunningEmulator
+from tests.execution.support import Stub, Workspace, error_info, openai_key, request, run
+from tests.execution.test_agents import create, route
+
+SLOW = {"chunks": 5, "chunk_delay_ms": 300}  # still streaming when the early request is closed
+
+
+@contextlib.asynccontextmanager
+async def held(pool: asyncpg.Pool, statement: str) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction that has run `statement` (a lock), committed on leaving."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(statement)
+        yield conn
+
+
+async def provider_requests(emulator: RunningEmulator, key: str, count: int) -> None:
+    async with asyncio.timeout(10):
+        while len(emulator.state.find_requests(key=key)) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_the_provider_is_called_while_the_row_is_written(
+    workspace: Workspace,
+    execution_stub: Stub,
+    execution: RunningExecution,
+    emulator: RunningEmulator,
+) -> None:
+    key = openai_key()
+    ws = await workspace(openai=key)
+    first = await run(execution_stub(), request(ws))  # its admission found no budget
+    assert first.error is None
+    async with held(execution.pool, "LOCK TABLE execution_keys IN EXCLUSIVE MODE"):
+        call = execution_stub().Execute(request(ws))
+        await provider_requests(emulator, key, 2)  # sent while the row cannot be written
+        started = asyncio.create_task(call.read())
+        await asyncio.sleep(0.3)
+        assert not started.done()  # nothing reaches the caller before the row exists
+    event = await started
+    assert event.WhichOneof("event") == "started"
+    rest = []
+    while (e := await call.read()) is not grpc.aio.EOF:
+        rest.append(e)
+    assert rest[-1].completed.state == res.EXECUTION_STATE_SUCCEEDED
+    assert "".join(e.delta.text for e in rest) == rest[-1].completed.output_text != ""
+    stored = await execution_stub().GetExecution(pb.GetExecutionRequest(name=event.started.name))
+    assert stored.execution.state == res.EXECUTION_STATE_SUCCEEDED
+
+
+async def test_a_budget_created_by_another_process_refuses_and_closes_the_early_request(
+    workspace: Workspace,
+    execution_stub: Stub,
+    execution: RunningExecution,
+    emulator: RunningEmulator,
+) -> None:
+    key = openai_key()
+    ws = await workspace(openai=key)
+    assert (await run(execution_stub(), request(ws))).error is None
+    # Written beside the service, as another replica would: this process does not know.
+    await BudgetStore(execution.pool).create(ws, "tiny", BudgetSpec(limit_nanos=1))
+    emulator.state.script(SLOW, key=key)
+    async with held(execution.pool, "LOCK TABLE budgets IN EXCLUSIVE MODE"):
+        call = asyncio.create_task(run(execution_stub(), request(ws)))
+        await provider_requests(emulator, key, 2)  # went out before the admission answered
+    refused = await call
+    assert refused.error is not None and not refused.events  # not even Started
+    assert refused.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(refused.error).reason == "BUDGET_EXCEEDED"
+    await emulator.state.wait_for(
+        lambda s: s.find_requests(key=key)[-1].outcome != "in_progress", timeout=3.0
+    )
+    assert emulator.state.find_requests(key=key)[-1].outcome == "disconnected"
+    # Learned: the next one is refused before any provider call.
+    again = await run(execution_stub(), request(ws))
+    assert again.error is not None and error_info(again.error).reason == "BUDGET_EXCEEDED"
+    assert len(emulator.state.find_requests(key=key)) == 2
+
+
+async def test_a_budget_created_through_the_service_applies_before_any_provider_call(
+    workspace: Workspace, execution_stub: Stub, emulator: RunningEmulator
+) -> None:
+    key = openai_key()
+    ws = await workspace(openai=key)
+    assert (await run(execution_stub(), request(ws))).error is None
+    await execution_stub("admin").CreateBudget(
+        pb.CreateBudgetRequest(
+            parent=f"workspaces/{ws}",
+            budget_id="tiny",
+            budget=res.Budget(limit_nanos=1, period=res.BUDGET_PERIOD_MONTH),
+        )
+    )
+    refused = await run(execution_stub(), request(ws))
+    assert refused.error is not None and error_info(refused.error).reason == "BUDGET_EXCEEDED"
+    assert len(emulator.state.find_requests(key=key)) == 1
+
+
+async def test_an_agent_deleted_under_its_cached_copy_closes_the_early_request(
+    workspace: Workspace,
+    execution_stub: Stub,
+    execution: RunningExecution,
+    emulator: RunningEmulator,
+) -> None:
+    key = openai_key()
+    ws = await workspace(openai=key)
+    await create(
+        execution_stub(), ws, "bot", routes=[route()], input_schema=None, output_schema=None
+    )
+    by_name = pb.ExecuteRequest(
+        parent=f"workspaces/{ws}", agent=f"workspaces/{ws}/agents/bot", input_json='{"q": 1}'
+    )
+    assert (await run(execution_stub(), by_name)).error is None  # the agent is cached now
+    emulator.state.script(SLOW, key=key)
+    async with held(execution.pool, "LOCK TABLE agents IN ACCESS EXCLUSIVE MODE") as conn:
+        # Deleted beside the service, as another replica would: the cached copy is stale.
+        await conn.execute("DELETE FROM agents WHERE workspace = $1 AND agent_id = 'bot'", ws)
+        call = asyncio.create_task(run(execution_stub(), by_name))
+        await provider_requests(emulator, key, 2)
+    gone = await call
+    assert gone.error is not None and not gone.events
+    assert gone.error.code() == grpc.StatusCode.NOT_FOUND
+    await emulator.state.wait_for(
+        lambda s: s.find_requests(key=key)[-1].outcome != "in_progress", timeout=3.0
+    )
+    assert emulator.state.find_requests(key=key)[-1].outcome == "disconnected"
