@@ -152,10 +152,15 @@ def cancelled_by_request(caller: str) -> ExecutionError:
 
 @dataclass
 class _Cancellable:
-    """A running execution's stream, which a cancel request ends by cancelling its task."""
+    """A running execution's stream, which a cancel request ends by cancelling its task, but
+    only while the task waits for the provider (`waiting`): a cancellation landing while the
+    servicer writes an event to the caller ends the call in gRPC without any status, and the
+    caller would wait for one forever. A request that comes during a write is carried out
+    as soon as the write is done."""
 
     task: asyncio.Task[object] | None
     requested_by: str | None = None
+    waiting: bool = False
 
 
 def record_pending(execution: Execution, state: str) -> Unavailable:
@@ -277,7 +282,16 @@ class ExecutionEngine:
         try:
             try:
                 yield Started(execution)
-                async for text in texts:
+                while True:
+                    if cancellable.requested_by is not None:  # asked for during a write
+                        raise asyncio.CancelledError
+                    cancellable.waiting = True
+                    try:
+                        text = await anext(texts, None)
+                    finally:
+                        cancellable.waiting = False
+                    if text is None:
+                        break
                     yield Delta(text)
             finally:  # before anything is recorded: a cancel request now comes too late
                 del self._cancellable[execution.id]
@@ -472,7 +486,10 @@ class ExecutionEngine:
             provider=route.provider,
             model=route.chat.model,
             start_time=progress.route_start or end_time,
-            latency_ms=round((self._clock() - progress.route_started_at) * 1000),
+            # A route that never started (cancelled first) took no time.
+            latency_ms=round((self._clock() - progress.route_started_at) * 1000)
+            if progress.route_start
+            else 0,
             http_status=error.provider_status if error else 200,
             reason=error.reason if error else "",
             usage=usage,
@@ -519,7 +536,8 @@ class ExecutionEngine:
             return False
         if cancellable.requested_by is None:
             cancellable.requested_by = requested_by
-            cancellable.task.cancel()
+            if cancellable.waiting:
+                cancellable.task.cancel()
         return True
 
     def streaming(self) -> list[uuid.UUID]:

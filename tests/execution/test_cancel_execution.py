@@ -17,6 +17,9 @@ from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import execution_service_pb2_grpc as ex_grpc
 from clients.gen.execution.v1 import resources_pb2 as res
 from execution_service.app import RunningExecution
+from execution_service.engine import Started
+from execution_service.errors import CancelledByRequest
+from execution_service.plan import decode
 from provider_emulator.server import RunningEmulator
 from service_kit.tls import TlsFiles
 from tests.conftest import secure_channel
@@ -264,3 +267,36 @@ async def test_the_feed_listens_again_after_losing_its_connection(
     call, name = await start_slow_execution(app, ws)
     assert_cancelled_by(await cancel(through_other, name), APP)
     assert_stream_cancelled(await stream_end(call), name, APP)
+
+
+async def test_a_cancel_arriving_while_an_event_is_written_ends_the_stream_with_its_status(
+    workspace: Workspace,
+    execution: RunningExecution,
+    execution_stub: Stub,
+    emulator: RunningEmulator,
+) -> None:
+    """The engine driven as the servicer drives it: `Started` was handed over and is being
+    written (the generator waits at its yield) when the cancel request comes. The task must
+    not be cancelled then (gRPC would end the call without a status, and the caller would
+    wait forever): the stream ends CANCELLED_BY_REQUEST once the write is done."""
+    key = openai_key()
+    ws = await workspace(openai=key)
+    emulator.state.script(SLOW, key=key)
+    events = execution.engine.execute(decode(request(ws)), deadline=None, request_id="t")
+    started = await anext(events)
+    assert isinstance(started, Started)
+    assert execution.engine.cancel(started.execution.id, ADMIN)
+    await asyncio.sleep(0.05)  # a cancellation of this task would land here
+    try:
+        await anext(events)
+        raise AssertionError("the stream went on after the cancel")
+    except CancelledByRequest as err:
+        assert err.metadata["execution"] == started.execution.name
+    finally:
+        await events.aclose()
+    recorded = await get_execution(execution_stub(), started.execution.name)
+    assert recorded.state == res.EXECUTION_STATE_CANCELLED
+    assert recorded.error.reason == "CANCELLED_BY_REQUEST" and ADMIN in recorded.error.message
+    # Its route never started: it took no time (not the process's monotonic clock).
+    [attempt] = recorded.route_attempts
+    assert attempt.latency.ToTimedelta().total_seconds() < 1
