@@ -9,6 +9,10 @@ A change's before/after figure on a shared machine, where two runs an hour apart
 more than most changes do.
 
     python -m bench.ab [--base REV] [--samples N] [--rounds N] [--seconds S] [--coalesced]
+                       [--limits]
+
+`--limits` runs every execution in a workspace with a budget and both rate limits (set so
+high that nothing is refused).
 """
 
 from __future__ import annotations
@@ -24,7 +28,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.execution_bench import BEHAVIOURS, execute_call, execute_request, pct, store_key
+from bench.execution_bench import (
+    BEHAVIOURS,
+    WORKSPACE,
+    execute_call,
+    execute_request,
+    pct,
+    store_key,
+)
+from bench.limits_bench import LIMITED, create_limits
 from bench.load import LoadResult, run_load
 from bench.stack import fresh_database, running_stack, secure_channel, start_execution
 from clients.gen.execution.v1 import execution_service_pb2_grpc as ex_grpc
@@ -45,17 +57,17 @@ def checkout(revision: str) -> Iterator[Path]:
         subprocess.run((*git, "remove", "--force", str(path)), check=False)
 
 
-async def first_token(stub: ex_grpc.ExecutionServiceStub) -> float:
+async def first_token(stub: ex_grpc.ExecutionServiceStub, workspace: str) -> float:
     t0 = time.perf_counter()
     first = None
-    async for event in stub.Execute(execute_request()):
+    async for event in stub.Execute(execute_request(workspace)):
         if first is None and event.HasField("delta"):
             first = time.perf_counter() - t0
     assert first is not None
     return first
 
 
-async def time_to_first_token(ports: dict[str, int], samples: int) -> list[str]:
+async def time_to_first_token(ports: dict[str, int], samples: int, workspace: str) -> list[str]:
     stubs = {
         name: ex_grpc.ExecutionServiceStub(secure_channel(port)) for name, port in ports.items()
     }
@@ -63,7 +75,7 @@ async def time_to_first_token(ports: dict[str, int], samples: int) -> list[str]:
     seen: dict[str, list[float]] = {name: [] for name in names}
     for i in range(samples + WARMUP):
         for name in names if i % 2 else reversed(names):
-            first = await first_token(stubs[name])
+            first = await first_token(stubs[name], workspace)
             if i >= WARMUP:
                 seen[name].append(first)
     base, new = (seen[name] for name in names)
@@ -81,7 +93,12 @@ async def time_to_first_token(ports: dict[str, int], samples: int) -> list[str]:
 
 
 def load_rounds(
-    ports: dict[str, int], pids: dict[str, int], postgres: int, rounds: int, seconds: float
+    ports: dict[str, int],
+    pids: dict[str, int],
+    postgres: int,
+    rounds: int,
+    seconds: float,
+    workspace: str,
 ) -> list[str]:
     names = list(ports)
     runs: dict[str, list[LoadResult]] = {name: [] for name in names}
@@ -89,7 +106,7 @@ def load_rounds(
         for name in names if r % 2 == 0 else reversed(names):
             runs[name].append(
                 run_load(
-                    functools.partial(execute_call, ports[name]),
+                    functools.partial(execute_call, ports[name], workspace=workspace),
                     concurrency=128,
                     seconds=seconds,
                     watch={"execution": pids[name], "postgres": postgres},
@@ -110,7 +127,11 @@ def load_rounds(
 
 async def compare(args: argparse.Namespace) -> list[str]:
     behaviour = "coalesced (one write)" if args.coalesced else "one write per event"
-    lines = [f"# execution service: {args.base} vs working tree (provider: {behaviour})"]
+    workspace = LIMITED if args.limits else WORKSPACE
+    lines = [
+        f"# execution service: {args.base} vs working tree (provider: {behaviour}; "
+        f"{'a budget and both rate limits' if args.limits else 'no budget'})"
+    ]
     with checkout(args.base) as base_tree:
         async with running_stack(with_execution=True, emulator_args=BEHAVIOURS[behaviour]) as stack:
             assert stack.execution_port and stack.env
@@ -122,11 +143,15 @@ async def compare(args: argparse.Namespace) -> list[str]:
                 env, ("-m", "execution_service"), base_tree
             )
             try:
-                await store_key(stack.vault_port)
+                await store_key(stack.vault_port, workspace)
                 ports = {args.base: base_port, "working": stack.execution_port}
+                if args.limits:
+                    for port in ports.values():
+                        await create_limits(port)
                 pids = {args.base: base_process.pid, "working": stack.pids["execution"]}
-                lines += await time_to_first_token(ports, args.samples)
-                lines += load_rounds(ports, pids, stack.pids["postgres"], args.rounds, args.seconds)
+                lines += await time_to_first_token(ports, args.samples, workspace)
+                postgres = stack.pids["postgres"]
+                lines += load_rounds(ports, pids, postgres, args.rounds, args.seconds, workspace)
             finally:
                 base_process.terminate()
                 await base_process.wait()
@@ -140,4 +165,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=4, help="load runs each (alternating)")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
     parser.add_argument("--coalesced", action="store_true", help="the provider writes at once")
+    parser.add_argument("--limits", action="store_true", help="a budget and both rate limits")
     print("\n".join(asyncio.run(compare(parser.parse_args()))))
