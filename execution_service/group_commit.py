@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from execution_service import repository as repo
 from execution_service.model import Execution, Outcome
+from service_kit import metrics
 from service_kit.db import UNAVAILABLE_ERRORS, Executor
 
 # Enough to take a full load's finishes in one or two round trips, small enough that one
@@ -97,6 +98,7 @@ class GroupCommit:
     def _count(self, records: int) -> None:
         self.statements += 1
         self.largest_batch = max(self.largest_batch, records)
+        metrics.RECORD_BATCH_SIZE.observe(records)
 
     def _next_batch(self) -> list[_Finish]:
         """Up to ``max_batch`` queued records, oldest first; a record whose caller is gone is

@@ -117,6 +117,12 @@ EXECUTION_RECORDS_LOST = Counter(
     "state they would have recorded; their rows are left to the sweeper (INTERRUPTED).",
     ["provider", "state"],
 )
+RECORD_BATCH_SIZE = Histogram(
+    "execution_record_batch_size",
+    "Terminal records written per statement: 1 for a finish that found no write in flight, "
+    "more for the finishes that queued behind one (group commit).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 TIME_TO_FIRST_TOKEN = Histogram(
     "execution_time_to_first_token_seconds",
     "From an execution's acceptance to its first output text, by provider.",

@@ -15,6 +15,7 @@ import datetime as dt
 import random
 
 import asyncpg
+from prometheus_client import REGISTRY
 
 from execution_service import maintenance
 from execution_service import repository as repo
@@ -104,6 +105,7 @@ async def test_a_lone_finish_goes_out_at_once_and_what_queues_meanwhile_follows_
 ) -> None:
     runs = await running(pool, 21)
     records = records_on(pool)
+    statements, records_written = batch_size_samples()
     async with pool.acquire() as blocker, blocker.transaction():
         # The first record's triggers wait for this lock: its write stays in flight.
         await blocker.execute("LOCK TABLE execution_rollup_pending IN EXCLUSIVE MODE")
@@ -118,6 +120,15 @@ async def test_a_lone_finish_goes_out_at_once_and_what_queues_meanwhile_follows_
     results = [*await first, *await rest]
     assert [r.output_text for r in results] == [f"answer {i}" for i in range(21)]
     assert (records.writer.statements, records.writer.largest_batch) == (2, 20)
+    # What operators see: two statements, 21 records.
+    assert batch_size_samples() == (statements + 2, records_written + 21)
+
+
+def batch_size_samples() -> tuple[float, float]:
+    """execution_record_batch_size: (statements, records) so far."""
+    count = REGISTRY.get_sample_value("execution_record_batch_size_count") or 0.0
+    total = REGISTRY.get_sample_value("execution_record_batch_size_sum") or 0.0
+    return count, total
 
 
 async def test_a_record_the_database_refuses_fails_alone(pool: asyncpg.Pool) -> None:
