@@ -43,16 +43,29 @@ async def provider_requests(emulator: RunningEmulator, key: str, count: int) -> 
             await asyncio.sleep(0.01)
 
 
+async def known_without_budget(workspace: Workspace, execution_stub: Stub) -> tuple[str, str]:
+    """A workspace with an OpenAI key, (its id, the key), after one execution whose admission
+    found no budget: the service now calls its provider while the row is written."""
+    key = openai_key()
+    ws = await workspace(openai=key)
+    assert (await run(execution_stub(), request(ws))).error is None
+    return ws, key
+
+
+async def last_request_closed(emulator: RunningEmulator, key: str) -> bool:
+    await emulator.state.wait_for(
+        lambda s: s.find_requests(key=key)[-1].outcome != "in_progress", timeout=3.0
+    )
+    return emulator.state.find_requests(key=key)[-1].outcome == "disconnected"
+
+
 async def test_the_provider_is_called_while_the_row_is_written(
     workspace: Workspace,
     execution_stub: Stub,
     execution: RunningExecution,
     emulator: RunningEmulator,
 ) -> None:
-    key = openai_key()
-    ws = await workspace(openai=key)
-    first = await run(execution_stub(), request(ws))  # its admission found no budget
-    assert first.error is None
+    ws, key = await known_without_budget(workspace, execution_stub)
     async with held(execution.pool, "LOCK TABLE execution_keys IN EXCLUSIVE MODE"):
         call = execution_stub().Execute(request(ws))
         await provider_requests(emulator, key, 2)  # sent while the row cannot be written
@@ -76,9 +89,7 @@ async def test_a_budget_created_by_another_process_refuses_and_closes_the_early_
     execution: RunningExecution,
     emulator: RunningEmulator,
 ) -> None:
-    key = openai_key()
-    ws = await workspace(openai=key)
-    assert (await run(execution_stub(), request(ws))).error is None
+    ws, key = await known_without_budget(workspace, execution_stub)
     # Written beside the service, as another replica would: this process does not know.
     await BudgetStore(execution.pool).create(ws, "tiny", BudgetSpec(limit_nanos=1))
     emulator.state.script(SLOW, key=key)
@@ -89,10 +100,7 @@ async def test_a_budget_created_by_another_process_refuses_and_closes_the_early_
     assert refused.error is not None and not refused.events  # not even Started
     assert refused.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info(refused.error).reason == "BUDGET_EXCEEDED"
-    await emulator.state.wait_for(
-        lambda s: s.find_requests(key=key)[-1].outcome != "in_progress", timeout=3.0
-    )
-    assert emulator.state.find_requests(key=key)[-1].outcome == "disconnected"
+    assert await last_request_closed(emulator, key)
     # Learned: the next one is refused before any provider call.
     again = await run(execution_stub(), request(ws))
     assert again.error is not None and error_info(again.error).reason == "BUDGET_EXCEEDED"
@@ -102,9 +110,7 @@ async def test_a_budget_created_by_another_process_refuses_and_closes_the_early_
 async def test_a_budget_created_through_the_service_applies_before_any_provider_call(
     workspace: Workspace, execution_stub: Stub, emulator: RunningEmulator
 ) -> None:
-    key = openai_key()
-    ws = await workspace(openai=key)
-    assert (await run(execution_stub(), request(ws))).error is None
+    ws, key = await known_without_budget(workspace, execution_stub)
     await execution_stub("admin").CreateBudget(
         pb.CreateBudgetRequest(
             parent=f"workspaces/{ws}",
@@ -141,7 +147,4 @@ async def test_an_agent_deleted_under_its_cached_copy_closes_the_early_request(
     gone = await call
     assert gone.error is not None and not gone.events
     assert gone.error.code() == grpc.StatusCode.NOT_FOUND
-    await emulator.state.wait_for(
-        lambda s: s.find_requests(key=key)[-1].outcome != "in_progress", timeout=3.0
-    )
-    assert emulator.state.find_requests(key=key)[-1].outcome == "disconnected"
+    assert await last_request_closed(emulator, key)
