@@ -18,6 +18,7 @@ from execution_service import maintenance
 from execution_service.agent_store import AgentStore
 from execution_service.budget_store import BudgetStore
 from execution_service.cancels import CancelFeed, request_cancel
+from execution_service.early_start import BudgetNotices
 from execution_service.engine import ExecutionEngine
 from execution_service.errors import DOMAIN
 from execution_service.history import History
@@ -72,6 +73,7 @@ class RunningExecution:
     http: httpx.AsyncClient
     vault_channel: grpc.aio.Channel
     cancels: CancelFeed
+    budget_notices: BudgetNotices
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -87,6 +89,7 @@ class RunningExecution:
         await self.server.stop(grace)
         await self.engine.close(timeout=max(cut_at - time.monotonic(), LAST_CHANCE_SECONDS))
         await self.cancels.stop()
+        await self.budget_notices.stop()
         for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -118,6 +121,7 @@ async def start_execution(
     )
     watch: asyncio.Task[None] | None = None
     cancels: CancelFeed | None = None
+    notices: BudgetNotices | None = None
     try:
         async with pool.acquire() as conn:
             await db.migrate(conn, "execution_service")
@@ -155,7 +159,12 @@ async def start_execution(
         # Cancel requests for this process's executions, whichever replica takes them.
         cancels = CancelFeed(database_url, pool, engine)
         cancels.start()
+        # New budgets from every replica (until heard, no execution calls its provider
+        # before its row is written).
+        notices = BudgetNotices(database_url, engine.unbudgeted)
+        notices.start()
         await cancels.wait_live(SUBSCRIBE_WAIT_SECONDS)
+        await notices.wait_live(SUBSCRIBE_WAIT_SECONDS)
         servicer = ExecutionServicer(
             engine,
             History(pool),
@@ -181,10 +190,14 @@ async def start_execution(
             watch.cancel()
         if cancels is not None:
             await cancels.stop()
+        if notices is not None:
+            await notices.stop()
         await pool.close()
         await start_pool.close()
         raise
-    running = RunningExecution(server, pool, start_pool, engine, keys, http, vault_channel, cancels)
+    running = RunningExecution(
+        server, pool, start_pool, engine, keys, http, vault_channel, cancels, notices
+    )
     running.tasks.append(watch)  # always: the key cache depends on it
     if background:
         running.tasks += [

@@ -9,13 +9,14 @@ trip leaves the time to first token: the first text waits, if need be, for the w
 
 Nothing is expected to refuse it when it has no request id (no earlier execution to answer
 instead), and the last admission of its workspace and agent in this process found no
-budget. Should the write refuse it all the same (a budget created in another process since,
-the agent changed, the database failing), its provider request is closed before any output
-reached the caller, and the execution is refused or runs the ordinary way: at most one such
-request per workspace and agent when a first budget appears, as each process learns of it.
-A budget created through this process is known at once. A write that fails for want of the
-database makes every scope unknown again, so that in an outage executions fail before any
-provider call.
+budget. Every replica hears of a new budget at once, whichever created it (PostgreSQL
+NOTIFY, `BudgetNotices`), and knows no such scope while it does not listen (at start, after
+a lost connection). Should the write refuse an execution all the same (a budget whose notice
+had not arrived yet, the agent changed under this process's cached copy, the database
+failing), its provider request is closed before any output reached the caller, and the
+execution is refused or runs the ordinary way. A write that fails for want of the database
+makes every scope unknown again, so that in an outage executions fail before any provider
+call.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 
-__all__ = ["EarlyStream", "UnbudgetedScopes"]
+from service_kit.listen import Listener
+
+__all__ = ["BUDGETS_CHANNEL", "BudgetNotices", "EarlyStream", "UnbudgetedScopes"]
+
+# Where a budget's creation is announced (migration 009): the payload is its workspace.
+BUDGETS_CHANNEL = "execution_budgets"
 
 # Scopes remembered at most (least recently used go first): a forgotten one merely runs
 # its next execution the ordinary way.
@@ -33,19 +39,26 @@ MAX_SCOPES = 100_000
 
 
 class UnbudgetedScopes:
-    """The (workspace, agent id) pairs whose last admission here found no budget."""
+    """The (workspace, agent id) pairs whose last admission here found no budget, while new
+    budgets are heard of (`hearing`); none otherwise."""
 
     def __init__(self, capacity: int = MAX_SCOPES) -> None:
         self._capacity = capacity
         self._scopes: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.hearing = False
 
     def __contains__(self, scope: tuple[str, str]) -> bool:
         return scope in self._scopes
 
+    def hear(self, hearing: bool) -> None:
+        """New budgets are heard of from now on, or no longer: nothing learned before counts."""
+        self._scopes.clear()
+        self.hearing = hearing
+
     def learn(self, workspace: str, agent_id: str, *, budgeted: bool) -> None:
         """What an admission found for the scope."""
         scope = (workspace, agent_id)
-        if budgeted:
+        if budgeted or not self.hearing:
             self._scopes.pop(scope, None)
             return
         self._scopes[scope] = None
@@ -54,7 +67,7 @@ class UnbudgetedScopes:
             self._scopes.popitem(last=False)
 
     def forget_workspace(self, workspace: str) -> None:
-        """A budget was created in `workspace`: every scope of it may now have one."""
+        """A budget was created in `workspace`: any scope of it may now have one."""
         for scope in [s for s in self._scopes if s[0] == workspace]:
             del self._scopes[scope]
 
@@ -97,3 +110,35 @@ class EarlyStream:
             with contextlib.suppress(Exception):
                 self._first.result()  # retrieved, so that asyncio does not log it as lost
         await self._texts.aclose()
+
+
+class BudgetNotices:
+    """Hears of every new budget, from whichever replica created it, and has `scopes` forget
+    its workspace; `scopes` knows nothing while not listening."""
+
+    def __init__(self, database_url: str, scopes: UnbudgetedScopes) -> None:
+        self._scopes = scopes
+        self._listener = Listener(
+            "budget notices",
+            database_url,
+            BUDGETS_CHANNEL,
+            self._on_notification,
+            on_listening=self._on_listening,
+            on_lost=lambda: scopes.hear(False),
+        )
+
+    def start(self) -> None:
+        self._listener.start()
+
+    async def wait_live(self, timeout: float) -> bool:
+        return await self._listener.wait_live(timeout)
+
+    async def stop(self) -> None:
+        await self._listener.stop()
+        self._scopes.hear(False)
+
+    def _on_notification(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        self._scopes.forget_workspace(str(payload))
+
+    async def _on_listening(self, conn: object) -> None:
+        self._scopes.hear(True)

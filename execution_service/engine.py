@@ -207,8 +207,9 @@ class ExecutionEngine:
         self._idle = asyncio.Event()
         self._idle.set()
         self._cut_at: float | None = None  # when the server's drain cuts remaining streams
-        # Scopes whose executions may call their provider while their row is written.
-        self._unbudgeted = UnbudgetedScopes()
+        # Scopes whose executions may call their provider while their row is written (none
+        # until something hears of new budgets: `early_start.BudgetNotices`).
+        self.unbudgeted = UnbudgetedScopes()
         # Executions whose stream is still running here: a cancel request may end them.
         self._cancellable: dict[uuid.UUID, _Cancellable] = {}
 
@@ -244,7 +245,7 @@ class ExecutionEngine:
             cmd = await planner.plan(request)
         progress = Progress()
         early = None  # the provider's stream, when it starts while the row is written
-        if not cmd.request_id and (cmd.workspace, cmd.agent_id) in self._unbudgeted:
+        if not cmd.request_id and (cmd.workspace, cmd.agent_id) in self.unbudgeted:
             early = EarlyStream(self._runner.run(cmd, progress, deadline, request_id))
         try:
             candidate, execution, verdict, admitted = await self._record_start(
@@ -254,9 +255,9 @@ class ExecutionEngine:
             if early is not None:
                 await early.close()
             if isinstance(exc, UNAVAILABLE_ERRORS):
-                self._unbudgeted.clear()
+                self.unbudgeted.clear()
             raise
-        self._unbudgeted.learn(admitted.workspace, admitted.agent_id, budgeted=verdict.budgeted)
+        self.unbudgeted.learn(admitted.workspace, admitted.agent_id, budgeted=verdict.budgeted)
         if early is not None and (verdict.budgeted or admitted is not cmd):
             # Refused, planned again, or a budget may cap the request: not the one sent.
             await early.close()
@@ -382,7 +383,7 @@ class ExecutionEngine:
     def budget_created(self, workspace: str) -> None:
         """A budget was created in `workspace` through this process: its executions are
         admitted before their provider is called from now on."""
-        self._unbudgeted.forget_workspace(workspace)
+        self.unbudgeted.forget_workspace(workspace)
 
     def _reservation(self, cmd: ExecutionPlan) -> Reservation:
         """The worst case of `cmd` over the routes that may run."""

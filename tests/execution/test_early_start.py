@@ -22,6 +22,7 @@ from clients.gen.execution.v1 import resources_pb2 as res
 from execution_service.app import RunningExecution
 from execution_service.budget_store import BudgetStore
 from execution_service.budgets import BudgetSpec
+from execution_service.early_start import UnbudgetedScopes
 from provider_emulator.server import RunningEmulator
 from tests.execution.support import Stub, Workspace, error_info, openai_key, request, run
 from tests.execution.test_agents import create, route
@@ -83,15 +84,17 @@ async def test_the_provider_is_called_while_the_row_is_written(
     assert stored.execution.state == res.EXECUTION_STATE_SUCCEEDED
 
 
-async def test_a_budget_created_by_another_process_refuses_and_closes_the_early_request(
+async def test_a_budget_whose_notice_is_lost_refuses_and_closes_the_early_request(
     workspace: Workspace,
     execution_stub: Stub,
     execution: RunningExecution,
     emulator: RunningEmulator,
 ) -> None:
     ws, key = await known_without_budget(workspace, execution_stub)
-    # Written beside the service, as another replica would: this process does not know.
-    await BudgetStore(execution.pool).create(ws, "tiny", BudgetSpec(limit_nanos=1))
+    # Written beside the service with triggers off: its notice never comes.
+    async with execution.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        await BudgetStore(conn).create(ws, "tiny", BudgetSpec(limit_nanos=1))
     emulator.state.script(SLOW, key=key)
     async with held(execution.pool, "LOCK TABLE budgets IN EXCLUSIVE MODE"):
         call = asyncio.create_task(run(execution_stub(), request(ws)))
@@ -105,6 +108,49 @@ async def test_a_budget_created_by_another_process_refuses_and_closes_the_early_
     again = await run(execution_stub(), request(ws))
     assert again.error is not None and error_info(again.error).reason == "BUDGET_EXCEEDED"
     assert len(emulator.state.find_requests(key=key)) == 2
+
+
+async def test_a_budget_created_by_another_replica_is_heard_of_before_any_provider_call(
+    workspace: Workspace,
+    execution_stub: Stub,
+    execution: RunningExecution,
+    emulator: RunningEmulator,
+) -> None:
+    ws, key = await known_without_budget(workspace, execution_stub)
+    assert (ws, "agent-1") in execution.engine.unbudgeted
+    # Written beside the service, as another replica does: only its notice tells this one.
+    await BudgetStore(execution.pool).create(ws, "tiny", BudgetSpec(limit_nanos=1))
+    async with asyncio.timeout(5):
+        while (ws, "agent-1") in execution.engine.unbudgeted:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    refused = await run(execution_stub(), request(ws))
+    assert refused.error is not None and error_info(refused.error).reason == "BUDGET_EXCEEDED"
+    assert len(emulator.state.find_requests(key=key)) == 1
+
+
+def test_nothing_is_known_without_budget_while_new_budgets_are_not_heard_of() -> None:
+    scopes = UnbudgetedScopes()
+    scopes.learn("ws", "a", budgeted=False)
+    assert ("ws", "a") not in scopes  # not listening yet
+    scopes.hear(True)
+    scopes.learn("ws", "a", budgeted=False)
+    scopes.learn("ws", "b", budgeted=False)
+    scopes.learn("other", "a", budgeted=False)
+    assert ("ws", "a") in scopes
+    scopes.learn("ws", "b", budgeted=True)
+    assert ("ws", "b") not in scopes
+    scopes.forget_workspace("ws")
+    assert ("ws", "a") not in scopes and ("other", "a") in scopes
+    scopes.hear(False)  # the notices' connection was lost: what was learned no longer holds
+    assert ("other", "a") not in scopes
+
+
+def test_the_least_recently_learned_scope_goes_first() -> None:
+    scopes = UnbudgetedScopes(capacity=2)
+    scopes.hear(True)
+    for agent in ("a", "b", "a", "c"):
+        scopes.learn("ws", agent, budgeted=False)
+    assert [("ws", x) in scopes for x in "abc"] == [True, False, True]
 
 
 async def test_a_budget_created_through_the_service_applies_before_any_provider_call(

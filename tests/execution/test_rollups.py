@@ -345,7 +345,8 @@ async def test_a_populated_table_of_the_old_schema_migrates(
         )
         window = (NOW - dt.timedelta(days=30), NOW + dt.timedelta(minutes=1))
         before = await raw_stats(conn, *window)
-        assert await db.migrate(conn, "execution_service") == [
+        applied = await db.migrate(conn, "execution_service")
+        assert applied[:3] == [  # and any later migration
             "006_partitions_rollups.sql",
             "007_budgets.sql",
             "008_cheaper_admission.sql",
