@@ -78,6 +78,10 @@ class AgentCache:
         if found is not None:
             self._bytes -= found[1]
 
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -113,6 +117,16 @@ class AgentStore:
         if created is None:
             raise AgentAlreadyExists(agent_name(workspace, agent_id))
         return created
+
+    def forget(self, workspace: str, agent_id: str) -> None:
+        """The agent changed (possibly through another replica): drop its cached copy."""
+        self._cache.drop(workspace, agent_id)
+
+    def forget_all(self) -> None:
+        self._cache.clear()
+
+    def cached(self, workspace: str, agent_id: str) -> bool:
+        return self._cache.get(workspace, agent_id) is not None
 
     async def read(self, workspace: str, agent_id: str) -> Agent | None:
         """The agent to run, possibly as this process last read it (see AgentCache); None

@@ -18,7 +18,7 @@ from execution_service import maintenance
 from execution_service.agent_store import AgentStore
 from execution_service.budget_store import BudgetStore
 from execution_service.cancels import CancelFeed, request_cancel
-from execution_service.early_start import BudgetNotices
+from execution_service.change_notices import ChangeNotices
 from execution_service.engine import ExecutionEngine
 from execution_service.errors import DOMAIN
 from execution_service.history import History
@@ -73,7 +73,8 @@ class RunningExecution:
     http: httpx.AsyncClient
     vault_channel: grpc.aio.Channel
     cancels: CancelFeed
-    budget_notices: BudgetNotices
+    change_notices: ChangeNotices
+    agents: AgentStore
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -89,7 +90,7 @@ class RunningExecution:
         await self.server.stop(grace)
         await self.engine.close(timeout=max(cut_at - time.monotonic(), LAST_CHANCE_SECONDS))
         await self.cancels.stop()
-        await self.budget_notices.stop()
+        await self.change_notices.stop()
         for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -121,7 +122,7 @@ async def start_execution(
     )
     watch: asyncio.Task[None] | None = None
     cancels: CancelFeed | None = None
-    notices: BudgetNotices | None = None
+    notices: ChangeNotices | None = None
     try:
         async with pool.acquire() as conn:
             await db.migrate(conn, "execution_service")
@@ -159,9 +160,10 @@ async def start_execution(
         # Cancel requests for this process's executions, whichever replica takes them.
         cancels = CancelFeed(database_url, pool, engine)
         cancels.start()
-        # New budgets from every replica (until heard, no execution calls its provider
-        # before its row is written).
-        notices = BudgetNotices(database_url, engine.unbudgeted)
+        # New budgets and changed agents, from every replica (until heard, no execution
+        # calls its provider before its row is written).
+        agents = AgentStore(pool)
+        notices = ChangeNotices(database_url, engine.unbudgeted, agents)
         notices.start()
         await cancels.wait_live(SUBSCRIBE_WAIT_SECONDS)
         await notices.wait_live(SUBSCRIBE_WAIT_SECONDS)
@@ -169,7 +171,7 @@ async def start_execution(
             engine,
             History(pool),
             KeyChecker(keys, http, settings.engine),
-            AgentStore(pool),
+            agents,
             BudgetStore(pool, on_created=engine.budget_created),
             cancel=functools.partial(request_cancel, pool, engine),
         )
@@ -196,7 +198,7 @@ async def start_execution(
         await start_pool.close()
         raise
     running = RunningExecution(
-        server, pool, start_pool, engine, keys, http, vault_channel, cancels, notices
+        server, pool, start_pool, engine, keys, http, vault_channel, cancels, notices, agents
     )
     running.tasks.append(watch)  # always: the key cache depends on it
     if background:

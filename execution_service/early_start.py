@@ -10,7 +10,7 @@ trip leaves the time to first token: the first text waits, if need be, for the w
 Nothing is expected to refuse it when it has no request id (no earlier execution to answer
 instead), and the last admission of its workspace and agent in this process found no
 budget. Every replica hears of a new budget at once, whichever created it (PostgreSQL
-NOTIFY, `BudgetNotices`), and knows no such scope while it does not listen (at start, after
+NOTIFY, `change_notices`), and knows no such scope while it does not listen (at start, after
 a lost connection). Should the write refuse an execution all the same (a budget whose notice
 had not arrived yet, the agent changed under this process's cached copy, the database
 failing), its provider request is closed before any output reached the caller, and the
@@ -26,12 +26,7 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 
-from service_kit.listen import Listener
-
-__all__ = ["BUDGETS_CHANNEL", "BudgetNotices", "EarlyStream", "UnbudgetedScopes"]
-
-# Where a budget's creation is announced (migration 009): the payload is its workspace.
-BUDGETS_CHANNEL = "execution_budgets"
+__all__ = ["EarlyStream", "UnbudgetedScopes"]
 
 # Scopes remembered at most (least recently used go first): a forgotten one merely runs
 # its next execution the ordinary way.
@@ -40,7 +35,7 @@ MAX_SCOPES = 100_000
 
 class UnbudgetedScopes:
     """The (workspace, agent id) pairs whose last admission here found no budget, while new
-    budgets are heard of (`hearing`); none otherwise."""
+    budgets are heard of (`hearing`, see `change_notices`); none otherwise."""
 
     def __init__(self, capacity: int = MAX_SCOPES) -> None:
         self._capacity = capacity
@@ -110,35 +105,3 @@ class EarlyStream:
             with contextlib.suppress(Exception):
                 self._first.result()  # retrieved, so that asyncio does not log it as lost
         await self._texts.aclose()
-
-
-class BudgetNotices:
-    """Hears of every new budget, from whichever replica created it, and has `scopes` forget
-    its workspace; `scopes` knows nothing while not listening."""
-
-    def __init__(self, database_url: str, scopes: UnbudgetedScopes) -> None:
-        self._scopes = scopes
-        self._listener = Listener(
-            "budget notices",
-            database_url,
-            BUDGETS_CHANNEL,
-            self._on_notification,
-            on_listening=self._on_listening,
-            on_lost=lambda: scopes.hear(False),
-        )
-
-    def start(self) -> None:
-        self._listener.start()
-
-    async def wait_live(self, timeout: float) -> bool:
-        return await self._listener.wait_live(timeout)
-
-    async def stop(self) -> None:
-        await self._listener.stop()
-        self._scopes.hear(False)
-
-    def _on_notification(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        self._scopes.forget_workspace(str(payload))
-
-    async def _on_listening(self, conn: object) -> None:
-        self._scopes.hear(True)

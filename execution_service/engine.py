@@ -208,7 +208,7 @@ class ExecutionEngine:
         self._idle.set()
         self._cut_at: float | None = None  # when the server's drain cuts remaining streams
         # Scopes whose executions may call their provider while their row is written (none
-        # until something hears of new budgets: `early_start.BudgetNotices`).
+        # until something hears of new budgets: `change_notices.ChangeNotices`).
         self.unbudgeted = UnbudgetedScopes()
         # Executions whose stream is still running here: a cancel request may end them.
         self._cancellable: dict[uuid.UUID, _Cancellable] = {}

@@ -19,9 +19,11 @@ import grpc
 
 from clients.gen.execution.v1 import execution_service_pb2 as pb
 from clients.gen.execution.v1 import resources_pb2 as res
+from execution_service.agent_store import AgentStore
 from execution_service.app import RunningExecution
 from execution_service.budget_store import BudgetStore
 from execution_service.budgets import BudgetSpec
+from execution_service.change_notices import CHANNEL, ChangeNotices
 from execution_service.early_start import UnbudgetedScopes
 from provider_emulator.server import RunningEmulator
 from tests.execution.support import Stub, Workspace, error_info, openai_key, request, run
@@ -194,3 +196,50 @@ async def test_an_agent_deleted_under_its_cached_copy_closes_the_early_request(
     assert gone.error is not None and not gone.events
     assert gone.error.code() == grpc.StatusCode.NOT_FOUND
     assert await last_request_closed(emulator, key)
+
+
+async def test_an_agent_updated_by_another_replica_runs_as_updated_with_one_provider_request(
+    workspace: Workspace,
+    execution_stub: Stub,
+    execution: RunningExecution,
+    emulator: RunningEmulator,
+) -> None:
+    key = openai_key()
+    ws = await workspace(openai=key)
+    await create(
+        execution_stub(),
+        ws,
+        "bot",
+        instructions="v1",
+        routes=[route()],
+        input_schema=None,
+        output_schema=None,
+    )
+    by_name = pb.ExecuteRequest(
+        parent=f"workspaces/{ws}", agent=f"workspaces/{ws}/agents/bot", input_json='{"q": 1}'
+    )
+    assert (await run(execution_stub(), by_name)).error is None  # cached, scope known
+    # Updated beside the service, as another replica does: only its notice tells this one.
+    await execution.pool.execute(
+        "UPDATE agents SET instructions = 'v2', etag = 'e2' WHERE workspace = $1", ws
+    )
+    async with asyncio.timeout(5):
+        while execution.agents.cached(ws, "bot"):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    done = await run(execution_stub(), by_name)
+    assert done.error is None and done.completed.agent_etag == "e2"
+    sent = emulator.state.find_requests(key=key)
+    assert len(sent) == 2  # no request went out with the stale copy
+    assert sent[-1].body["messages"][0]["content"] == "v2"
+
+
+def test_change_notices_forget_what_they_name_and_ignore_the_unreadable() -> None:
+    scopes = UnbudgetedScopes()
+    scopes.hear(True)
+    scopes.learn("ws", "a", budgeted=False)
+    notices = ChangeNotices("postgresql://unused", scopes, AgentStore(pool=None))  # type: ignore[arg-type]
+    for payload in ("not json", "[1]", '["agent"]', '{"budget": "ws"}', '["budget", 7]'):
+        notices._on_notification(None, 0, CHANNEL, payload)
+    assert ("ws", "a") in scopes
+    notices._on_notification(None, 0, CHANNEL, '["budget", "ws"]')
+    assert ("ws", "a") not in scopes
