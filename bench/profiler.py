@@ -4,8 +4,8 @@ Runs `module` as `python -m module` would, under cProfile, and writes to OUT at 
 functions by own time and by cumulative time, with call counts (divide by the executions
 served for calls per execution). cProfile is deterministic: every Python call and C
 builtin is counted, which inflates the share of small functions called often; the ranking
-and the counts are what to read. (py-spy, a sampling profiler, is not a dependency; a
-thread sampling sys._current_frames only sees where the event loop drops the GIL.)
+and the counts are what to read. For where the time goes at load, `python -m bench
+--profile` samples the service with py-spy instead (`bench/sampling.py`).
 """
 
 from __future__ import annotations
