@@ -316,3 +316,31 @@ async def _rest(call: Any) -> tuple[list[str], grpc.aio.AioRpcError | None]:
     except grpc.aio.AioRpcError as err:
         return texts, err
     return texts, None
+
+
+async def test_in_an_outage_executions_fail_before_any_provider_call(
+    outage_pg: StoppablePostgres,
+    workspace: Workspace,
+    execution_stub: Stub,
+    start_execution_service: StartExecution,
+    emulator: RunningEmulator,
+) -> None:
+    """Even for a workspace known to have no budget (whose executions call their provider
+    while their row is written): with the database gone, nothing is known any more."""
+    service = await start_execution_service(database_url=await outage_pg.fresh_database())
+    stub = execution_stub(port=service.port)
+    key = openai_key()
+    ws = await workspace(openai=key)
+    assert (await run(stub, request(ws, prompt=PROMPT))).error is None
+    assert (ws, "agent-1") in service.engine.unbudgeted
+
+    await outage_pg.stop()
+    try:
+        for _ in range(3):
+            outcome = await run(stub, request(ws, prompt=PROMPT))
+            assert outcome.error is not None
+            assert outcome.error.code() == grpc.StatusCode.UNAVAILABLE
+        assert (ws, "agent-1") not in service.engine.unbudgeted
+        assert len(emulator.state.find_requests(key=key)) == 1  # the one before the outage
+    finally:
+        await outage_pg.start()
