@@ -172,7 +172,8 @@ async def start_execution(
             History(pool),
             KeyChecker(keys, http, settings.engine),
             agents,
-            BudgetStore(pool, on_created=engine.budget_created),
+            # Known here at once; other replicas hear of it through `notices`.
+            BudgetStore(pool, on_created=engine.unbudgeted.forget_workspace),
             cancel=functools.partial(request_cancel, pool, engine),
         )
         server = GrpcServer(

@@ -47,15 +47,16 @@ class ChangeNotices:
 
     def _on_notification(self, conn: object, pid: int, channel: str, payload: object) -> None:
         try:
-            match json.loads(str(payload)):
-                case ["budget", str(workspace)]:
-                    self._scopes.forget_workspace(workspace)
-                case ["agent", str(workspace), str(agent_id)]:
-                    self._agents.forget(workspace, agent_id)
-                case _:
-                    log.warning("unreadable change notice ignored")
+            notice = json.loads(str(payload))
         except ValueError:
-            log.warning("unreadable change notice ignored")
+            notice = None
+        match notice:
+            case ["budget", str(workspace)]:
+                self._scopes.forget_workspace(workspace)
+            case ["agent", str(workspace), str(agent_id)]:
+                self._agents.forget(workspace, agent_id)
+            case _:
+                log.warning("unreadable change notice ignored")
 
     async def _on_listening(self, conn: object) -> None:
         self._agents.forget_all()

@@ -380,11 +380,6 @@ class ExecutionEngine:
                 cmd = await planner.plan(request, fresh=True)
         raise AssertionError("unreachable")
 
-    def budget_created(self, workspace: str) -> None:
-        """A budget was created in `workspace` through this process: its executions are
-        admitted before their provider is called from now on."""
-        self.unbudgeted.forget_workspace(workspace)
-
     def _reservation(self, cmd: ExecutionPlan) -> Reservation:
         """The worst case of `cmd` over the routes that may run."""
         routes = [RouteCost(r.provider, r.chat.model, r.chat.max_tokens) for r in cmd.routes]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import grpc
@@ -53,6 +54,40 @@ async def known_without_budget(workspace: Workspace, execution_stub: Stub) -> tu
     ws = await workspace(openai=key)
     assert (await run(execution_stub(), request(ws))).error is None
     return ws, key
+
+
+async def cached_agent(
+    workspace: Workspace, execution_stub: Stub, **fields: Any
+) -> tuple[str, str, pb.ExecuteRequest]:
+    """A workspace with an OpenAI key and a free-text agent "bot" (with `fields`), run once by
+    name: the service now holds a copy of it and knows its scope to have no budget. Returns
+    the workspace, the key and the request that runs the agent."""
+    key = openai_key()
+    ws = await workspace(openai=key)
+    await create(
+        execution_stub(),
+        ws,
+        "bot",
+        routes=[route()],
+        input_schema=None,
+        output_schema=None,
+        **fields,
+    )
+    by_name = pb.ExecuteRequest(
+        parent=f"workspaces/{ws}", agent=f"workspaces/{ws}/agents/bot", input_json='{"q": 1}'
+    )
+    assert (await run(execution_stub(), by_name)).error is None
+    return ws, key, by_name
+
+
+async def refused_without_provider_call(
+    execution_stub: Stub, ws: str, emulator: RunningEmulator, key: str, *, calls: int
+) -> None:
+    """An execution in `ws` is refused BUDGET_EXCEEDED, and the provider has still seen only
+    `calls` requests with `key`."""
+    refused = await run(execution_stub(), request(ws))
+    assert refused.error is not None and error_info(refused.error).reason == "BUDGET_EXCEEDED"
+    assert len(emulator.state.find_requests(key=key)) == calls
 
 
 async def last_request_closed(emulator: RunningEmulator, key: str) -> bool:
@@ -107,9 +142,7 @@ async def test_a_budget_whose_notice_is_lost_refuses_and_closes_the_early_reques
     assert error_info(refused.error).reason == "BUDGET_EXCEEDED"
     assert await last_request_closed(emulator, key)
     # Learned: the next one is refused before any provider call.
-    again = await run(execution_stub(), request(ws))
-    assert again.error is not None and error_info(again.error).reason == "BUDGET_EXCEEDED"
-    assert len(emulator.state.find_requests(key=key)) == 2
+    await refused_without_provider_call(execution_stub, ws, emulator, key, calls=2)
 
 
 async def test_a_budget_created_by_another_replica_is_heard_of_before_any_provider_call(
@@ -125,9 +158,7 @@ async def test_a_budget_created_by_another_replica_is_heard_of_before_any_provid
     async with asyncio.timeout(5):
         while (ws, "agent-1") in execution.engine.unbudgeted:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-    refused = await run(execution_stub(), request(ws))
-    assert refused.error is not None and error_info(refused.error).reason == "BUDGET_EXCEEDED"
-    assert len(emulator.state.find_requests(key=key)) == 1
+    await refused_without_provider_call(execution_stub, ws, emulator, key, calls=1)
 
 
 def test_nothing_is_known_without_budget_while_new_budgets_are_not_heard_of() -> None:
@@ -166,9 +197,7 @@ async def test_a_budget_created_through_the_service_applies_before_any_provider_
             budget=res.Budget(limit_nanos=1, period=res.BUDGET_PERIOD_MONTH),
         )
     )
-    refused = await run(execution_stub(), request(ws))
-    assert refused.error is not None and error_info(refused.error).reason == "BUDGET_EXCEEDED"
-    assert len(emulator.state.find_requests(key=key)) == 1
+    await refused_without_provider_call(execution_stub, ws, emulator, key, calls=1)
 
 
 async def test_an_agent_deleted_under_its_cached_copy_closes_the_early_request(
@@ -177,15 +206,7 @@ async def test_an_agent_deleted_under_its_cached_copy_closes_the_early_request(
     execution: RunningExecution,
     emulator: RunningEmulator,
 ) -> None:
-    key = openai_key()
-    ws = await workspace(openai=key)
-    await create(
-        execution_stub(), ws, "bot", routes=[route()], input_schema=None, output_schema=None
-    )
-    by_name = pb.ExecuteRequest(
-        parent=f"workspaces/{ws}", agent=f"workspaces/{ws}/agents/bot", input_json='{"q": 1}'
-    )
-    assert (await run(execution_stub(), by_name)).error is None  # the agent is cached now
+    ws, key, by_name = await cached_agent(workspace, execution_stub)
     emulator.state.script(SLOW, key=key)
     async with held(execution.pool, "LOCK TABLE agents IN ACCESS EXCLUSIVE MODE") as conn:
         # Deleted beside the service, as another replica would: the cached copy is stale.
@@ -204,21 +225,7 @@ async def test_an_agent_updated_by_another_replica_runs_as_updated_with_one_prov
     execution: RunningExecution,
     emulator: RunningEmulator,
 ) -> None:
-    key = openai_key()
-    ws = await workspace(openai=key)
-    await create(
-        execution_stub(),
-        ws,
-        "bot",
-        instructions="v1",
-        routes=[route()],
-        input_schema=None,
-        output_schema=None,
-    )
-    by_name = pb.ExecuteRequest(
-        parent=f"workspaces/{ws}", agent=f"workspaces/{ws}/agents/bot", input_json='{"q": 1}'
-    )
-    assert (await run(execution_stub(), by_name)).error is None  # cached, scope known
+    ws, key, by_name = await cached_agent(workspace, execution_stub, instructions="v1")
     # Updated beside the service, as another replica does: only its notice tells this one.
     await execution.pool.execute(
         "UPDATE agents SET instructions = 'v2', etag = 'e2' WHERE workspace = $1", ws
