@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -170,33 +170,47 @@ class RevealRead:
     ciphertext: bytes
 
 
-async def reveal_with_audit(pool: asyncpg.Pool, ref: KeyRef, audit: AuditRecord) -> RevealRead:
-    """Read the key and write its audit record in one atomic statement (one round trip): if
-    the audit insert fails, nothing is returned (AuditNotWritten), so a reveal can never go
-    unrecorded. A missing key is recorded FAILED/API_KEY_NOT_FOUND by the same statement."""
+async def reveal_with_audit(
+    pool: asyncpg.Pool, reveals: Sequence[tuple[KeyRef, AuditRecord]]
+) -> list[RevealRead]:
+    """Read each key and write its audit record, all in one atomic statement (one round trip
+    and one commit, however many reveals): if any audit insert fails, nothing is returned
+    (AuditNotWritten), so a reveal can never go unrecorded. A missing key is recorded
+    FAILED/API_KEY_NOT_FOUND by the same statement. One result per reveal, in order."""
+    columns = [list(column) for column in zip(*(_audit_args(a) for _, a in reveals), strict=True)]
     with _writing_audit():
-        row = await pool.fetchrow(
+        rows = await pool.fetch(
             f"""
-            WITH k AS (
-                SELECT {_KEY_COLUMNS}, ciphertext FROM api_keys
-                WHERE workspace = $4 AND provider = $5
+            WITH r AS MATERIALIZED (
+                SELECT nextval('audit_events_id_seq') AS audit_id, *
+                FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                            $6::text[], $7::text[]) WITH ORDINALITY
+                    AS r(action, outcome, caller, workspace, provider, request_id, reason, n)
+            ), k AS (
+                SELECT r.audit_id AS revealed_by, {_KEY_COLUMNS}, ciphertext
+                FROM r JOIN api_keys USING (workspace, provider)
             ), a AS (
                 INSERT INTO audit_events
-                    (action, outcome, caller, workspace, provider, request_id, reason)
-                SELECT $1, CASE WHEN EXISTS (SELECT 1 FROM k) THEN $2 ELSE 'FAILED' END,
-                       $3, $4, $5, $6,
-                       CASE WHEN EXISTS (SELECT 1 FROM k) THEN $7 ELSE 'API_KEY_NOT_FOUND' END
-                RETURNING id
+                    (id, action, outcome, caller, workspace, provider, request_id, reason)
+                SELECT r.audit_id, r.action,
+                       CASE WHEN k.revealed_by IS NULL THEN 'FAILED' ELSE r.outcome END,
+                       r.caller, r.workspace, r.provider, r.request_id,
+                       CASE WHEN k.revealed_by IS NULL THEN 'API_KEY_NOT_FOUND' ELSE r.reason END
+                FROM r LEFT JOIN k ON k.revealed_by = r.audit_id
+                ORDER BY r.n
             )
-            SELECT k.*, (SELECT id FROM a) AS audit_id
-            FROM (SELECT 1) AS one LEFT JOIN k ON true""",
-            *_audit_args(audit),
+            SELECT r.audit_id, k.* FROM r LEFT JOIN k ON k.revealed_by = r.audit_id
+            ORDER BY r.n""",
+            *columns,
         )
-    if row is None or row["audit_id"] is None:  # not expected: the statement always inserts
-        raise AuditNotWritten("NoAuditRecordId")
-    if row["workspace"] is None:
-        return RevealRead(row["audit_id"], None, b"")
-    return RevealRead(row["audit_id"], StoredKey.from_row(row), bytes(row["ciphertext"]))
+    if len(rows) != len(reveals):  # not expected: one row per reveal
+        raise AuditNotWritten("AuditRecordsMissing")
+    return [
+        RevealRead(row["audit_id"], StoredKey.from_row(row), bytes(row["ciphertext"]))
+        if row["revealed_by"] is not None
+        else RevealRead(row["audit_id"], None, b"")
+        for row in rows
+    ]
 
 
 async def mark_reveal_failed(db: Executor, audit_id: int, reason: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -17,6 +18,7 @@ from keyvault_service.keyring import Keyring
 from keyvault_service.names import PROVIDERS, KeyRef
 from keyvault_service.repository import AuditRecord, AuditRow, StoredKey
 from service_kit import db, metrics
+from service_kit.batching import GroupWriter
 from service_kit.call_context import CallInfo
 from service_kit.errors import Internal, PermissionDenied, ServiceError, Unauthenticated
 from service_kit.pagination import BIGINT_ID, Choice, Cursor, PageRequest
@@ -25,6 +27,9 @@ from service_kit.secret import Secret
 log = logging.getLogger(__name__)
 
 DEFAULT_REWRAP_BATCH = 100
+# At most this many reveals per statement: more than a busy execution fleet keeps in flight.
+REVEAL_BATCH = 64
+Reveal = tuple[KeyRef, AuditRecord]
 # What the page tokens of the two listings carry: the last row's sort key.
 KEY_CURSOR: Cursor = {"provider": Choice(PROVIDERS)}
 AUDIT_CURSOR: Cursor = {"id": BIGINT_ID}
@@ -67,6 +72,14 @@ class KeyVault:
         self._pool = pool
         self._keyring = keyring
         self._fingerprint_key = fingerprint_key  # see keyvault_service.fingerprints
+        # Concurrent reveals share one statement: one round trip and one commit for all of
+        # their reads and audit records.
+        self._reveals: GroupWriter[Reveal, repo.RevealRead] = GroupWriter(
+            self._reveal_one,
+            functools.partial(repo.reveal_with_audit, pool),
+            max_batch=REVEAL_BATCH,
+            observe=metrics.REVEAL_BATCH_SIZE.observe,
+        )
 
     async def set_key(
         self, ref: KeyRef, plaintext: Secret, base_url: str, call: CallInfo
@@ -133,9 +146,7 @@ class KeyVault:
         # leave without its record, at one round trip. A key that then fails to decrypt is
         # not handed out, and its record is corrected to FAILED.
         try:
-            read = await repo.reveal_with_audit(
-                self._pool, ref, _audit(call, "REVEAL", "ALLOWED", ref)
-            )
+            read = await self._reveals.write((ref, _audit(call, "REVEAL", "ALLOWED", ref)))
         except repo.AuditNotWritten as exc:
             # Fail closed: without its audit record, a key does not leave the vault. (An
             # unreachable database is raised as itself: DATABASE_UNAVAILABLE.)
@@ -154,6 +165,9 @@ class KeyVault:
             await self._mark_reveal_failed(read.audit_id, KeyUndecryptable.default_reason)
             raise KeyUndecryptable(ref.name) from None
         return read.key, plaintext
+
+    async def _reveal_one(self, reveal: Reveal) -> repo.RevealRead:
+        return (await repo.reveal_with_audit(self._pool, [reveal]))[0]
 
     async def _mark_reveal_failed(self, audit_id: int, reason: str) -> None:
         try:

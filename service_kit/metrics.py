@@ -64,6 +64,12 @@ KEY_REVEALS = Counter(
     "audit_unavailable, unavailable, error.",
     ["outcome"],
 )
+REVEAL_BATCH_SIZE = Histogram(
+    "keyvault_reveal_batch_size",
+    "Reveals (each with its audit record) per statement: 1 for a reveal that found none in "
+    "flight, more for those that queued behind one.",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 
 # --- execution service ------------------------------------------------------------------
 
