@@ -24,7 +24,7 @@ async def main(args: argparse.Namespace) -> None:
         lines += schema_bench.run(args.seconds)
         lines.append("")
     if args.only in (None, "keyvault"):
-        lines += await keyvault_bench.run(args.seconds)
+        lines += await keyvault_bench.run(args.seconds, profile=args.profile)
         lines.append("")
     if args.only in (None, "execution"):
         from bench import execution_bench
@@ -59,7 +59,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="with the execution bench: a py-spy profile of the service under load",
+        help="py-spy profiles of the services under load (the vault at 16 reveals in flight)",
     )
     parser.add_argument(
         "--only", choices=["schema", "keyvault", "execution", "agent", "limits", "stats"]

@@ -74,7 +74,7 @@ class KeyVault:
         self._fingerprint_key = fingerprint_key  # see keyvault_service.fingerprints
         # Concurrent reveals share one statement: one round trip and one commit for all of
         # their reads and audit records.
-        self._reveals: GroupWriter[Reveal, repo.RevealRead] = GroupWriter(
+        self.reveals: GroupWriter[Reveal, repo.RevealRead] = GroupWriter(
             self._reveal_one,
             functools.partial(repo.reveal_with_audit, pool),
             max_batch=REVEAL_BATCH,
@@ -146,7 +146,7 @@ class KeyVault:
         # leave without its record, at one round trip. A key that then fails to decrypt is
         # not handed out, and its record is corrected to FAILED.
         try:
-            read = await self._reveals.write((ref, _audit(call, "REVEAL", "ALLOWED", ref)))
+            read = await self.reveals.write((ref, _audit(call, "REVEAL", "ALLOWED", ref)))
         except repo.AuditNotWritten as exc:
             # Fail closed: without its audit record, a key does not leave the vault. (An
             # unreachable database is raised as itself: DATABASE_UNAVAILABLE.)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from grpc_health.v1 import health_pb2_grpc
 
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
 from keyvault_service.app import RunningKeyVault, start_keyvault
@@ -101,3 +102,30 @@ def vault_stub(
         return stubs[workload]
 
     return stub
+
+
+class Stubs:
+    """One running vault's stubs for the app, execution and admin workloads."""
+
+    def __init__(self, running: RunningKeyVault, tls_for: Callable[[str], TlsFiles]) -> None:
+        self.channels = [
+            secure_channel(running.port, tls_for(w)) for w in ("app", "execution", "admin")
+        ]
+        self.app, self.execution, self.admin = (
+            kv_grpc.KeyVaultServiceStub(ch) for ch in self.channels
+        )
+        self.health = health_pb2_grpc.HealthStub(self.channels[2])
+
+
+@pytest.fixture
+async def stubs_for(tls_for: Callable[[str], TlsFiles]) -> AsyncIterator[Callable[..., Stubs]]:
+    made: list[Stubs] = []
+
+    def make(running: RunningKeyVault) -> Stubs:
+        made.append(Stubs(running, tls_for))
+        return made[-1]
+
+    yield make
+    for stubs in made:
+        for ch in stubs.channels:
+            await ch.close()

@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -96,3 +97,21 @@ def client_credentials(
 
 def channel(port: int, credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(f"localhost:{port}", credentials, options=FRESH_CONNECTION)
+
+
+async def block_audit(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "ALTER TABLE audit_events ADD CONSTRAINT audit_block CHECK (false) NOT VALID"
+        )
+    finally:
+        await conn.close()
+
+
+async def unblock_audit(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("ALTER TABLE audit_events DROP CONSTRAINT IF EXISTS audit_block")
+    finally:
+        await conn.close()

@@ -9,7 +9,7 @@ import logging
 import re
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,19 +22,18 @@ from pythonjsonlogger.json import JsonFormatter
 from clients.gen.keyvault.v1 import keyvault_service_pb2 as pb
 from clients.gen.keyvault.v1 import keyvault_service_pb2_grpc as kv_grpc
 from clients.gen.keyvault.v1 import resources_pb2 as res
-from keyvault_service.app import RunningKeyVault
 from keyvault_service.keyring import Keyring
 from service_kit.logs import _CallFields
 from service_kit.secret import Secret
-from service_kit.tls import TlsFiles
-from tests.conftest import secure_channel
-from tests.keyvault.conftest import StartVault, keyring_of
+from tests.keyvault.conftest import StartVault, Stubs, keyring_of
 from tests.keyvault.support import (
     audit_events,
+    block_audit,
     expect_error,
     key_name,
     reason_of,
     request_id,
+    unblock_audit,
     with_request_id,
     workspace,
 )
@@ -46,31 +45,6 @@ GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
 APP = "spiffe://agents.internal/app"
 EXECUTION = "spiffe://agents.internal/execution"
 ADMIN = "spiffe://agents.internal/admin"
-
-
-class Stubs:
-    def __init__(self, running: RunningKeyVault, tls_for: Callable[[str], TlsFiles]) -> None:
-        self.channels = [
-            secure_channel(running.port, tls_for(w)) for w in ("app", "execution", "admin")
-        ]
-        self.app, self.execution, self.admin = (
-            kv_grpc.KeyVaultServiceStub(ch) for ch in self.channels
-        )
-        self.health = health_pb2_grpc.HealthStub(self.channels[2])
-
-
-@pytest.fixture
-async def stubs_for(tls_for: Callable[[str], TlsFiles]) -> AsyncIterator[Callable[..., Stubs]]:
-    made: list[Stubs] = []
-
-    def make(running: RunningKeyVault) -> Stubs:
-        made.append(Stubs(running, tls_for))
-        return made[-1]
-
-    yield make
-    for stubs in made:
-        for ch in stubs.channels:
-            await ch.close()
 
 
 # --- audit completeness --------------------------------------------------------------------
@@ -202,24 +176,6 @@ async def test_a_rewrap_refused_as_invalid_is_audited(vault_stub: Stub) -> None:
     ]
 
 
-async def _block_audit(url: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(
-            "ALTER TABLE audit_events ADD CONSTRAINT audit_block CHECK (false) NOT VALID"
-        )
-    finally:
-        await conn.close()
-
-
-async def _unblock_audit(url: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute("ALTER TABLE audit_events DROP CONSTRAINT IF EXISTS audit_block")
-    finally:
-        await conn.close()
-
-
 async def test_reveal_fails_closed_when_audit_cannot_be_written(
     start_vault: StartVault, make_database: MakeDatabase, stubs_for: Callable[..., Stubs]
 ) -> None:
@@ -229,7 +185,7 @@ async def test_reveal_fails_closed_when_audit_cannot_be_written(
     name = key_name(ws)
     await stubs.app.SetApiKey(pb.SetApiKeyRequest(name=name, api_key=API_KEY))
 
-    await _block_audit(url)
+    await block_audit(url)
     try:
         for target in (name, key_name(ws, "anthropic")):  # present and missing alike
             err = await expect_error(
@@ -259,7 +215,7 @@ async def test_reveal_fails_closed_when_audit_cannot_be_written(
             err = await expect_error(change, grpc.StatusCode.UNAVAILABLE)
             assert reason_of(err) == "AUDIT_UNAVAILABLE"
     finally:
-        await _unblock_audit(url)
+        await unblock_audit(url)
 
     revealed = await stubs.execution.RevealApiKey(pb.RevealApiKeyRequest(name=name))
     assert revealed.plaintext_key == API_KEY
@@ -477,12 +433,12 @@ async def test_canary_key_never_leaks(
         )
         await failing(s.app.RevealApiKey(pb.RevealApiKeyRequest(name=name)))
         # Fail-closed reveal, then a tampered row.
-        await _block_audit(url)
+        await block_audit(url)
         try:
             await failing(s.execution.RevealApiKey(pb.RevealApiKeyRequest(name=name)))
             await failing(s.app.SetApiKey(pb.SetApiKeyRequest(name=name, api_key=CANARY)))
         finally:
-            await _unblock_audit(url)
+            await unblock_audit(url)
         conn = await asyncpg.connect(url)
         try:
             await conn.execute(
