@@ -24,7 +24,7 @@ import httpx
 import psutil
 from google.protobuf import struct_pb2
 
-from bench import grpc_floor, sampling
+from bench import grpc_floor, http_floor, sampling
 from bench.load import LoadResult, run_load
 from bench.stack import Stack, running_stack, secure_channel
 from clients.gen.execution.v1 import execution_service_pb2 as ex
@@ -369,6 +369,7 @@ async def run(
             await store_key(stack.vault_port)
             lines += throughput_lines(throughput(stack, seconds), workers=2)
     lines += grpc_floor.run(seconds)
+    lines += http_floor.run(seconds, BEHAVIOURS)
     async with running_stack(with_execution=True) as stack:
         assert stack.execution_port and stack.emulator_url
         await store_key(stack.vault_port)
