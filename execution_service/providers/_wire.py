@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from service_kit.redaction import MAX_SCAN_CHARS
 
 from .errors import ErrorReason, ProviderError
@@ -12,9 +14,13 @@ from .errors import ErrorReason, ProviderError
 
 def load_object(data: str | bytes, *, what: str) -> dict[str, Any]:
     """Parse a JSON object, or raise PROVIDER_STREAM_ERROR (not retryable: a malformed
-    answer is a fault of the endpoint that a repeat is unlikely to fix)."""
+    answer is a fault of the endpoint that a repeat is unlikely to fix).
+
+    orjson: every chunk of every stream is parsed here, at about a third of json's cost. It is
+    stricter than json only where a provider's JSON would be broken: a lone surrogate escape
+    (text no gRPC answer can carry) and NaN are refused here, as malformed."""
     try:
-        value = json.loads(data)
+        value = orjson.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProviderError(
             ErrorReason.PROVIDER_STREAM_ERROR, f"malformed {what}: not valid JSON"

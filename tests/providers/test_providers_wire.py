@@ -217,9 +217,20 @@ def test_openai_stream_ending_before_finish_is_a_stream_error() -> None:
     assert caught.value.reason == ErrorReason.PROVIDER_STREAM_ERROR
 
 
-def test_openai_malformed_chunk_is_a_non_retryable_stream_error() -> None:
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"choices": [',
+        '["not", "an", "object"]',
+        # Text no gRPC answer can carry (a lone surrogate is not UTF-8): refused here, not
+        # when the delta is sent.
+        '{"choices": [{"index": 0, "delta": {"content": "a\\ud800b"}}]}',
+        '{"choices": [], "usage": {"prompt_tokens": NaN, "completion_tokens": 1}}',
+    ],
+)
+def test_openai_malformed_chunk_is_a_non_retryable_stream_error(data: str) -> None:
     with pytest.raises(ProviderError) as caught:
-        OpenAIStreamParser().feed("", '{"choices": [')
+        OpenAIStreamParser().feed("", data)
     assert caught.value.reason == ErrorReason.PROVIDER_STREAM_ERROR
     assert caught.value.retryable is False
 
