@@ -24,7 +24,7 @@ import httpx
 import psutil
 from google.protobuf import struct_pb2
 
-from bench import grpc_floor, http_floor, sampling
+from bench import db_floor, grpc_floor, http_floor, sampling
 from bench.load import LoadResult, run_load
 from bench.stack import Stack, running_stack, secure_channel
 from clients.gen.execution.v1 import execution_service_pb2 as ex
@@ -371,7 +371,8 @@ async def run(
     lines += grpc_floor.run(seconds)
     lines += http_floor.run(seconds, BEHAVIOURS)
     async with running_stack(with_execution=True) as stack:
-        assert stack.execution_port and stack.emulator_url
+        assert stack.execution_port and stack.emulator_url and stack.execution_database_url
+        lines += db_floor.run(stack.execution_database_url, stack.pids["postgres"], seconds)
         await store_key(stack.vault_port)
         lines += await memory_with_slow_streams(
             stack.execution_port, stack.emulator_url, stack.pids["execution"], 1000
