@@ -1,29 +1,29 @@
 """The tracking side's floor: what an execution's two statements cost a client process alone,
-128 executions in flight. Each writes its RUNNING row with its admission (`insert_running`
+8 and 128 executions in flight. Each writes its RUNNING row with its admission (`insert_running`
 on a pool that commits asynchronously, as the service's) and then its terminal record
 (through the group commit, durably), with nothing else: no gRPC, no provider call. The
 process's CPU per execution is the database's share of the service's; PostgreSQL's is shown
 beside it.
 
-`python -m bench.db_floor DATABASE_URL POSTGRES_PID SECONDS` runs one (the bench starts it)."""
+`python -m bench.db_floor DATABASE_URL POSTGRES_PID IN_FLIGHT SECONDS` runs one (the bench
+starts it)."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import subprocess
 import sys
-import time
 import uuid
 
-from bench.load import process_tree_cpu
+from bench.load import closed_loop_in_process
 
-IN_FLIGHT = 128
-WARMUP = 1.0
+IN_FLIGHT = (8, 128)  # few at a time (small batches), and the execution bench's load
 
 
-async def client(database_url: str, postgres_pid: int, seconds: float) -> dict[str, float]:
+async def client(
+    database_url: str, postgres_pid: int, in_flight: int, seconds: float
+) -> dict[str, float]:
     from execution_service import repository as repo
     from execution_service.admission import AdmissionRequest, Reservation
     from execution_service.group_commit import GroupCommit
@@ -36,9 +36,6 @@ async def client(database_url: str, postgres_pid: int, seconds: float) -> dict[s
     )
     records = GroupCommit(pool)
     admission = AdmissionRequest(Reservation(amount_nanos=12_000, unpriced=False, tokens=1_100))
-    calls = 0
-    measuring = False
-    stop_at = time.monotonic() + WARMUP + seconds
 
     async def execution() -> None:
         now = dt.datetime.now(dt.UTC)
@@ -68,48 +65,37 @@ async def client(database_url: str, postgres_pid: int, seconds: float) -> dict[s
         )
         await records.finish(started, outcome)
 
-    async def caller() -> None:
-        nonlocal calls
-        while time.monotonic() < stop_at:
-            await execution()
-            calls += measuring
-
-    async def window() -> tuple[float, float]:
-        nonlocal measuring
-        await asyncio.sleep(WARMUP)
-        measuring, cpu0, postgres0 = True, time.process_time(), process_tree_cpu(postgres_pid)
-        await asyncio.sleep(seconds)
-        measuring = False
-        return time.process_time() - cpu0, process_tree_cpu(postgres_pid) - postgres0
-
-    tasks = [asyncio.create_task(caller()) for _ in range(IN_FLIGHT)]
-    cpu, postgres = await window()
-    counted = calls
-    await asyncio.gather(*tasks)
+    measured = await closed_loop_in_process(
+        execution, concurrency=in_flight, seconds=seconds, watch_pid=postgres_pid
+    )
     await pool.close()
     await start_pool.close()
-    return {"calls": counted, "cpu": cpu, "postgres": postgres}
+    return measured
 
 
 def run(database_url: str, postgres_pid: int, seconds: float) -> list[str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.db_floor", database_url, str(postgres_pid), str(seconds)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    calls = max(result["calls"], 1)
-    return [
+    lines = [
         "(f) the tracking side alone: one client process writing each execution's RUNNING row",
-        f"    (with its admission) and its terminal record (group commit), {IN_FLIGHT} in flight",
-        f"    {calls / seconds:6.0f} executions/s, client CPU {1e3 * result['cpu'] / calls:.2f} "
-        f"ms/execution, PostgreSQL {1e3 * result['postgres'] / calls:.2f} ms/execution",
+        "    (with its admission) and its terminal record (group commit)",
     ]
+    for in_flight in IN_FLIGHT:
+        command = ["-m", "bench.db_floor", database_url, str(postgres_pid), str(in_flight)]
+        out = subprocess.run(
+            [sys.executable, *command, str(seconds)], check=True, capture_output=True, text=True
+        ).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        calls = max(result["calls"], 1)
+        lines.append(
+            f"    {in_flight:3} in flight: {calls / seconds:6.0f} executions/s, client CPU "
+            f"{1e3 * result['cpu'] / calls:.2f} ms/execution, PostgreSQL "
+            f"{1e3 * result['watched_cpu'] / calls:.2f} ms/execution"
+        )
+    return lines
 
 
 if __name__ == "__main__":
     import uvloop
 
-    database_url, postgres_pid, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    print(json.dumps(uvloop.run(client(database_url, postgres_pid, seconds))))
+    database_url, postgres_pid, in_flight = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    seconds = float(sys.argv[4])
+    print(json.dumps(uvloop.run(client(database_url, postgres_pid, in_flight, seconds))))

@@ -38,6 +38,14 @@ WORKSPACE = "bench"
 API_KEY = "sk-bench-0123456789abcdef"
 MODEL = "gpt-4o-mini"
 PROMPT = "Summarise the state of the fleet in one line"
+# The same completion sent straight to the emulator (the baselines).
+DIRECT_BODY = {
+    "model": MODEL,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "messages": [{"role": "user", "content": PROMPT}],
+}
+DIRECT_HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 # 20 content events of 8 bytes of text each.
 ANSWER = ("--text", "abcdefg " * 20, "--chunks", "20")
 BEHAVIOURS = {
@@ -83,13 +91,6 @@ def pct(values: list[float], q: float) -> float:
 async def ttft_overhead(port: int, emulator_url: str, samples: int) -> list[str]:
     """Paired: the same request straight to the emulator (aiohttp) and through the service,
     one after the other; first token = the first event that carries text."""
-    body = {
-        "model": MODEL,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "messages": [{"role": "user", "content": PROMPT}],
-    }
-    headers = {"Authorization": f"Bearer {API_KEY}"}
     direct: list[float] = []
     via: list[float] = []
     stub = ex_grpc.ExecutionServiceStub(secure_channel(port, "app"))
@@ -99,7 +100,7 @@ async def ttft_overhead(port: int, emulator_url: str, samples: int) -> list[str]
             t0 = time.perf_counter()
             first = None
             async with client.post(
-                f"{emulator_url}/v1/chat/completions", json=body, headers=headers
+                f"{emulator_url}/v1/chat/completions", json=DIRECT_BODY, headers=DIRECT_HEADERS
             ) as response:
                 async for line in response.content:
                     if first is None and b'"content":"' in line and b'"content":""' not in line:

@@ -8,18 +8,15 @@ service's own work (database, provider call, parsing).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 
 import grpc
 
 from bench.load import run_load
-from bench.stack import free_port, secure_channel, tls
+from bench.stack import free_port, secure_channel, tls, wait_listening
 from service_kit.tls import server_credentials
 
 METHOD = "/bench.Floor/Stream"
@@ -57,21 +54,13 @@ async def _caller(port: int, channels: int = 4):
     return call
 
 
-def _wait_listening(port: int) -> None:
-    for _ in range(100):
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"the floor server on port {port} did not start")
-
-
 def floor(messages: int, seconds: float) -> str:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "bench.grpc_floor", "serve", str(port), str(messages)]
     )
     try:
-        _wait_listening(port)
+        wait_listening(port)
         result = run_load(
             functools.partial(_caller, port),
             concurrency=128,

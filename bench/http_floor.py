@@ -14,33 +14,23 @@ emulator runs in another. The gaps between the rows are what each layer costs an
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 
-from bench.stack import free_port
+from bench.load import closed_loop_in_process
+from bench.stack import free_port, wait_listening
 
 IN_FLIGHT = 128
-WARMUP = 1.0
 DEPTHS = ("aiohttp", "httpx", "provider call")
-MODEL = "gpt-4o-mini"
-API_KEY = "sk-bench-0123456789abcdef"
-PROMPT = "Summarise the state of the fleet in one line"
-BODY = {
-    "model": MODEL,
-    "stream": True,
-    "stream_options": {"include_usage": True},
-    "messages": [{"role": "user", "content": PROMPT}],
-}
-HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 
 
 async def _request_maker(url: str, depth: str) -> Callable[[], Awaitable[None]]:
+    # The execution bench's request, as its time-to-first-token baseline sends it.
+    from bench.execution_bench import API_KEY, DIRECT_BODY, DIRECT_HEADERS, MODEL, PROMPT
+
     if depth == "aiohttp":
         import aiohttp
 
@@ -48,7 +38,7 @@ async def _request_maker(url: str, depth: str) -> Callable[[], Awaitable[None]]:
 
         async def bare() -> None:
             async with session.post(
-                f"{url}/v1/chat/completions", json=BODY, headers=HEADERS
+                f"{url}/v1/chat/completions", json=DIRECT_BODY, headers=DIRECT_HEADERS
             ) as response:
                 async for _ in response.content.iter_any():
                     pass
@@ -65,7 +55,7 @@ async def _request_maker(url: str, depth: str) -> Callable[[], Awaitable[None]]:
 
         async def httpx_only() -> None:
             async with client.stream(
-                "POST", f"{url}/v1/chat/completions", json=BODY, headers=HEADERS
+                "POST", f"{url}/v1/chat/completions", json=DIRECT_BODY, headers=DIRECT_HEADERS
             ) as response:
                 async for _ in response.aiter_bytes():
                     pass
@@ -93,28 +83,7 @@ async def _request_maker(url: str, depth: str) -> Callable[[], Awaitable[None]]:
 
 async def client(url: str, depth: str, seconds: float) -> dict[str, float]:
     request = await _request_maker(url, depth)
-    calls = 0
-    measuring = False
-    stop_at = time.monotonic() + WARMUP + seconds
-
-    async def caller() -> None:
-        nonlocal calls
-        while time.monotonic() < stop_at:
-            await request()
-            calls += measuring
-
-    async def window() -> tuple[float, int]:
-        nonlocal measuring
-        await asyncio.sleep(WARMUP)
-        measuring, cpu0 = True, time.process_time()
-        await asyncio.sleep(seconds)
-        measuring = False
-        return time.process_time() - cpu0, calls
-
-    tasks = [asyncio.create_task(caller()) for _ in range(IN_FLIGHT)]
-    cpu, counted = await window()
-    await asyncio.gather(*tasks)
-    return {"calls": counted, "cpu": cpu}
+    return await closed_loop_in_process(request, concurrency=IN_FLIGHT, seconds=seconds)
 
 
 def _measure(url: str, depth: str, seconds: float) -> str:
@@ -145,23 +114,13 @@ def run(seconds: float, behaviours: dict[str, tuple[str, ...]]) -> list[str]:
             stdout=subprocess.DEVNULL,
         )
         try:
-            _wait_listening(port)
+            wait_listening(port)
             url = f"http://127.0.0.1:{port}"
             lines += [_measure(url, depth, seconds) for depth in DEPTHS]
         finally:
             emulator.kill()
             emulator.wait()
     return lines
-
-
-def _wait_listening(port: int) -> None:
-    import socket
-
-    for _ in range(100):
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"the emulator on port {port} did not start")
 
 
 if __name__ == "__main__":

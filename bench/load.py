@@ -163,3 +163,41 @@ def process_cpu_percent(pid: int, seconds: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+async def closed_loop_in_process(
+    call: Callable[[], Awaitable[object]],
+    *,
+    concurrency: int,
+    seconds: float,
+    warmup: float = 1.0,
+    watch_pid: int | None = None,
+) -> dict[str, float]:
+    """`call` back to back from `concurrency` tasks of this process: the calls completed in
+    the measured window, this process's CPU seconds over it, and `watch_pid`'s (and its
+    children's) when given. For a floor, where the caller is what is measured."""
+    calls = 0
+    measuring = False
+    stop_at = time.monotonic() + warmup + seconds
+
+    async def caller() -> None:
+        nonlocal calls
+        while time.monotonic() < stop_at:
+            await call()
+            calls += measuring
+
+    async def window() -> dict[str, float]:
+        nonlocal measuring
+        await asyncio.sleep(warmup)
+        watched0 = process_tree_cpu(watch_pid) if watch_pid else 0.0
+        measuring, cpu0 = True, time.process_time()
+        await asyncio.sleep(seconds)
+        measuring = False
+        cpu = time.process_time() - cpu0
+        watched = process_tree_cpu(watch_pid) - watched0 if watch_pid else 0.0
+        return {"calls": calls, "cpu": cpu, "watched_cpu": watched}
+
+    tasks = [asyncio.create_task(caller()) for _ in range(concurrency)]
+    measured = await window()
+    await asyncio.gather(*tasks)
+    return measured

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,15 @@ from service_kit.settings import PROJECT_ROOT
 from service_kit.tls import TlsFiles, channel_credentials
 
 CERTS = PROJECT_ROOT / "certs"
+
+
+def wait_listening(port: int) -> None:
+    """Until something accepts connections on `port` (a server started as a process)."""
+    for _ in range(100):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def free_port() -> int:
