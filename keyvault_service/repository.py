@@ -170,14 +170,13 @@ class RevealRead:
     ciphertext: bytes
 
 
-async def reveal_with_audit(
-    pool: asyncpg.Pool, reveals: Sequence[tuple[KeyRef, AuditRecord]]
-) -> list[RevealRead]:
-    """Read each key and write its audit record, all in one atomic statement (one round trip
-    and one commit, however many reveals): if any audit insert fails, nothing is returned
-    (AuditNotWritten), so a reveal can never go unrecorded. A missing key is recorded
-    FAILED/API_KEY_NOT_FOUND by the same statement. One result per reveal, in order."""
-    columns = [list(column) for column in zip(*(_audit_args(a) for _, a in reveals), strict=True)]
+async def reveal_with_audit(pool: asyncpg.Pool, audits: Sequence[AuditRecord]) -> list[RevealRead]:
+    """Read the key each REVEAL record names (its workspace and provider) and write the
+    record, all in one atomic statement (one round trip and one commit, however many): if any
+    audit insert fails, nothing is returned (AuditNotWritten), so a reveal can never go
+    unrecorded. A missing key is recorded FAILED/API_KEY_NOT_FOUND by the same statement.
+    One result per record, in order."""
+    columns = [list(column) for column in zip(*map(_audit_args, audits), strict=True)]
     with _writing_audit():
         rows = await pool.fetch(
             f"""
@@ -203,7 +202,7 @@ async def reveal_with_audit(
             ORDER BY r.n""",
             *columns,
         )
-    if len(rows) != len(reveals):  # not expected: one row per reveal
+    if len(rows) != len(audits):  # not expected: one row per reveal
         raise AuditNotWritten("AuditRecordsMissing")
     return [
         RevealRead(row["audit_id"], StoredKey.from_row(row), bytes(row["ciphertext"]))

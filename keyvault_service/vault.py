@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 DEFAULT_REWRAP_BATCH = 100
 # At most this many reveals per statement: more than a busy execution fleet keeps in flight.
 REVEAL_BATCH = 64
-Reveal = tuple[KeyRef, AuditRecord]
 # What the page tokens of the two listings carry: the last row's sort key.
 KEY_CURSOR: Cursor = {"provider": Choice(PROVIDERS)}
 AUDIT_CURSOR: Cursor = {"id": BIGINT_ID}
@@ -74,7 +73,7 @@ class KeyVault:
         self._fingerprint_key = fingerprint_key  # see keyvault_service.fingerprints
         # Concurrent reveals share one statement: one round trip and one commit for all of
         # their reads and audit records.
-        self.reveals: GroupWriter[Reveal, repo.RevealRead] = GroupWriter(
+        self.reveals: GroupWriter[AuditRecord, repo.RevealRead] = GroupWriter(
             self._reveal_one,
             functools.partial(repo.reveal_with_audit, pool),
             max_batch=REVEAL_BATCH,
@@ -146,7 +145,7 @@ class KeyVault:
         # leave without its record, at one round trip. A key that then fails to decrypt is
         # not handed out, and its record is corrected to FAILED.
         try:
-            read = await self.reveals.write((ref, _audit(call, "REVEAL", "ALLOWED", ref)))
+            read = await self.reveals.write(_audit(call, "REVEAL", "ALLOWED", ref))
         except repo.AuditNotWritten as exc:
             # Fail closed: without its audit record, a key does not leave the vault. (An
             # unreachable database is raised as itself: DATABASE_UNAVAILABLE.)
@@ -166,8 +165,8 @@ class KeyVault:
             raise KeyUndecryptable(ref.name) from None
         return read.key, plaintext
 
-    async def _reveal_one(self, reveal: Reveal) -> repo.RevealRead:
-        return (await repo.reveal_with_audit(self._pool, [reveal]))[0]
+    async def _reveal_one(self, audit: AuditRecord) -> repo.RevealRead:
+        return (await repo.reveal_with_audit(self._pool, [audit]))[0]
 
     async def _mark_reveal_failed(self, audit_id: int, reason: str) -> None:
         try:
