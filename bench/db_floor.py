@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
 import sys
 import uuid
 
-from bench.load import closed_loop_in_process
+from bench.load import closed_loop_in_process, floor_in_subprocess
 
 IN_FLIGHT = (8, 128)  # few at a time (small batches), and the execution bench's load
 
@@ -79,11 +78,9 @@ def run(database_url: str, postgres_pid: int, seconds: float) -> list[str]:
         "    (with its admission) and its terminal record (group commit)",
     ]
     for in_flight in IN_FLIGHT:
-        command = ["-m", "bench.db_floor", database_url, str(postgres_pid), str(in_flight)]
-        out = subprocess.run(
-            [sys.executable, *command, str(seconds)], check=True, capture_output=True, text=True
-        ).stdout
-        result = json.loads(out.strip().splitlines()[-1])
+        result = floor_in_subprocess(
+            "bench.db_floor", database_url, postgres_pid, in_flight, seconds
+        )
         calls = max(result["calls"], 1)
         lines.append(
             f"    {in_flight:3} in flight: {calls / seconds:6.0f} executions/s, client CPU "

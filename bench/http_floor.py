@@ -20,7 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 
-from bench.load import closed_loop_in_process
+from bench.load import closed_loop_in_process, floor_in_subprocess
 from bench.stack import free_port, wait_listening
 
 IN_FLIGHT = 128
@@ -87,13 +87,7 @@ async def client(url: str, depth: str, seconds: float) -> dict[str, float]:
 
 
 def _measure(url: str, depth: str, seconds: float) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.http_floor", "client", url, depth, str(seconds)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    result = json.loads(out.strip().splitlines()[-1])
+    result = floor_in_subprocess("bench.http_floor", "client", url, depth, seconds)
     calls = result["calls"]
     return (
         f"      {depth:<14} {calls / seconds:6.0f} requests/s, "

@@ -5,8 +5,11 @@ latencies come back for percentiles."""
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing as mp
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -201,3 +204,12 @@ async def closed_loop_in_process(
     measured = await window()
     await asyncio.gather(*tasks)
     return measured
+
+
+def floor_in_subprocess(module: str, *args: object) -> dict[str, float]:
+    """Runs `python -m module args...` (a floor's client, which prints what
+    `closed_loop_in_process` measured as its last line, in JSON) and returns that."""
+    out = subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], check=True, capture_output=True, text=True
+    ).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
